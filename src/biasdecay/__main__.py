@@ -1,0 +1,3 @@
+from biasdecay.cli import main
+
+raise SystemExit(main())

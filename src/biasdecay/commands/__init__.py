@@ -1,0 +1,1 @@
+"""Implementations of the ``biasdecay`` subcommands (argument parsing lives in cli.py)."""

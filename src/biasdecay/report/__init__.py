@@ -1,0 +1,1 @@
+"""Turning results into text: terminal tables now, markdown reports and plots later."""

@@ -1,0 +1,1 @@
+"""Sharpness measures: connectivity sharpness and its baselines (Tr(H), λmax(H), Fisher-Rao)."""

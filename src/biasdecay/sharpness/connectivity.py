@@ -1,0 +1,353 @@
+"""Connectivity sharpness C(θ) and C_m(θ) (paper eq. 4, 7, 11) and the bias-utilisation ratio r_l.
+
+C(θ) = E_n ‖∂ℓ_n/∂θ ⊙ θ‖₁ is the ℓ1 norm of the connection sensitivity (eq. 7): the first-order
+loss change from pruning each parameter, summed. Because it is a sum over parameters, it splits
+exactly by parameter, module and role (substructure separability, eq. 11), which is what
+:class:`ConnectivityReport` records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from biasdecay.roles import Role, is_norm_module, param_owners, param_roles
+from biasdecay.sharpness._autodiff import (
+    LossFn,
+    iter_batches,
+    preserved_state,
+    progress,
+    resolve_loss,
+    trainable_parameters,
+)
+from biasdecay.sharpness._per_sample import HookedPerSample, supports_fast_path, vmap_per_sample
+
+__all__ = [
+    "ConnectivityReport",
+    "connectivity_sharpness",
+    "bias_utilization",
+    "connection_sensitivity",
+    "TABLE2_ROWS",
+]
+
+# The rows of the paper's Table 2 and the roles each one adds up.
+TABLE2_ROWS: dict[str, tuple[Role, ...]] = {
+    "Conv": (Role.CONV_WEIGHT, Role.CONV_BIAS),
+    "γ": (Role.NORM_SCALE,),
+    "β": (Role.NORM_SHIFT,),
+    "FC(w)": (Role.LINEAR_WEIGHT,),
+    "FC(b)": (Role.LINEAR_BIAS,),
+    "other": (Role.OTHER,),
+}
+
+
+@dataclass(frozen=True)
+class ConnectivityReport:
+    """Connectivity sharpness of a model on a data set, split by parameter.
+
+    Attributes:
+        total: C(θ) (``per_sample=True``, eq. 4) or C_m(θ) (``per_sample=False``).
+        by_parameter: each trainable parameter's share; the shares sum to ``total`` (eq. 11).
+        roles: the :class:`Role` of every parameter in ``by_parameter``.
+        owners: the qualified name of the module owning every parameter.
+        per_sample: True for C, False for C_m.
+        train_mode: whether the model ran in train mode (C_m only; C is always eval mode).
+        n_samples: samples seen.
+        batch_sizes: sizes of the batches seen; C_m depends on them, C does not.
+        method: how per-sample terms were computed ("hooks", "vmap") or "minibatch" for C_m.
+    """
+
+    total: float
+    by_parameter: dict[str, float]
+    roles: dict[str, Role]
+    owners: dict[str, str]
+    per_sample: bool
+    train_mode: bool
+    n_samples: int
+    batch_sizes: tuple[int, ...]
+    method: str
+    fallback_reason: str | None = field(default=None)
+
+    @property
+    def measure(self) -> str:
+        """ "C" (per-sample, eq. 4) or "C_m" (mini-batch)."""
+        return "C" if self.per_sample else "C_m"
+
+    @property
+    def by_module(self) -> dict[str, float]:
+        """Sharpness summed over each module's own parameters ("" is the root module)."""
+        out: dict[str, float] = {}
+        for name, value in self.by_parameter.items():
+            owner = self.owners[name]
+            out[owner] = out.get(owner, 0.0) + value
+        return out
+
+    @property
+    def by_role(self) -> dict[Role, float]:
+        """Sharpness summed over every role (all roles listed, zero where absent)."""
+        out = {role: 0.0 for role in Role}
+        for name, value in self.by_parameter.items():
+            out[self.roles[name]] += value
+        return out
+
+    def table2(self) -> dict[str, float]:
+        """The rows of the paper's Table 2 (Conv, γ, β, FC(w), FC(b), other) plus "Total"."""
+        by_role = self.by_role
+        rows = {row: sum(by_role[r] for r in roles) for row, roles in TABLE2_ROWS.items()}
+        rows["Total"] = self.total
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of everything in the report."""
+        return {
+            "measure": self.measure,
+            "total": self.total,
+            "per_sample": self.per_sample,
+            "train_mode": self.train_mode,
+            "n_samples": self.n_samples,
+            "batch_sizes": list(self.batch_sizes),
+            "method": self.method,
+            "fallback_reason": self.fallback_reason,
+            "table2": self.table2(),
+            "by_role": {r.value: v for r, v in self.by_role.items()},
+            "by_module": self.by_module,
+            "by_parameter": self.by_parameter,
+            "roles": {n: r.value for n, r in self.roles.items()},
+        }
+
+
+def connectivity_sharpness(
+    model: nn.Module,
+    data: Iterable,
+    loss_fn: LossFn | None = None,
+    *,
+    per_sample: bool = True,
+    train_mode: bool = False,
+    chunk_size: int = 32,
+    method: str = "auto",
+    progress_bar: bool = False,
+) -> ConnectivityReport:
+    """Connectivity sharpness of ``model`` over ``data`` (paper eq. 4; eq. 11 for the split).
+
+    ``per_sample=True`` gives C(θ) = mean over samples n of Σ_i |θ_i ∂ℓ_n/∂θ_i| (the absolute
+    value is taken per sample, then averaged). It is defined with fixed normalisation statistics,
+    so the model runs in eval mode. ``per_sample=False`` gives C_m(θ): the same sum on each
+    batch's mean loss, averaged over batches (equal weight per batch); it depends on the batch
+    size, which the report records, and can run in train mode (what training sees).
+
+    Parameters with ``requires_grad=False`` are not part of θ. The model's modes and buffers (BN
+    running statistics) are the same afterwards.
+
+    Args:
+        model: the network (outputs logits for the default loss).
+        data: an iterable of ``(inputs, targets)`` batches.
+        loss_fn: ``loss_fn(outputs, targets)`` averaged over the batch; default cross-entropy.
+        per_sample: C (True) or C_m (False).
+        train_mode: for C_m only, run the model in train mode (batch statistics).
+        chunk_size: samples per vectorised chunk on the generic (``vmap``) path.
+        method: "auto" (layer hooks when every parametrised layer is supported, else vmap),
+            "hooks" or "vmap"; per-sample only.
+        progress_bar: show a progress bar over batches.
+
+    Returns:
+        A :class:`ConnectivityReport`.
+
+    Raises:
+        ValueError: on train mode with per-sample C, an unknown method, no trainable
+            parameters, or empty data.
+    """
+    if per_sample and train_mode:
+        raise ValueError(
+            "per-sample C is defined with fixed normalisation statistics (eval mode): a "
+            "per-sample gradient does not exist when BatchNorm uses the batch's own statistics. "
+            "Use per_sample=False for C_m in train mode."
+        )
+    if method not in ("auto", "hooks", "vmap"):
+        raise ValueError(f"unknown method {method!r}; valid methods: auto, hooks, vmap")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    loss = resolve_loss(loss_fn)
+    names = [n for n, _ in params]
+    roles, owners = param_roles(model), param_owners(model)
+    batches = progress(data, desc=_desc(per_sample), enabled=progress_bar)
+
+    with preserved_state(model, train=train_mode):
+        if per_sample:
+            sums, batch_sizes, used, reason = _per_sample_sums(
+                model, batches, loss, names, chunk_size, method
+            )
+            n_samples = sum(batch_sizes)
+            denominator = n_samples
+        else:
+            sums, batch_sizes = _minibatch_sums(model, batches, loss, params)
+            used, reason = "minibatch", None
+            n_samples = sum(batch_sizes)
+            denominator = len(batch_sizes)
+    if not batch_sizes:
+        raise ValueError("the data yielded no batches")
+
+    # One host transfer for everything: the sums stay on the device until here.
+    values = (torch.stack([sums[n] for n in names]) / denominator).tolist()
+    by_parameter = dict(zip(names, values, strict=True))
+    return ConnectivityReport(
+        total=math.fsum(values),
+        by_parameter=by_parameter,
+        roles={n: roles[n] for n in names},
+        owners={n: owners[n] for n in names},
+        per_sample=per_sample,
+        train_mode=train_mode and not per_sample,
+        n_samples=n_samples,
+        batch_sizes=tuple(batch_sizes),
+        method=used,
+        fallback_reason=reason,
+    )
+
+
+def _desc(per_sample: bool) -> str:
+    return "connectivity C" if per_sample else "connectivity C_m"
+
+
+def _per_sample_sums(
+    model: nn.Module,
+    batches: Iterable,
+    loss: LossFn,
+    names: list[str],
+    chunk_size: int,
+    method: str,
+) -> tuple[dict[str, torch.Tensor], list[int], str, str | None]:
+    """Σ over samples of each parameter's |θ⊙∂ℓ_n/∂θ| sum, accumulated in float64."""
+    reason = supports_fast_path(model) if method != "vmap" else "method='vmap' requested"
+    if method == "hooks" and reason is not None:
+        raise ValueError(f"method='hooks' cannot handle this model: {reason}")
+    hooked = HookedPerSample(model, loss) if reason is None else None
+    sums: dict[str, torch.Tensor] = {}
+    batch_sizes: list[int] = []
+    try:
+        for x, y in iter_batches(batches, model):
+            terms = hooked(x, y) if hooked is not None and x.is_floating_point() else None
+            if terms is None:
+                if hooked is not None:
+                    reason = "a layer ran more than once per forward (or integer inputs)"
+                    hooked.close()
+                    hooked = None
+                terms = vmap_per_sample(model, loss, x, y, chunk_size)
+            for n in names:
+                t = terms.get(n)
+                s = t.sum(dtype=torch.float64) if t is not None else None
+                if s is None:
+                    continue
+                sums[n] = sums[n] + s if n in sums else s
+            batch_sizes.append(int(x.shape[0]))
+    finally:
+        if hooked is not None:
+            hooked.close()
+    device = next(model.parameters()).device
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    used = "hooks" if reason is None else "vmap"
+    return {n: sums.get(n, zero) for n in names}, batch_sizes, used, reason
+
+
+def _minibatch_sums(
+    model: nn.Module,
+    batches: Iterable,
+    loss: LossFn,
+    params: list[tuple[str, nn.Parameter]],
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Σ over batches of each parameter's |θ⊙∇L_batch| sum (C_m), accumulated in float64."""
+    tensors = [p for _, p in params]
+    sums = [torch.zeros((), dtype=torch.float64, device=p.device) for p in tensors]
+    batch_sizes: list[int] = []
+    for x, y in iter_batches(batches, model):
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss(model(x), y), tensors, allow_unused=True)
+        for i, (g, p) in enumerate(zip(grads, tensors, strict=True)):
+            if g is not None:
+                sums[i] += (g * p.detach()).abs().sum(dtype=torch.float64)
+        batch_sizes.append(int(x.shape[0]))
+    return {n: s for (n, _), s in zip(params, sums, strict=True)}, batch_sizes
+
+
+def connection_sensitivity(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: LossFn | None = None,
+    *,
+    train_mode: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The signed connection sensitivity θ ⊙ ∂L/∂θ of one batch's mean loss (eq. 7).
+
+    Its absolute sum is C_m. Unlike C it keeps signs, which is what the scale-invariance
+    identities need: in train mode, for a conv/linear layer followed by BatchNorm,
+    Σ_j θ_jk ∂L/∂θ_jk (+ b_k ∂L/∂b_k) = 0 for every output channel k (eq. 14-16).
+
+    Args:
+        model: the network.
+        inputs: one batch of inputs.
+        targets: its targets.
+        loss_fn: batch-mean loss; default cross-entropy.
+        train_mode: run the model in train mode (batch statistics) or eval mode.
+
+    Returns:
+        ``{parameter name: tensor shaped like the parameter}`` for trainable parameters.
+    """
+    params = trainable_parameters(model)
+    loss = resolve_loss(loss_fn)
+    with preserved_state(model, train=train_mode):
+        ((x, y),) = list(iter_batches([(inputs, targets)], model))
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                loss(model(x), y), [p for _, p in params], allow_unused=True
+            )
+    return {
+        n: (g * p.detach()) if g is not None else torch.zeros_like(p)
+        for (n, p), g in zip(params, grads, strict=True)
+    }
+
+
+def bias_utilization(
+    report: ConnectivityReport, model: nn.Module | None = None
+) -> dict[str, float]:
+    """The bias-utilisation ratio r_l = C(β_l) / C(γ_l) of every normalisation layer (Sec. 4.2).
+
+    Both terms are summed over the layer's channels. C(γ_l) = 0 with C(β_l) > 0 gives ``inf``;
+    both zero gives 0. Layers whose γ or β is not in the report (no affine parameters, or
+    frozen) are left out.
+
+    Args:
+        report: a :class:`ConnectivityReport` (C or C_m).
+        model: optional; when given, only modules that are normalisation layers of this model
+            are considered (otherwise the report's roles decide).
+
+    Returns:
+        ``{normalisation module name: r_l}`` in the model's order.
+    """
+    gamma: dict[str, float] = {}
+    beta: dict[str, float] = {}
+    for name, value in report.by_parameter.items():
+        role, owner = report.roles[name], report.owners[name]
+        if role is Role.NORM_SCALE:
+            gamma[owner] = value
+        elif role is Role.NORM_SHIFT:
+            beta[owner] = value
+    if model is not None:
+        norms = {n for n, m in model.named_modules() if is_norm_module(m)}
+        gamma = {k: v for k, v in gamma.items() if k in norms}
+    ratios: dict[str, float] = {}
+    for layer, c_gamma in gamma.items():
+        if layer not in beta:
+            continue
+        c_beta = beta[layer]
+        if c_gamma > 0:
+            ratios[layer] = c_beta / c_gamma
+        else:
+            ratios[layer] = math.inf if c_beta > 0 else 0.0
+    return ratios

@@ -1,0 +1,142 @@
+"""The Fisher-Rao norm ‖θ‖²_FR = θᵀ F(θ) θ of a softmax classifier (paper eq. 8).
+
+Liang et al. (2019) proposed the Fisher-Rao norm as a reparameterisation-invariant capacity
+measure; the paper (Sec. 3.1) compares it with connectivity sharpness (eq. 4). Written out,
+
+    θᵀ F(θ) θ = E_x E_y [(θ · ∇_θ log p_θ(y|x))²],
+
+and ``θ · ∇_θ log p_θ(c|x)`` is the directional derivative of ``log softmax(f_θ(x))_c`` along θ
+itself. One forward-mode Jacobian-vector product per batch, with tangent θ, therefore gives that
+derivative for every sample and every class at the cost of about two forward passes, with no
+per-sample backward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from biasdecay.sharpness._autodiff import iter_batches, preserved_state, trainable_parameters
+from biasdecay.sharpness._autodiff import progress as progress_bar
+
+__all__ = ["FISHER_LABELS", "FisherRaoNorm", "fisher_rao_norm"]
+
+#: Label distributions accepted by :func:`fisher_rao_norm`.
+FISHER_LABELS = ("model", "empirical")
+
+
+@dataclass(frozen=True)
+class FisherRaoNorm:
+    """The Fisher-Rao norm of the trainable parameters.
+
+    Attributes:
+        value: ``θᵀ F(θ) θ = ‖θ‖²_FR`` (eq. 8).
+        norm: ``‖θ‖_FR``, the square root of ``value``.
+        labels: ``"model"`` (true Fisher) or ``"empirical"`` (empirical Fisher).
+        n_samples: number of samples averaged over.
+    """
+
+    value: float
+    norm: float
+    labels: str
+    n_samples: int
+
+
+def fisher_rao_norm(
+    model: nn.Module, data: Iterable, *, labels: str = "model", progress: bool = False
+) -> FisherRaoNorm:
+    """``‖θ‖²_FR = θᵀ F(θ) θ = E_x E_y[(θ · ∇_θ log p_θ(y|x))²]`` (paper eq. 8).
+
+    The model must be a classifier whose outputs are logits of shape ``(batch, classes)``, with
+    ``p_θ(y|x) = softmax(f_θ(x))_y``: the Fisher of softmax cross-entropy.
+
+    * ``labels="model"``: the (true) Fisher information of the paper's footnote 1 and Liang et
+      al. (2019): ``y ~ p_θ(·|x)``, the expectation over ``y`` computed exactly as
+      ``Σ_c p_c · d_c²`` (no label sampling).
+    * ``labels="empirical"``: the empirical Fisher, ``y`` the data set's label, ``d_y²``.
+
+    Here ``d_c = θ · ∇_θ log p_θ(c|x)``, all classes at once from one forward-mode JVP per batch
+    along the tangent θ. θ is the trainable parameters (``requires_grad``); frozen parameters
+    and buffers are held fixed. Samples are averaged with equal weight (batch-size weighted over
+    batches). BatchNorm runs in eval mode, so each sample's term uses the running statistics, and
+    the model's modes and buffers are restored afterwards.
+
+    Args:
+        model: the classifier (logits out).
+        data: an iterable of ``(inputs, targets)`` batches; the targets are class indices
+            (used only when ``labels="empirical"``).
+        labels: ``"model"`` or ``"empirical"``.
+        progress: show a progress bar over the batches.
+
+    Returns:
+        A :class:`FisherRaoNorm` with ``value = ‖θ‖²_FR`` and ``norm = ‖θ‖_FR``.
+
+    Raises:
+        ValueError: for an unknown ``labels``, a model without trainable parameters, outputs that
+            are not ``(batch, classes)`` logits, non-integer targets with ``"empirical"``, or
+            empty data.
+
+    References:
+        Liang, Poggio, Rakhlin & Stokes, "Fisher-Rao Metric, Geometry, and Complexity of Neural
+        Networks", AISTATS 2019.
+    """
+    if labels not in FISHER_LABELS:
+        raise ValueError(f"unknown labels {labels!r}; valid options are {FISHER_LABELS}")
+    theta = {name: p.detach() for name, p in trainable_parameters(model)}
+    if not theta:
+        raise ValueError(
+            "the model has no trainable parameters (none has requires_grad=True); "
+            "unfreeze the parameters whose Fisher-Rao norm you want"
+        )
+    total = torch.zeros((), dtype=torch.float64)
+    n_samples = 0
+    with preserved_state(model, train=False), torch.no_grad():
+        batches = progress_bar(iter_batches(data, model), desc="Fisher-Rao norm", enabled=progress)
+        for x, y in batches:
+            log_probs, directional = _log_softmax_along_theta(model, theta, x)
+            if labels == "model":
+                squared = (log_probs.exp() * directional.square()).sum(dim=1)
+            else:
+                squared = _at_labels(directional, y).square()
+            total += squared.sum().to("cpu", torch.float64)
+            n_samples += x.shape[0]
+    if n_samples == 0:
+        raise ValueError("the data yielded no batches; pass a non-empty iterable of (x, y)")
+    value = (total / n_samples).item()
+    return FisherRaoNorm(value=value, norm=math.sqrt(value), labels=labels, n_samples=n_samples)
+
+
+def _log_softmax_along_theta(
+    model: nn.Module, theta: dict[str, torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log softmax(f_θ(x))`` and its directional derivative along θ, both ``(batch, classes)``.
+
+    Parameters missing from ``theta`` (frozen ones) and buffers come from the module itself, so
+    they are constants of the JVP.
+    """
+
+    def log_softmax_of(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = functional_call(model, params, (x,))
+        if logits.ndim != 2:
+            raise ValueError(
+                f"the model returned outputs of shape {tuple(logits.shape)}; the Fisher-Rao norm "
+                "needs classifier logits of shape (batch, classes)"
+            )
+        return torch.log_softmax(logits, dim=1)
+
+    # The tangent is θ itself: d/dε log p_{θ+εθ} = θ · ∇_θ log p_θ.
+    return jvp(log_softmax_of, (theta,), (theta,))
+
+
+def _at_labels(directional: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if targets.is_floating_point() or targets.is_complex() or targets.ndim != 1:
+        raise ValueError(
+            "labels='empirical' needs class-index targets of shape (batch,); got "
+            f"{targets.dtype} of shape {tuple(targets.shape)}"
+        )
+    return directional.gather(1, targets[:, None]).squeeze(1)

@@ -1,0 +1,133 @@
+"""Run a chosen set of measures on one model and data set, returning one JSON-ready result.
+
+The names here are the ones ``biasdecay measure --measures`` accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from biasdecay.sharpness.connectivity import bias_utilization, connectivity_sharpness
+from biasdecay.sharpness.fisher_rao import fisher_rao_norm
+from biasdecay.sharpness.hessian import hessian_max_eigenvalue, hessian_trace
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """Settings of the measures that have any (budgets, seeds, modes)."""
+
+    hessian_matvecs: int = 30  # Hutch++ budget for Tr(H)
+    trace_method: str = "hutch++"
+    lanczos_iters: int = 20  # λmax iterations
+    lanczos_tol: float = 1e-3
+    seed: int = 0
+    minibatch_train_mode: bool = False  # C_m with batch statistics (what training sees)
+    fisher_labels: str = "model"
+    progress: bool = False
+
+
+def _connectivity(model, data, o: MeasureOptions) -> dict[str, Any]:
+    report = connectivity_sharpness(model, data, progress_bar=o.progress)
+    return {**report.to_dict(), "bias_utilization": bias_utilization(report, model)}
+
+
+def _connectivity_m(model, data, o: MeasureOptions) -> dict[str, Any]:
+    report = connectivity_sharpness(
+        model, data, per_sample=False, train_mode=o.minibatch_train_mode, progress_bar=o.progress
+    )
+    return {**report.to_dict(), "bias_utilization": bias_utilization(report, model)}
+
+
+def _trace(model, data, o: MeasureOptions) -> dict[str, Any]:
+    est = hessian_trace(
+        model,
+        data,
+        n_matvecs=o.hessian_matvecs,
+        method=o.trace_method,
+        seed=o.seed,
+        progress=o.progress,
+    )
+    return _plain(est)
+
+
+def _max_eig(model, data, o: MeasureOptions) -> dict[str, Any]:
+    est = hessian_max_eigenvalue(
+        model, data, max_iter=o.lanczos_iters, tol=o.lanczos_tol, seed=o.seed, progress=o.progress
+    )
+    return _plain(est)
+
+
+def _fisher_rao(model, data, o: MeasureOptions) -> dict[str, Any]:
+    return _plain(fisher_rao_norm(model, data, labels=o.fisher_labels, progress=o.progress))
+
+
+def _plain(result: Any) -> dict[str, Any]:
+    """A result dataclass as a dict of JSON values (tensors such as eigenvectors dropped)."""
+    return {
+        f.name: getattr(result, f.name)
+        for f in dataclasses.fields(result)
+        if isinstance(getattr(result, f.name), (int, float, str, bool, type(None)))
+    }
+
+
+MEASURES: dict[str, Callable[[nn.Module, Iterable, MeasureOptions], dict[str, Any]]] = {
+    "connectivity": _connectivity,  # per-sample C (eq. 4), eval mode
+    "connectivity-m": _connectivity_m,  # mini-batch C_m
+    "hessian-trace": _trace,
+    "hessian-max": _max_eig,
+    "fisher-rao": _fisher_rao,  # θᵀFθ (eq. 8)
+}
+
+
+def measure_names() -> list[str]:
+    """Names accepted by :func:`run_measures`."""
+    return list(MEASURES)
+
+
+def parse_measures(text: str | Iterable[str]) -> list[str]:
+    """Split ``"a,b"`` into names, checking each; an unknown name lists the valid ones."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in MEASURES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown measure(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"valid measures: {', '.join(MEASURES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def run_measures(
+    model: nn.Module,
+    data: Iterable,
+    measures: Iterable[str],
+    options: MeasureOptions | None = None,
+    *,
+    on_start: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run each named measure on ``model`` over ``data``.
+
+    Args:
+        model: the network.
+        data: a re-iterable collection of ``(inputs, targets)`` batches.
+        measures: names from :func:`measure_names`.
+        options: budgets and modes.
+        on_start: called with each measure's name before it runs (progress messages).
+
+    Returns:
+        ``{measure name: result dict (with "seconds")}``.
+    """
+    options = options or MeasureOptions()
+    results: dict[str, dict[str, Any]] = {}
+    for name in parse_measures(list(measures)):
+        if on_start is not None:
+            on_start(name)
+        start = time.perf_counter()
+        result = MEASURES[name](model, data, options)
+        results[name] = {**result, "seconds": time.perf_counter() - start}
+    return results

@@ -1,0 +1,150 @@
+"""Fisher-Rao norm (eq. 8) against an explicit per-sample, per-class loop in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from biasdecay.sharpness.fisher_rao import FisherRaoNorm, fisher_rao_norm
+
+# torch's forward-mode AD scripts its JVP decompositions on first use (torch internals, not ours).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These models are tiny: intra-op threads only add synchronisation, which on a busy shared
+    CPU makes the suite ten times slower. Restored afterwards for the rest of the session."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+
+
+def conv_bn() -> nn.Module:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3)
+    ).double()
+    # Non-trivial running statistics and affine parameters, so eval-mode BN is not an identity.
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.normal_()
+    return model
+
+
+MODELS = {"mlp": mlp, "conv_bn": conv_bn}
+
+
+def batches(model_name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two batches of unequal sizes, so the per-sample average must weight batches by size."""
+    g = torch.Generator().manual_seed(2)
+    shape = (6,) if model_name == "mlp" else (1, 5, 5)
+    return [
+        (
+            torch.randn(n, *shape, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (n,), generator=g),
+        )
+        for n in (7, 4)
+    ]
+
+
+def explicit_fisher_rao(model: nn.Module, data, labels: str) -> float:
+    """E_x Σ_c w_c (θ·∇_θ log p_c)², one backward per sample and class, in eval mode.
+
+    w_c = p_c for the model Fisher; w_c = [c = y] for the empirical one.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in data:
+        for n in range(x.shape[0]):
+            log_probs = torch.log_softmax(model(x[n : n + 1]), dim=1)[0]
+            for c in range(log_probs.shape[0]):
+                weight = log_probs[c].exp().item() if labels == "model" else float(c == y[n])
+                if weight == 0.0:
+                    continue
+                grads = torch.autograd.grad(log_probs[c], params, retain_graph=True)
+                directional = sum((g * p).sum() for g, p in zip(grads, params, strict=True))
+                total += weight * directional.item() ** 2
+            count += 1
+    model.train(was_training)
+    return total / count
+
+
+@pytest.mark.parametrize("labels", ["model", "empirical"])
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_matches_the_explicit_per_sample_per_class_loop(model_name, labels):
+    model, data = MODELS[model_name](), batches(model_name)
+    result = fisher_rao_norm(model, data, labels=labels)
+    assert isinstance(result, FisherRaoNorm)
+    assert result.value == pytest.approx(explicit_fisher_rao(model, data, labels), rel=1e-10)
+    assert result.norm == pytest.approx(math.sqrt(result.value), rel=1e-15)
+    assert result.labels == labels and result.n_samples == 11
+
+
+def test_frozen_parameter_is_not_part_of_theta():
+    model, data = conv_bn(), batches("conv_bn")
+    everything = fisher_rao_norm(model, data).value
+    model[1].bias.requires_grad_(False)  # BN β: held fixed, so neither a coordinate nor tangent
+    frozen = fisher_rao_norm(model, data)
+    assert frozen.value == pytest.approx(explicit_fisher_rao(model, data, "model"), rel=1e-10)
+    assert frozen.value != pytest.approx(everything, rel=1e-3)
+
+
+def test_bias_free_relu_network_obeys_the_homogeneity_identity():
+    # For a bias-free ReLU net of depth L, θ·∇_θ f = L·f, so θ·∇ log p_c = L·(f_c − Σ_j p_j f_j)
+    # and the model Fisher-Rao norm is E_x[L² Var_{c~p}(f_c)] (Liang et al., 2019, Lemma 2.1).
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 4, bias=False)
+    ).double()
+    x = torch.randn(32, 6, dtype=torch.float64)
+    data = [(x, torch.zeros(32, dtype=torch.long))]
+    with torch.no_grad():
+        logits = model(x)
+        probs = logits.softmax(dim=1)
+        variance = (probs * logits.square()).sum(1) - (probs * logits).sum(1).square()
+    expected = (2**2 * variance).mean().item()
+    assert fisher_rao_norm(model, data).value == pytest.approx(expected, rel=1e-10)
+
+
+def test_model_mode_and_buffers_are_unchanged():
+    model, data = conv_bn(), batches("conv_bn")
+    model.train()
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    fisher_rao_norm(model, data, labels="empirical")
+    assert all(m.training for m in model.modules())
+    for n, b in model.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_unknown_labels_lists_the_valid_options():
+    with pytest.raises(ValueError, match=r"unknown labels 'true'.*model.*empirical"):
+        fisher_rao_norm(mlp(), batches("mlp"), labels="true")
+
+
+def test_bad_input_is_explained():
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fisher_rao_norm(mlp().requires_grad_(False), batches("mlp"))
+    with pytest.raises(ValueError, match="no batches"):
+        fisher_rao_norm(mlp(), [])
+    with pytest.raises(ValueError, match=r"\(batch, classes\)"):
+        fisher_rao_norm(nn.Conv2d(1, 2, 3).double(), batches("conv_bn"))
+    x, _ = batches("mlp")[0]
+    with pytest.raises(ValueError, match="class-index targets"):
+        fisher_rao_norm(mlp(), [(x, torch.zeros(7, dtype=torch.float64))], labels="empirical")
