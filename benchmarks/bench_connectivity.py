@@ -11,6 +11,7 @@ one-sample-at-a-time loop, and C_m. Every row is timed in this run; ratios are t
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shlex
 import sys
@@ -47,6 +48,17 @@ def interleaved_best(
             _sync(device)
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def naive_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print("$ python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
     print(
-        f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
+        f"torch {torch.__version__} | {cpu_name()} | {os.cpu_count()} cores | "
         f"threads {torch.get_num_threads()} | device {device} | {args.model} width {args.width} "
         f"({n_params:,} params) | batch {args.batch} | {args.image_size}x{args.image_size} | eval"
     )

@@ -4,7 +4,7 @@
 # Extra arguments go to `biasdecay measure` (e.g. --measures connectivity,connectivity-m).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh "data,plot"
+bash scripts/setup.sh
 data_root="$(bash scripts/ensure_fashion_mnist.sh)"
 out="${BIASDECAY_OUT:-runs/main}"
 bd=.venv/bin/biasdecay

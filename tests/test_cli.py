@@ -56,9 +56,7 @@ def test_train_then_measure_prints_table2_and_writes_json(trained, tmp_path, cap
     batches = list(DeviceLoader(test, 32, shuffle=False))
     expected = connectivity_sharpness(model, batches)
     assert results["connectivity"]["total"] == pytest.approx(expected.total, rel=1e-6)
-    assert results["connectivity"]["table2"]["β"] == pytest.approx(
-        expected.table2()["β"], rel=1e-6
-    )
+    assert results["connectivity"]["table2"]["β"] == pytest.approx(expected.table2()["β"], rel=1e-6)
     assert len(results["connectivity"]["bias_utilization"]) == sum(
         isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()
     )

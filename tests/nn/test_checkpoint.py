@@ -13,6 +13,7 @@ from biasdecay.nn.checkpoint import (
     save_model,
 )
 
+
 class UnsafeObject:
     """Any pickled class: weights_only loading must refuse it."""
 
