@@ -15,8 +15,6 @@ from biasdecay.sharpness.connectivity import (
     connectivity_sharpness,
 )
 
-torch.set_num_threads(2)
-
 
 def naive_per_sample(model: nn.Module, batches) -> dict[str, float]:
     """C split by parameter: one backward per sample, |θ ⊙ g| summed, averaged over samples."""

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from tiny_nets import batches, mlp
+from tiny_nets import conv_bn as tiny_conv_bn
 from torch import nn
 
 from biasdecay.sharpness.fisher_rao import FisherRaoNorm, fisher_rao_norm
@@ -16,49 +18,11 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These models are tiny: intra-op threads only add synchronisation, which on a busy shared
-    CPU makes the suite ten times slower. Restored afterwards for the rest of the session."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-
-
 def conv_bn() -> nn.Module:
-    torch.manual_seed(1)
-    model = nn.Sequential(
-        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3)
-    ).double()
-    # Non-trivial running statistics and affine parameters, so eval-mode BN is not an identity.
-    with torch.no_grad():
-        model[1].running_mean.normal_()
-        model[1].running_var.uniform_(0.5, 2.0)
-        model[1].weight.uniform_(0.5, 1.5)
-        model[1].bias.normal_()
-    return model
+    return tiny_conv_bn(nn.ReLU)
 
 
 MODELS = {"mlp": mlp, "conv_bn": conv_bn}
-
-
-def batches(model_name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Two batches of unequal sizes, so the per-sample average must weight batches by size."""
-    g = torch.Generator().manual_seed(2)
-    shape = (6,) if model_name == "mlp" else (1, 5, 5)
-    return [
-        (
-            torch.randn(n, *shape, generator=g, dtype=torch.float64),
-            torch.randint(0, 3, (n,), generator=g),
-        )
-        for n in (7, 4)
-    ]
 
 
 def explicit_fisher_rao(model: nn.Module, data, labels: str) -> float:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny_nets import batches, conv_bn, mlp
 from torch import nn
 from torch.func import functional_call
 
@@ -16,54 +17,7 @@ from biasdecay.sharpness.hessian import (
     hessian_trace,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These models are tiny: intra-op threads only add synchronisation, which on a busy shared
-    CPU makes the suite ten times slower. Restored afterwards for the rest of the session."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# --------------------------------------------------------------------------------------------
-# Tiny models, data and the exact oracle
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-
-
-def conv_bn() -> nn.Module:
-    torch.manual_seed(1)
-    model = nn.Sequential(
-        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)
-    ).double()
-    # Non-trivial running statistics and affine parameters, so eval-mode BN is not an identity.
-    with torch.no_grad():
-        model[1].running_mean.normal_()
-        model[1].running_var.uniform_(0.5, 2.0)
-        model[1].weight.uniform_(0.5, 1.5)
-        model[1].bias.normal_()
-    return model
-
-
 MODELS = {"mlp": mlp, "conv_bn": conv_bn}
-
-
-def batches(model_name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Two batches of unequal sizes, so equal batch weights would give a different loss."""
-    g = torch.Generator().manual_seed(2)
-    shape = (6,) if model_name == "mlp" else (1, 5, 5)
-    return [
-        (
-            torch.randn(n, *shape, generator=g, dtype=torch.float64),
-            torch.randint(0, 3, (n,), generator=g),
-        )
-        for n in (7, 4)
-    ]
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from biasdecay.data import DeviceLoader, ImageDataset, load_dataset, subset
+from biasdecay.nn.checkpoint import ModelSpec
 from biasdecay.nn.models import min_image_size
 
 
@@ -38,6 +39,17 @@ def pad_for(model_name: str, dataset: ImageDataset) -> int | None:
     """The square size to pad inputs to for ``model_name`` (VGG needs 32x32), or None."""
     need = min_image_size(model_name)
     return need if dataset.image_size < need else None
+
+
+def model_spec_for(name: str, dataset: ImageDataset, width: float) -> ModelSpec:
+    """The spec of model ``name`` sized for ``dataset`` (channels, classes, padded image size)."""
+    return ModelSpec(
+        name=name,
+        in_channels=dataset.in_channels,
+        num_classes=dataset.num_classes,
+        width=width,
+        image_size=max(dataset.image_size, min_image_size(name)),
+    )
 
 
 def load_split(name: str, split: str, root: str | None) -> ImageDataset:

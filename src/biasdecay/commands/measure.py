@@ -13,12 +13,13 @@ from biasdecay.commands.common import (
     UsageError,
     load_split,
     measurement_batches,
+    model_spec_for,
     pad_for,
     resolve_device,
     show_progress,
     write_json_atomic,
 )
-from biasdecay.nn.checkpoint import ModelSpec, load_model
+from biasdecay.nn.checkpoint import load_model
 from biasdecay.report.tables import text_table
 from biasdecay.sharpness.suite import MeasureOptions, parse_measures, run_measures
 
@@ -31,15 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give --checkpoint PATH (and --model NAME if it is a bare state_dict)")
 
     test = load_split(args.data, args.split, args.data_root)
-    spec = None
-    if args.model is not None:
-        spec = ModelSpec(
-            name=args.model,
-            in_channels=test.in_channels,
-            num_classes=test.num_classes,
-            width=args.width,
-            image_size=max(test.image_size, _min_size(args.model)),
-        )
+    spec = model_spec_for(args.model, test, args.width) if args.model is not None else None
     if args.checkpoint is not None:
         model, spec, meta = load_model(args.checkpoint, spec)
     else:  # freshly initialised network: allowed, and said so in the output
@@ -106,12 +99,6 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"\nwrote {args.json}")
     return 0
-
-
-def _min_size(name: str) -> int:
-    from biasdecay.nn.models import min_image_size
-
-    return min_image_size(name)
 
 
 def format_results(results: dict[str, dict[str, Any]]) -> str:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from biasdecay.commands.common import UsageError, load_split, pad_for, resolve_device, show_progress
-from biasdecay.nn.checkpoint import ModelSpec
-from biasdecay.nn.models import min_image_size
+from biasdecay.commands.common import (
+    UsageError,
+    load_split,
+    model_spec_for,
+    pad_for,
+    resolve_device,
+    show_progress,
+)
 from biasdecay.train.quick import QuickTrainConfig, quick_train
 
 
@@ -20,13 +25,7 @@ def run(args: argparse.Namespace) -> int:
         if args.train_samples < 1:
             raise UsageError("--train-samples must be >= 1")
         train_set = subset(train_set, min(args.train_samples, len(train_set)), seed=args.seed)
-    spec = ModelSpec(
-        name=args.model,
-        in_channels=train_set.in_channels,
-        num_classes=train_set.num_classes,
-        width=args.width,
-        image_size=max(train_set.image_size, min_image_size(args.model)),
-    )
+    spec = model_spec_for(args.model, train_set, args.width)
     config = QuickTrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

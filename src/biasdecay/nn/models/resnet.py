@@ -65,7 +65,30 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class StagedResNet(nn.Module):
+    """What every ResNet here shares: ``stem``, ``layer1`` ... ``layer4``, then a pooled head.
+
+    Subclasses build ``stem`` and the four stages, then call :meth:`_finish`.
+    """
+
+    def _finish(self, channels: int, num_classes: int) -> None:
+        """Global average pooling, a linear classifier with bias, and the conv initialisation."""
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(channels, num_classes)
+        init_conv_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, ``(B, num_classes)``, for images ``(B, in_channels, H, W)``."""
+        x = self.stem(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
+        return self.fc(self.flatten(self.pool(x)))
+
+
+class ResNet18(StagedResNet):
     """ResNet-18 for small images (CIFAR stem: one 3x3 stride-1 conv, no max-pool).
 
     ``conv3x3 -> BN -> ReLU``, four stages of two :class:`BasicBlock` (strides 1, 2, 2, 2), global
@@ -103,16 +126,4 @@ class ResNet18(nn.Module):
             blocks = nn.Sequential(BasicBlock(channels, width, stride), BasicBlock(width, width))
             self.add_module(f"layer{stage}", blocks)
             channels = width
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(channels, num_classes)
-        init_conv_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, ``(B, num_classes)``, for images ``(B, in_channels, H, W)``."""
-        x = self.stem(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-        return self.fc(self.flatten(self.pool(x)))
+        self._finish(channels, num_classes)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from biasdecay.nn.models.resnet import init_conv_weights
+from biasdecay.nn.models.resnet import StagedResNet
 
 __all__ = ["Bottleneck", "ResNet50D"]
 
@@ -79,7 +79,7 @@ class Bottleneck(nn.Module):
         return self.relu3(out + self.shortcut(x))
 
 
-class ResNet50D(nn.Module):
+class ResNet50D(StagedResNet):
     """ResNet-50-D: deep stem, ResNet-B bottlenecks and average-pool downsampling shortcuts.
 
     Stem: three ``conv3x3 -> BN -> ReLU`` (widths 32, 32, 64; the first has stride 2) then a 3x3
@@ -130,16 +130,4 @@ class ResNet50D(nn.Module):
             channels = width * Bottleneck.expansion
             blocks += [Bottleneck(channels, width) for _ in range(n_blocks - 1)]
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(channels, num_classes)
-        init_conv_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, ``(B, num_classes)``, for images ``(B, in_channels, H, W)``."""
-        x = self.stem(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-        return self.fc(self.flatten(self.pool(x)))
+        self._finish(channels, num_classes)
