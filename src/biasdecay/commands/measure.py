@@ -108,7 +108,7 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
     if conn:
         headers = ["substructure"] + [r["measure"] for _, r in conn]
         rows = [[row] + [r["table2"][row] for _, r in conn] for row in conn[0][1]["table2"]]
-        rows = [r for r in rows if r[0] != "other" or any(v for v in r[1:])]
+        rows = [r for r in rows if r[0] != "other" or any(v is not None for v in r[1:])]
         blocks.append("Connectivity sharpness by substructure (paper Table 2 rows)\n")
         blocks[-1] += text_table(headers, rows)
         layers = list(conn[0][1]["bias_utilization"])

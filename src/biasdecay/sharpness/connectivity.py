@@ -95,10 +95,18 @@ class ConnectivityReport:
             out[self.roles[name]] += value
         return out
 
-    def table2(self) -> dict[str, float]:
-        """The rows of the paper's Table 2 (Conv, γ, β, FC(w), FC(b), other) plus "Total"."""
+    def table2(self) -> dict[str, float | None]:
+        """The rows of the paper's Table 2 (Conv, γ, β, FC(w), FC(b), other) plus "Total".
+
+        A row is ``None`` when the model has no (trainable) parameter of its roles, e.g. γ and β
+        of VGG-11, which has no normalisation layers: absent, rather than present and flat.
+        """
         by_role = self.by_role
-        rows = {row: sum(by_role[r] for r in roles) for row, roles in TABLE2_ROWS.items()}
+        present = set(self.roles.values())
+        rows: dict[str, float | None] = {
+            row: sum(by_role[r] for r in roles) if present.intersection(roles) else None
+            for row, roles in TABLE2_ROWS.items()
+        }
         rows["Total"] = self.total
         return rows
 
@@ -232,18 +240,21 @@ def _per_sample_sums(
     batch_sizes: list[int] = []
     try:
         for x, y in iter_batches(batches, model):
-            terms = hooked(x, y) if hooked is not None and x.is_floating_point() else None
-            if terms is None:
-                if hooked is not None:
-                    reason = "a layer ran more than once per forward (or integer inputs)"
+            terms = None
+            if hooked is not None:
+                if not x.is_floating_point():
+                    reason = "the inputs are not floating point (hooks differentiate w.r.t. them)"
+                else:
+                    terms = hooked(x, y)
+                    if terms is None:
+                        reason = "a layer ran more than once in one forward pass"
+                if terms is None:  # switch to the generic path for this and later batches
                     hooked.close()
                     hooked = None
+            if terms is None:
                 terms = vmap_per_sample(model, loss, x, y, chunk_size)
-            for n in names:
-                t = terms.get(n)
-                s = t.sum(dtype=torch.float64) if t is not None else None
-                if s is None:
-                    continue
+            for n, t in terms.items():
+                s = t.sum(dtype=torch.float64)
                 sums[n] = sums[n] + s if n in sums else s
             batch_sizes.append(int(x.shape[0]))
     finally:
