@@ -10,6 +10,8 @@ def format_number(value: object, digits: int = 3) -> str:
     """Scientific notation like the paper's Table 2 (``3.34e-01``); text passes through."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "-" if value is None else str(value)
+    if isinstance(value, int):  # counts stay counts
+        return f"{value:,}"
     if math.isnan(value):
         return "nan"
     if math.isinf(value):

@@ -1,0 +1,234 @@
+"""Role-based weight-decay policies: the rows of the paper's Tables 3 and 4.
+
+A policy maps every parameter :class:`~biasdecay.roles.Role` to a decay coefficient, or freezes
+it at a fixed value. Which parameters decay is data (a mapping from role to rule), not a special
+case inside an optimiser. The optimiser then sees plain param groups
+(:func:`biasdecay.decay.groups.param_groups`).
+
+Policies (``weight_decay`` below is the base coefficient λ_w, e.g. 0.01 in Appendix A.2):
+
+=====================  ==========================================================================
+no_bias_decay          weights λ_w; conv/linear biases, γ and β not decayed (Goyal et al. 2017)
+all_decay              every parameter λ_w
+beta_decay             no_bias_decay, plus β decayed with its own coefficient ``beta`` (1.0)
+gamma_decay            no_bias_decay, plus γ decayed with its own coefficient ``gamma`` (0.01)
+beta_frozen            no_bias_decay, β fixed at 0 (not trained)
+gamma_frozen           no_bias_decay, γ fixed at 1 (not trained)
+bn_frozen              no_bias_decay, β fixed at 0 and γ at 1
+adaptive_beta_decay    no_bias_decay; β decayed with ``beta`` (1.0) in exactly the layers whose
+                       r_l ≥ ``threshold`` (0.1) at each step (Section 4.2, Algorithm 1), applied
+                       by :class:`biasdecay.decay.adaptive.AdaptiveBetaDecay`
+=====================  ==========================================================================
+
+Conv/linear biases follow the base policy: not decayed under no_bias_decay and every policy built
+on it, unless ``decay_biases=True`` (design.md §4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from biasdecay.roles import Role
+
+__all__ = ["RoleRule", "DecayPolicy", "decay_policy", "policy_names", "BASE"]
+
+BASE = "base"  # a rule coefficient meaning "the base weight_decay λ_w"
+
+_WEIGHTS = (Role.CONV_WEIGHT, Role.LINEAR_WEIGHT, Role.OTHER)
+_BIASES = (Role.CONV_BIAS, Role.LINEAR_BIAS)
+
+
+@dataclass(frozen=True)
+class RoleRule:
+    """How one role is treated: decayed with ``coefficient`` or frozen at ``frozen_value``.
+
+    ``coefficient`` is a number, or :data:`BASE` for the base weight_decay.
+    """
+
+    coefficient: float | str = 0.0
+    frozen_value: float | None = None  # not None: not trained, held at this value
+
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_value is not None
+
+    def resolve(self, weight_decay: float) -> float:
+        """The numeric decay coefficient given the base ``weight_decay``."""
+        return weight_decay if self.coefficient == BASE else float(self.coefficient)
+
+
+@dataclass(frozen=True)
+class DecayPolicy:
+    """A named mapping from role to :class:`RoleRule`, plus adaptive β decay settings.
+
+    Attributes:
+        name: the policy's name (a row label of Tables 3/4).
+        rules: a rule for every :class:`Role`.
+        adaptive_threshold: R of adaptive β decay (None: not adaptive).
+        adaptive_coefficient: λ_β applied to layers with r_l ≥ R.
+    """
+
+    name: str
+    rules: Mapping[Role, RoleRule]
+    adaptive_threshold: float | None = None
+    adaptive_coefficient: float = 0.0
+    options: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [r.value for r in Role if r not in self.rules]
+        if missing:
+            raise ValueError(f"policy {self.name!r} has no rule for roles: {', '.join(missing)}")
+        object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether β decay is decided per layer and step (adaptive β decay)."""
+        return self.adaptive_threshold is not None
+
+    def coefficient(self, role: Role, weight_decay: float) -> float:
+        """The decay coefficient of ``role`` (0 for frozen roles and adaptively decayed β)."""
+        rule = self.rules[role]
+        return 0.0 if rule.frozen else rule.resolve(weight_decay)
+
+    def describe(self) -> str:
+        """One line naming the policy and its options, for logs."""
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}({opts})"
+
+
+def _rules(
+    *,
+    biases: float | str,
+    gamma: RoleRule = RoleRule(0.0),
+    beta: RoleRule = RoleRule(0.0),
+) -> dict[Role, RoleRule]:
+    rules = {role: RoleRule(BASE) for role in _WEIGHTS}
+    rules.update({role: RoleRule(biases) for role in _BIASES})
+    rules[Role.NORM_SCALE] = gamma
+    rules[Role.NORM_SHIFT] = beta
+    return rules
+
+
+def _check_coefficient(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 (a decay coefficient), got {value!r}")
+    return float(value)
+
+
+def _no_bias_decay(decay_biases: bool = False) -> DecayPolicy:
+    return DecayPolicy(
+        "no_bias_decay",
+        _rules(biases=BASE if decay_biases else 0.0),
+        options={"decay_biases": decay_biases},
+    )
+
+
+def _all_decay() -> DecayPolicy:
+    return DecayPolicy(
+        "all_decay",
+        _rules(biases=BASE, gamma=RoleRule(BASE), beta=RoleRule(BASE)),
+        options={"decay_biases": True},
+    )
+
+
+def _beta_decay(beta: float = 1.0, decay_biases: bool = False) -> DecayPolicy:
+    beta = _check_coefficient("beta", beta)
+    return DecayPolicy(
+        "beta_decay",
+        _rules(biases=BASE if decay_biases else 0.0, beta=RoleRule(beta)),
+        options={"beta": beta, "decay_biases": decay_biases},
+    )
+
+
+def _gamma_decay(gamma: float = 0.01, decay_biases: bool = False) -> DecayPolicy:
+    gamma = _check_coefficient("gamma", gamma)
+    return DecayPolicy(
+        "gamma_decay",
+        _rules(biases=BASE if decay_biases else 0.0, gamma=RoleRule(gamma)),
+        options={"gamma": gamma, "decay_biases": decay_biases},
+    )
+
+
+def _frozen(name: str, gamma: bool, beta: bool):
+    def build(decay_biases: bool = False) -> DecayPolicy:
+        return DecayPolicy(
+            name,
+            _rules(
+                biases=BASE if decay_biases else 0.0,
+                gamma=RoleRule(0.0, frozen_value=1.0) if gamma else RoleRule(0.0),
+                beta=RoleRule(0.0, frozen_value=0.0) if beta else RoleRule(0.0),
+            ),
+            options={"decay_biases": decay_biases},
+        )
+
+    return build
+
+
+def _adaptive_beta_decay(
+    beta: float = 1.0, threshold: float = 0.1, decay_biases: bool = False
+) -> DecayPolicy:
+    beta = _check_coefficient("beta", beta)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
+        raise ValueError(
+            f"threshold must be a number >= 0 (R of adaptive β decay; inf = never decay), "
+            f"got {threshold!r}"
+        )
+    return DecayPolicy(
+        "adaptive_beta_decay",
+        _rules(biases=BASE if decay_biases else 0.0),  # β decayed by the controller, not here
+        adaptive_threshold=float(threshold),
+        adaptive_coefficient=beta,
+        options={"beta": beta, "threshold": float(threshold), "decay_biases": decay_biases},
+    )
+
+
+_POLICIES = {
+    "no_bias_decay": _no_bias_decay,
+    "all_decay": _all_decay,
+    "beta_decay": _beta_decay,
+    "gamma_decay": _gamma_decay,
+    "beta_frozen": _frozen("beta_frozen", gamma=False, beta=True),
+    "gamma_frozen": _frozen("gamma_frozen", gamma=True, beta=False),
+    "bn_frozen": _frozen("bn_frozen", gamma=True, beta=True),
+    "adaptive_beta_decay": _adaptive_beta_decay,
+}
+
+
+def policy_names() -> list[str]:
+    """Names accepted by :func:`decay_policy`."""
+    return list(_POLICIES)
+
+
+def decay_policy(name: str, **coefficients: float | bool) -> DecayPolicy:
+    """Build a weight-decay policy by name.
+
+    Args:
+        name: one of :func:`policy_names`.
+        **coefficients: the policy's own options: ``beta`` (beta_decay,
+            adaptive_beta_decay; default 1.0), ``gamma`` (gamma_decay; default 0.01),
+            ``threshold`` (adaptive_beta_decay's R; default 0.1), ``decay_biases`` (every policy
+            but all_decay; default False: conv/linear biases follow no_bias_decay).
+
+    Returns:
+        The :class:`DecayPolicy`.
+
+    Raises:
+        ValueError: an unknown name or option (the valid ones are listed), or a bad value.
+    """
+    if name not in _POLICIES:
+        raise ValueError(f"unknown decay policy {name!r}; valid policies: {', '.join(_POLICIES)}")
+    build = _POLICIES[name]
+    valid = list(build.__code__.co_varnames[: build.__code__.co_argcount])
+    unknown = sorted(set(coefficients) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"decay policy {name!r} has no option {', '.join(map(repr, unknown))}; valid options: "
+            f"{', '.join(valid) if valid else 'none'}"
+        )
+    return build(**coefficients)

@@ -1,0 +1,233 @@
+"""Plumbing shared by LAMB and LARS: checks, path choice, buckets, decay, norms and clipping.
+
+Nothing here knows an update rule; each optimiser module owns its equations. Everything that runs
+inside ``step()`` is free of host synchronisation: decisions are taken on Python values (steps,
+hyper-parameters, tensor metadata), never on tensor contents.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DecayOverrides",
+    "bucket_indices",
+    "check_in_range",
+    "check_lr",
+    "clip_coefficient",
+    "default_foreach",
+    "gather_overrides",
+    "l2_norm",
+    "per_tensor_decay_",
+]
+
+#: What ``decay_overrides`` maps: a parameter to a 0-dim tensor that replaces its group's decay.
+DecayOverrides = dict[torch.nn.Parameter, Tensor]
+
+# Tensor types the ``torch._foreach_*`` kernels accept (subclasses may override ops per tensor).
+_FOREACH_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def check_lr(owner: str, lr: object) -> None:
+    """Raise unless ``lr`` is a finite Python number >= 0 (tensor learning rates are not supported).
+
+    Args:
+      owner: the optimiser's name, for the message.
+      lr: the value to check.
+
+    Raises:
+      TypeError: ``lr`` is a tensor or not a number.
+      ValueError: ``lr`` is negative or not finite.
+    """
+    if isinstance(lr, Tensor) or not isinstance(lr, numbers.Real) or isinstance(lr, bool):
+        raise TypeError(f"{owner}: lr must be a Python float >= 0, got {type(lr).__name__}")
+    if not (0.0 <= float(lr) < math.inf):
+        raise ValueError(f"{owner}: lr must be in [0, inf), got {lr}")
+
+
+def check_in_range(
+    owner: str,
+    name: str,
+    value: object,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = True,
+) -> None:
+    """Raise ``ValueError`` naming ``name`` and its valid interval unless ``value`` lies inside it.
+
+    Args:
+      owner: the optimiser's name, for the message.
+      name: the hyper-parameter's name as the user spells it.
+      value: the value to check (a real number; bools are refused).
+      low, high: the interval's ends.
+      low_open, high_open: whether an end is excluded.
+    """
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{owner}: {name} must be a real number in {interval}, got {value!r}")
+    v = float(value)
+    above = v > low if low_open else v >= low
+    below = v < high if high_open else v <= high
+    if not (above and below):
+        raise ValueError(f"{owner}: {name} must be in {interval}, got {value!r}")
+
+
+def default_foreach(tensors: Iterable[Tensor], faster_by_device: Mapping[str, bool]) -> bool:
+    """Whether the ``torch._foreach_*`` path should run when the user left ``foreach=None``.
+
+    Like torch, the default is per device type, but the table is the optimiser's own measured
+    one: on CPU the answer differs between update rules (see each module's table).
+
+    Args:
+      tensors: every tensor the step will touch.
+      faster_by_device: device type -> True where the foreach path measured faster.
+
+    Returns:
+      True only if every tensor is a plain tensor on a device whose entry is True.
+    """
+    return all(
+        type(t) in _FOREACH_TYPES and faster_by_device.get(t.device.type, False) for t in tensors
+    )
+
+
+def bucket_indices(params: Sequence[Tensor], extra_keys: Sequence[Hashable]) -> list[list[int]]:
+    """Indices of ``params`` grouped by (device, dtype, extra key), in first-seen order.
+
+    foreach kernels need one device and dtype per call; the extra key (the step count for LAMB)
+    lets a bucket share Python scalars such as its bias corrections.
+    """
+    buckets: dict[tuple[object, ...], list[int]] = {}
+    for i, (p, key) in enumerate(zip(params, extra_keys, strict=True)):
+        buckets.setdefault((p.device, p.dtype, key), []).append(i)
+    return list(buckets.values())
+
+
+def gather_overrides(
+    owner: str, params: Sequence[Tensor], overrides: DecayOverrides
+) -> list[Tensor | None]:
+    """The decay override of each parameter (None where it has none), checked against it.
+
+    Only metadata is checked (dimension, device, dtype), so reading an override costs no sync.
+
+    Raises:
+      TypeError: an override is not a tensor.
+      ValueError: an override is not 0-dim or not on its parameter's device and dtype.
+    """
+    if not overrides:
+        return [None] * len(params)
+    found: list[Tensor | None] = []
+    for p in params:
+        lam = overrides.get(p)  # type: ignore[call-overload]
+        if lam is not None:
+            if not isinstance(lam, Tensor):
+                raise TypeError(
+                    f"{owner}: decay_overrides values must be 0-dim tensors, got "
+                    f"{type(lam).__name__} for a parameter of shape {tuple(p.shape)}"
+                )
+            if lam.dim() != 0 or lam.device != p.device or lam.dtype != p.dtype:
+                raise ValueError(
+                    f"{owner}: the decay override of a parameter of shape {tuple(p.shape)} "
+                    f"({p.dtype}, {p.device}) must be a 0-dim tensor of the same dtype and "
+                    f"device, got shape {tuple(lam.shape)} ({lam.dtype}, {lam.device})"
+                )
+        found.append(lam)
+    return found
+
+
+def per_tensor_decay_(
+    targets: list[Tensor],
+    params: list[Tensor],
+    overrides: list[Tensor | None],
+    weight_decay: float,
+    scale: float = 1.0,
+    *,
+    foreach: bool,
+) -> None:
+    """``target += scale·λ·θ`` per tensor, λ its override where it has one, else ``weight_decay``.
+
+    Args:
+      targets: tensors updated in place.
+      params: the matching parameters θ.
+      overrides: the matching override tensors (or None).
+      weight_decay: the group's λ.
+      scale: a Python factor applied to every λ (LAMB folds its bias correction in here).
+      foreach: use one ``torch._foreach_*`` call per kind instead of a loop.
+    """
+    plain = [i for i, lam in enumerate(overrides) if lam is None]
+    custom = [i for i, lam in enumerate(overrides) if lam is not None]
+    if weight_decay != 0 and plain:
+        if foreach:
+            torch._foreach_add_(
+                [targets[i] for i in plain], [params[i] for i in plain], alpha=weight_decay * scale
+            )
+        else:
+            for i in plain:
+                targets[i].add_(params[i], alpha=weight_decay * scale)
+    if custom:
+        # The coefficient λ·scale is formed first, as in the float branch above, so that an
+        # override holding λ gives bit-for-bit the result of a group weight_decay of λ.
+        lams = [overrides[i] for i in custom]
+        if foreach:
+            coefficients = torch._foreach_mul(lams, scale)
+            torch._foreach_addcmul_(
+                [targets[i] for i in custom], [params[i] for i in custom], coefficients
+            )
+        else:
+            for i, lam in zip(custom, lams, strict=True):
+                targets[i].addcmul_(params[i], lam * scale)
+
+
+def l2_norm(tensor: Tensor) -> Tensor:
+    """The 2-norm of ``tensor`` as a 0-dim tensor on its device.
+
+    On CPU a BLAS dot product of the flattened tensor replaces ``torch.linalg.vector_norm``: for
+    2.4 M float32 values it measured 169 µs against 337 µs (torch 2.13, 2-core Xeon) and was more
+    accurate (6e-7 against 4e-5 relative error to a float64 norm). The per-tensor norms are a
+    third of a LARS step on CPU. Elsewhere, or for non-contiguous or low-precision tensors, the
+    library norm is used.
+    """
+    if (
+        tensor.device.type == "cpu"
+        and tensor.dtype in (torch.float32, torch.float64)
+        and tensor.is_contiguous()
+    ):
+        flat = tensor.view(-1)
+        return torch.dot(flat, flat).sqrt()
+    return torch.linalg.vector_norm(tensor)
+
+
+def clip_coefficient(grads: Sequence[Tensor], max_norm: float, *, foreach: bool) -> Tensor:
+    """``min(1, max_norm / (‖g‖ + 1e-6))`` for the global 2-norm of ``grads``, as a 0-dim tensor.
+
+    Kept on the device so clipping never waits for the host; the 1e-6 matches
+    ``torch.nn.utils.clip_grad_norm_``. The norm is accumulated in the widest floating dtype
+    present (at least float32) on the first gradient's device.
+
+    Args:
+      grads: every gradient of the optimiser (all groups).
+      max_norm: the clipping threshold (> 0).
+      foreach: compute per-tensor norms with ``torch._foreach_norm``.
+
+    Returns:
+      The factor to multiply every gradient by.
+    """
+    device = grads[0].device
+    dtype = torch.float32
+    for g in grads:
+        dtype = torch.promote_types(dtype, g.dtype)
+    norms: list[Tensor] = []
+    for idx in bucket_indices(grads, [None] * len(grads)):
+        bucket = [grads[i] for i in idx]
+        if foreach:
+            norms.extend(torch._foreach_norm(bucket))
+        else:
+            norms.extend(l2_norm(g) for g in bucket)
+    total = torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
+    return torch.clamp(max_norm / (total + 1e-6), max=1.0)

@@ -1,0 +1,458 @@
+r"""LARS: SGD with momentum and a layer-wise local learning rate (You et al., 2017).
+
+For each parameter tensor θ with gradient g (λ: weight decay, μ: momentum, η: learning rate)::
+
+    d  = g + λ θ
+    r  = κ ‖θ‖ / (‖g‖ + λ ‖θ‖ + ε)   if trust_ratio and ‖θ‖ > 0 and ‖g‖ > 0,   else 1
+    b  ← μ b + r d                    (first step: b = r d; no buffer when μ = 0: b = r d)
+    θ  ← θ − η (r d + μ b)            with nesterov
+    θ  ← θ − η b                      otherwise
+
+κ is ``trust_coefficient``. λ is the group's ``weight_decay`` unless ``decay_overrides`` holds a
+tensor for θ. Decay and the trust ratio are independent switches: a BN group with λ = 0 keeps its
+local rate, and a group with ``trust_ratio=False`` is exactly SGD with momentum and L2 decay.
+
+Implementation note: d is never stored. r·d enters the buffer as r·g + (rλ)·θ and the parameter
+as θ(1 − ηrλ) − ηr·g, which saves a temporary the size of θ (and on CPU the page faults of
+allocating it) at the cost of one pass over θ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from biasdecay.optim._common import (
+    DecayOverrides,
+    bucket_indices,
+    check_in_range,
+    check_lr,
+    default_foreach,
+    gather_overrides,
+    l2_norm,
+)
+
+__all__ = ["LARS", "lars"]
+
+# Which path ``foreach=None`` takes, per device type. Measured with benchmarks/bench_optim.py on
+# the ResNet-18 parameter set (11.2 M float32 parameters in 62 tensors, 2-core Xeon, torch 2.13
+# CPU, 40 interleaved rounds): single-tensor 15.0-15.4 ms median step (its two rows), foreach
+# 19.0 ms (they were level before the loop's norms moved to the BLAS dot product, see l2_norm).
+# CUDA follows torch: one launch per op for all tensors beats a launch per tensor.
+_FOREACH_IS_FASTER = {"cpu": False, "cuda": True}
+
+
+class LARS(Optimizer):
+    r"""LARS (Layer-wise Adaptive Rate Scaling), You, Gitman and Ginsburg (2017).
+
+    Update, per parameter tensor θ with gradient g::
+
+        d = g + λ θ
+        r = κ ‖θ‖ / (‖g‖ + λ ‖θ‖ + ε)     (r = 1 if trust_ratio is off, ‖θ‖ = 0 or ‖g‖ = 0)
+        b ← μ b + r d                     (b = r d at the first step, and always when μ = 0)
+        θ ← θ − η (r d + μ b)  if nesterov,   θ ← θ − η b  otherwise
+
+    with κ = ``trust_coefficient``, μ = ``momentum``, λ = ``weight_decay`` and η = ``lr``.
+    Decay and the trust ratio are independent per-group switches.
+
+    Per-parameter decay: ``decay_overrides`` maps a parameter to a 0-dim tensor (its device and
+    dtype) that replaces the group's ``weight_decay`` for it in both d and r. It is read at every
+    step, may be rewritten in place between steps, and is not part of ``state_dict``.
+
+    ``step()`` never synchronises with the device: no ``.item()``, no branch on tensor values.
+
+    Args:
+      params: parameters or parameter groups (dicts; every argument below may be set per group).
+      lr: global learning rate η (>= 0, a Python float; schedulers may rewrite ``group["lr"]``).
+      momentum: μ in [0, 1).
+      weight_decay: L2 coefficient λ (>= 0).
+      trust_coefficient: κ (> 0), the paper's η of the local rate (0.001 in You et al.).
+      eps: ε (>= 0) keeping the local rate finite.
+      nesterov: Nesterov momentum (needs momentum > 0).
+      trust_ratio: apply the local rate r.
+      foreach: True for the ``torch._foreach_*`` path, False for the per-tensor loop, None for
+        the measured default of the parameters' device (see ``_FOREACH_IS_FASTER``).
+
+    References:
+      You, Gitman and Ginsburg, "Large Batch Training of Convolutional Networks",
+      arXiv:1708.03888, 2017 (Algorithm 1).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        *,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
+        nesterov: bool = False,
+        trust_ratio: bool = True,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+            "eps": eps,
+            "nesterov": nesterov,
+            "trust_ratio": trust_ratio,
+            "foreach": foreach,
+        }
+        _check_group("LARS", defaults)
+        super().__init__(params, defaults)
+        self.decay_overrides: DecayOverrides = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (as ``torch.optim.Optimizer``) and check its hyper-parameters."""
+        super().add_param_group(param_group)
+        _check_group("LARS", self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # decay_overrides belong to their owner and start empty in a pickled or copied optimiser.
+        super().__setstate__(state)
+        self.__dict__.setdefault("decay_overrides", {})
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        momentum_buffers: list[Tensor | None],
+    ) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    "LARS does not support sparse gradients: the trust ratio needs the dense "
+                    "gradient norm; use dense gradients (e.g. nn.Embedding(sparse=False))"
+                )
+            params.append(p)
+            grads.append(p.grad)
+            momentum_buffers.append(self.state[p].get("momentum_buffer"))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one update of every parameter that has a gradient.
+
+        Args:
+          closure: re-evaluates the model and returns the loss (optional).
+
+        Returns:
+          The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            momentum_buffers: list[Tensor | None] = []
+            self._init_group(group, params, grads, momentum_buffers)
+            if not params:
+                continue
+            lars(
+                params,
+                grads,
+                momentum_buffers,
+                gather_overrides("LARS", params, self.decay_overrides),
+                lr=group["lr"],
+                momentum=group["momentum"],
+                weight_decay=group["weight_decay"],
+                trust_coefficient=group["trust_coefficient"],
+                eps=group["eps"],
+                nesterov=group["nesterov"],
+                trust_ratio=group["trust_ratio"],
+                foreach=group["foreach"],
+            )
+            if group["momentum"] != 0:
+                for p, buffer in zip(params, momentum_buffers, strict=True):
+                    self.state[p]["momentum_buffer"] = buffer
+        return loss
+
+
+def _check_group(owner: str, group: dict[str, Any]) -> None:
+    check_lr(owner, group["lr"])
+    check_in_range(owner, "momentum", group["momentum"], 0.0, 1.0)
+    check_in_range(owner, "weight_decay", group["weight_decay"], 0.0)
+    check_in_range(owner, "trust_coefficient", group["trust_coefficient"], 0.0, low_open=True)
+    check_in_range(owner, "eps", group["eps"], 0.0)
+    for flag in ("nesterov", "trust_ratio"):
+        if not isinstance(group[flag], bool):
+            raise ValueError(f"{owner}: {flag} must be a bool, got {group[flag]!r}")
+    if group["nesterov"] and group["momentum"] == 0:
+        raise ValueError(f"{owner}: nesterov=True needs momentum in (0, 1), got momentum=0")
+    if group["foreach"] not in (None, True, False):
+        raise ValueError(f"{owner}: foreach must be None, True or False, got {group['foreach']!r}")
+
+
+def lars(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    decay_overrides: list[Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    eps: float,
+    nesterov: bool,
+    trust_ratio: bool,
+    foreach: bool | None = None,
+) -> None:
+    """Functional LARS: update ``params`` in place and fill/update ``momentum_buffers``.
+
+    Args:
+      params, grads: matching lists of tensors (θ, g).
+      momentum_buffers: the buffers b, None where a parameter has none yet; new buffers are
+        written into this list (it is ignored when ``momentum`` is 0).
+      decay_overrides: per parameter, a 0-dim tensor replacing ``weight_decay``, or None.
+      lr, momentum, weight_decay, trust_coefficient, eps, nesterov, trust_ratio: as in
+        :class:`LARS`.
+      foreach: path to use; None picks the measured default for the tensors' device.
+    """
+    if foreach is None:
+        foreach = default_foreach(params, _FOREACH_IS_FASTER)
+    impl = _multi_tensor_lars if foreach else _single_tensor_lars
+    impl(
+        params,
+        grads,
+        momentum_buffers,
+        decay_overrides,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        trust_coefficient=trust_coefficient,
+        eps=eps,
+        nesterov=nesterov,
+        trust_ratio=trust_ratio,
+    )
+
+
+# A per-tensor coefficient: one Python float shared by every tensor of a bucket, or a vector with
+# one entry per tensor.
+Coefficient = float | Tensor
+
+
+@dataclass
+class _BucketScalars:
+    """The per-tensor scalars of one (device, dtype) bucket, computed as vectors.
+
+    Both paths share them: about ten small kernels per bucket instead of ten launches on 0-dim
+    tensors per parameter tensor, and the same arithmetic, so single-tensor and foreach agree.
+    """
+
+    rates: Coefficient  # r
+    rate_decays: Coefficient  # r·λ (the weight of θ in r·d)
+    shrink: Coefficient  # 1 − η·r·λ (the factor on θ in θ − η·r·d)
+    has_decay: bool
+    count: int  # tensors in the bucket
+
+    def entries(self, name: str) -> list[float] | list[Tensor]:
+        """One coefficient per tensor: a float repeated, or the vector's 0-dim entries."""
+        value = getattr(self, name)
+        return list(value.unbind(0)) if isinstance(value, Tensor) else [value] * self.count
+
+
+def _local_rates(
+    param_norms: Tensor,
+    grad_norms: Tensor,
+    decays: Tensor | float,
+    trust_coefficient: float,
+    eps: float,
+) -> Tensor:
+    """r = κ‖θ‖/(‖g‖ + λ‖θ‖ + ε) where both norms are positive, else 1 (elementwise)."""
+    rates = trust_coefficient * param_norms / (grad_norms + decays * param_norms + eps)
+    return torch.where((param_norms > 0) & (grad_norms > 0), rates, 1.0)
+
+
+def _bucket_scalars(
+    params: list[Tensor],
+    grads: list[Tensor],
+    overrides: list[Tensor | None],
+    *,
+    lr: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    eps: float,
+    trust_ratio: bool,
+    foreach: bool,
+) -> _BucketScalars:
+    """r, r·λ and 1 − η·r·λ for every tensor of one bucket."""
+    decays: Coefficient = weight_decay
+    if any(lam is not None for lam in overrides):
+        # A fill kernel, not torch.tensor(): a host-to-device copy could block the host.
+        group_decay = params[0].new_full((), weight_decay)
+        decays = torch.stack([group_decay if lam is None else lam for lam in overrides])
+    rates: Coefficient = 1.0
+    if trust_ratio:
+        if foreach:
+            param_norms, grad_norms = torch._foreach_norm(params), torch._foreach_norm(grads)
+        else:
+            param_norms = [l2_norm(p) for p in params]
+            grad_norms = [l2_norm(g) for g in grads]
+        rates = _local_rates(
+            torch.stack(param_norms), torch.stack(grad_norms), decays, trust_coefficient, eps
+        )
+    rate_decays = rates * decays
+    return _BucketScalars(
+        rates=rates,
+        rate_decays=rate_decays,
+        shrink=1.0 - lr * rate_decays,
+        has_decay=isinstance(decays, Tensor) or decays != 0,
+        count=len(params),
+    )
+
+
+def _axpy_(target: Tensor, x: Tensor, coefficient: float | Tensor, value: float = 1.0) -> None:
+    """``target += value · coefficient · x`` (coefficient a float or a 0-dim tensor)."""
+    if isinstance(coefficient, Tensor):
+        target.addcmul_(x, coefficient, value=value)
+    else:
+        target.add_(x, alpha=value * coefficient)
+
+
+def _single_tensor_lars(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    decay_overrides: list[Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    eps: float,
+    nesterov: bool,
+    trust_ratio: bool,
+) -> None:
+    for idx in bucket_indices(params, [None] * len(params)):
+        scalars = _bucket_scalars(
+            [params[i] for i in idx],
+            [grads[i] for i in idx],
+            [decay_overrides[i] for i in idx],
+            lr=lr,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            trust_ratio=trust_ratio,
+            foreach=False,
+        )
+        rates, rate_decays, shrinks = (
+            scalars.entries("rates"),
+            scalars.entries("rate_decays"),
+            scalars.entries("shrink"),
+        )
+        for k, i in enumerate(idx):
+            param, grad = params[i], grads[i]
+            if momentum == 0:  # θ ← θ(1 − η r λ) − η r g
+                if scalars.has_decay:
+                    param.mul_(shrinks[k])
+                _axpy_(param, grad, rates[k], -lr)
+                continue
+            buffer = momentum_buffers[i]
+            if buffer is None:
+                buffer = grad * rates[k]  # a new tensor (never an alias of the gradient)
+                momentum_buffers[i] = buffer
+            else:
+                buffer.mul_(momentum)
+                _axpy_(buffer, grad, rates[k])
+            if scalars.has_decay:
+                _axpy_(buffer, param, rate_decays[k])
+            if nesterov:  # θ ← θ(1 − η r λ) − η r g − η μ b
+                if scalars.has_decay:
+                    param.mul_(shrinks[k])
+                _axpy_(param, grad, rates[k], -lr)
+                param.add_(buffer, alpha=-lr * momentum)
+            else:
+                param.add_(buffer, alpha=-lr)
+
+
+def _pick(coefficient: Coefficient, indices: list[int]) -> float | list[Tensor]:
+    """The entries ``indices`` of a per-tensor coefficient (a float applies to every tensor)."""
+    if isinstance(coefficient, Tensor):
+        entries = coefficient.unbind(0)
+        return [entries[k] for k in indices]
+    return coefficient
+
+
+def _foreach_axpy_(
+    targets: list[Tensor], xs: list[Tensor], coefficient: float | list[Tensor], value: float = 1.0
+) -> None:
+    """``target += value · coefficient · x`` for every pair."""
+    if isinstance(coefficient, list):
+        torch._foreach_addcmul_(targets, xs, coefficient, value=value)
+    else:
+        torch._foreach_add_(targets, xs, alpha=value * coefficient)
+
+
+def _multi_tensor_lars(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    decay_overrides: list[Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    eps: float,
+    nesterov: bool,
+    trust_ratio: bool,
+) -> None:
+    for idx in bucket_indices(params, [None] * len(params)):
+        bucket_params = [params[i] for i in idx]
+        bucket_grads = [grads[i] for i in idx]
+        scalars = _bucket_scalars(
+            bucket_params,
+            bucket_grads,
+            [decay_overrides[i] for i in idx],
+            lr=lr,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            trust_ratio=trust_ratio,
+            foreach=True,
+        )
+        everyone = list(range(len(idx)))
+        rates = _pick(scalars.rates, everyone)
+
+        if momentum == 0:
+            if scalars.has_decay:
+                torch._foreach_mul_(bucket_params, _pick(scalars.shrink, everyone))
+            _foreach_axpy_(bucket_params, bucket_grads, rates, -lr)
+            continue
+
+        new = [k for k, i in enumerate(idx) if momentum_buffers[i] is None]
+        old = [k for k, i in enumerate(idx) if momentum_buffers[i] is not None]
+        if new:
+            new_grads = [bucket_grads[k] for k in new]
+            created = torch._foreach_mul(new_grads, _pick(scalars.rates, new))  # copies of g
+            for k, buffer in zip(new, created, strict=True):
+                momentum_buffers[idx[k]] = buffer
+        if old:
+            old_buffers = [momentum_buffers[idx[k]] for k in old]
+            torch._foreach_mul_(old_buffers, momentum)
+            _foreach_axpy_(old_buffers, [bucket_grads[k] for k in old], _pick(scalars.rates, old))
+        bucket_buffers = [momentum_buffers[i] for i in idx]
+        if scalars.has_decay:
+            _foreach_axpy_(bucket_buffers, bucket_params, _pick(scalars.rate_decays, everyone))
+
+        if nesterov:
+            if scalars.has_decay:
+                torch._foreach_mul_(bucket_params, _pick(scalars.shrink, everyone))
+            _foreach_axpy_(bucket_params, bucket_grads, rates, -lr)
+            torch._foreach_add_(bucket_params, bucket_buffers, alpha=-lr * momentum)
+        else:
+            torch._foreach_add_(bucket_params, bucket_buffers, alpha=-lr)

@@ -1,0 +1,448 @@
+"""LAMB: a hand-written float64 reference, foreach against single-tensor, and its contracts."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import biasdecay.optim.lamb as lamb_module
+from biasdecay.optim import LAMB
+
+STEPS = 6
+
+# Parameter shapes of a tiny network; index 2 starts at zero like a BN β, index 5 starts at zero
+# and never gets a gradient signal (‖θ‖ = ‖u‖ = 0 at every step).
+SHAPES = [(4, 3), (4,), (5,), (2, 3, 3, 3), (6,), (3,)]
+ZERO_PARAMS = (2, 5)
+ZERO_GRADS = (5,)
+
+
+def make_params(dtype: torch.dtype = torch.float64) -> list[nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for i, shape in enumerate(SHAPES):
+        value = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if i in ZERO_PARAMS:
+            value.zero_()
+        params.append(nn.Parameter(value.to(dtype)))
+    return params
+
+
+def make_grads(scale: float = 1.0) -> list[list[torch.Tensor]]:
+    """Float64 gradients for every step, the same for every test."""
+    gen = torch.Generator().manual_seed(1)
+    steps = []
+    for _ in range(STEPS):
+        grads = [scale * torch.randn(shape, generator=gen, dtype=torch.float64) for shape in SHAPES]
+        for i in ZERO_GRADS:
+            grads[i].zero_()
+        steps.append(grads)
+    return steps
+
+
+def lr_at(base: float, t: int) -> float:
+    """A schedule that changes lr between steps, as a scheduler would."""
+    return base * (1.0 + 0.5 * math.sin(t))
+
+
+# Group settings: which parameters, and the options that differ from the defaults.
+CONFIGS = {
+    "one-group-decay-trust": ([{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.01}], None),
+    "no-decay-no-trust": ([{"idx": [0, 1, 2, 3, 4, 5], "trust_ratio": False}], None),
+    "mixed-groups-clipped": (
+        [
+            {"idx": [0], "weight_decay": 0.01},
+            {"idx": [1, 2], "weight_decay": 0.0, "trust_ratio": True},
+            {"idx": [3], "weight_decay": 0.1, "trust_ratio": False, "lr": 0.02},
+            {
+                "idx": [4, 5],
+                "weight_decay": 0.0,
+                "trust_ratio": False,
+                "bias_correction": False,
+                "betas": (0.8, 0.99),
+                "eps": 1e-3,
+            },
+        ],
+        0.5,
+    ),
+    "decay-trust-clip-inactive": (
+        [{"idx": [0, 2, 4], "weight_decay": 0.05}, {"idx": [1, 3, 5], "weight_decay": 0.0}],
+        1e6,
+    ),
+}
+BASE = {
+    "lr": 0.01,
+    "betas": (0.9, 0.999),
+    "eps": 1e-6,
+    "weight_decay": 0.0,
+    "trust_ratio": True,
+    "bias_correction": True,
+}
+
+
+def reference_lamb(groups, max_grad_norm, grads_per_step):
+    """LAMB written out per tensor in float64, sharing no code with the implementation.
+
+    Returns the parameters after every step and how many steps were clipped.
+    """
+    params = [p.detach().clone() for p in make_params()]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    history, clipped = [], 0
+    for t, grads in enumerate(grads_per_step, start=1):
+        if max_grad_norm is not None:
+            total = math.sqrt(sum(float((g * g).sum()) for g in grads))
+            c = min(1.0, max_grad_norm / (total + 1e-6))
+            clipped += c < 1.0
+            grads = [g * c for g in grads]
+        for spec in groups:
+            h = {**BASE, **spec}
+            beta1, beta2 = h["betas"]
+            lr = lr_at(h["lr"], t)
+            for i in spec["idx"]:
+                g = grads[i]
+                m[i] = beta1 * m[i] + (1 - beta1) * g
+                v[i] = beta2 * v[i] + (1 - beta2) * g * g
+                if h["bias_correction"]:
+                    m_hat = m[i] / (1 - beta1**t)
+                    v_hat = v[i] / (1 - beta2**t)
+                else:
+                    m_hat, v_hat = m[i], v[i]
+                u = m_hat / (v_hat.sqrt() + h["eps"]) + h["weight_decay"] * params[i]
+                p_norm = float(params[i].norm())
+                u_norm = float(u.norm())
+                r = p_norm / u_norm if h["trust_ratio"] and p_norm > 0 and u_norm > 0 else 1.0
+                params[i] = params[i] - lr * r * u
+        history.append([p.clone() for p in params])
+    return history, clipped
+
+
+def build(groups, max_grad_norm, params, foreach):
+    param_groups = []
+    for spec in groups:
+        options = {k: val for k, val in spec.items() if k != "idx"}
+        param_groups.append({"params": [params[i] for i in spec["idx"]], **options})
+    return LAMB(param_groups, lr=BASE["lr"], max_grad_norm=max_grad_norm, foreach=foreach)
+
+
+def run(optimizer, params, grads_per_step, overrides=None):
+    """Step ``optimizer`` through the gradients, rescheduling lr; the parameters after each step."""
+    history = []
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    for t, grads in enumerate(grads_per_step, start=1):
+        if overrides is not None:
+            overrides(t)
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr_at(base, t)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.to(p.dtype).clone()
+        optimizer.step()
+        history.append([p.detach().clone() for p in params])
+    return history
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_matches_hand_written_reference(config, foreach):
+    groups, max_grad_norm = CONFIGS[config]
+    grads = make_grads(scale=1.0)
+    expected, clipped = reference_lamb(groups, max_grad_norm, grads)
+    if config == "mixed-groups-clipped":
+        assert clipped == STEPS  # the clipping branch is really exercised
+    params = make_params()
+    got = run(build(groups, max_grad_norm, params, foreach), params, grads)
+    for step, (want_step, got_step) in enumerate(zip(expected, got, strict=True)):
+        for i, (want, have) in enumerate(zip(want_step, got_step, strict=True)):
+            torch.testing.assert_close(
+                have, want, rtol=0, atol=1e-12, msg=lambda m, s=step, i=i: f"step {s} p{i}: {m}"
+            )
+    # The zero-initialised parameter moved (r = 1 at the first step), the dead one did not.
+    assert got[-1][2].abs().sum() > 0
+    assert got[-1][5].abs().sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_foreach_matches_single_tensor(config, dtype):
+    groups, max_grad_norm = CONFIGS[config]
+    grads = make_grads()
+    results = []
+    for foreach in (False, True):
+        params = make_params(dtype)
+        optimizer = build(groups, max_grad_norm, params, foreach)
+        # An override on two tensors, to cover the per-tensor decay path of both.
+        optimizer.decay_overrides[params[0]] = torch.tensor(0.3, dtype=dtype)
+        optimizer.decay_overrides[params[2]] = torch.tensor(0.1, dtype=dtype)
+        results.append(run(optimizer, params, grads)[-1])
+    tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    for single, multi in zip(*results, strict=True):
+        torch.testing.assert_close(multi, single, **tol)
+
+
+def test_foreach_default_follows_the_measured_table(monkeypatch):
+    calls = []
+    monkeypatch.setattr(lamb_module, "_single_tensor_lamb", lambda *a, **k: calls.append("single"))
+    monkeypatch.setattr(lamb_module, "_multi_tensor_lamb", lambda *a, **k: calls.append("multi"))
+    params = make_params()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    LAMB(params).step()
+    monkeypatch.setitem(lamb_module._FOREACH_IS_FASTER, "cpu", True)
+    LAMB(params).step()
+    assert calls == ["single", "multi"]
+    assert lamb_module._FOREACH_IS_FASTER["cuda"] is True
+
+
+def test_trust_ratio_is_independent_of_weight_decay():
+    # With λ = 0 the trust ratio must still act: the step on θ is η‖θ‖ in norm at every step.
+    param = nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    optimizer = LAMB([param], lr=0.1, weight_decay=0.0)
+    param.grad = torch.tensor([1e-3, -2e-3], dtype=torch.float64)
+    before = param.detach().clone()
+    optimizer.step()
+    assert float((param.detach() - before).norm()) == pytest.approx(0.1 * 5.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_state_dict_round_trip_is_bitwise(foreach):
+    groups, max_grad_norm = CONFIGS["mixed-groups-clipped"]
+    grads = make_grads()
+    params_a = make_params()
+    opt_a = build(groups, max_grad_norm, params_a, foreach)
+    run(opt_a, params_a, grads[:3])
+
+    buffer = io.BytesIO()
+    torch.save(opt_a.state_dict(), buffer)  # through bytes, as a checkpoint would be
+    buffer.seek(0)
+    params_b = [nn.Parameter(p.detach().clone()) for p in params_a]
+    opt_b = build(groups, max_grad_norm, params_b, foreach)
+    opt_b.load_state_dict(torch.load(buffer, weights_only=True))
+    assert opt_b.state[params_b[0]]["step"] == 3
+
+    for t, step_grads in enumerate(grads[3:], start=4):
+        for opt, params in ((opt_a, params_a), (opt_b, params_b)):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(0.01, t)
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(params_a, params_b, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(params_a, params_b, strict=True):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_a.state[a][key], opt_b.state[b][key])
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_step_never_synchronises_with_the_host(foreach, monkeypatch):
+    params = make_params(torch.float32)
+    optimizer = LAMB(
+        [
+            {"params": params[:3], "weight_decay": 0.01},
+            {"params": params[3:], "trust_ratio": False},
+        ],
+        max_grad_norm=0.5,
+        foreach=foreach,
+    )
+    optimizer.decay_overrides[params[1]] = torch.tensor(0.2)
+    for p in params:
+        p.grad = torch.randn_like(p)
+
+    def host_sync(*args, **kwargs):
+        raise AssertionError("step() read a tensor value on the host")
+
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, host_sync)
+    with pytest.raises(AssertionError):  # the trap is armed
+        bool(torch.ones(()))
+    optimizer.step()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_decay_override_equals_group_decay_bitwise(foreach):
+    grads = make_grads()
+    groups_decay = [{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.05}]
+    groups_plain = [{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.0}]
+
+    params_a = make_params()
+    want = run(build(groups_decay, None, params_a, foreach), params_a, grads)[-1]
+
+    params_b = make_params()
+    opt_b = build(groups_plain, None, params_b, foreach)
+    for p in params_b:
+        opt_b.decay_overrides[p] = torch.tensor(0.05, dtype=torch.float64)
+    got = run(opt_b, params_b, grads)[-1]
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_decay_override_replaces_group_decay_and_is_read_every_step(foreach):
+    grads = make_grads()
+    groups = [{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.05}]
+
+    # Reference: the group's decay itself changes at step 4 (0 before, 0.5 from then on).
+    params_a = make_params()
+    opt_a = build(groups, None, params_a, foreach)
+
+    def set_group_decay(t):
+        opt_a.param_groups[0]["weight_decay"] = 0.0 if t < 4 else 0.5
+
+    want = run(opt_a, params_a, grads, set_group_decay)[-1]
+
+    # Overrides of value 0 replace the group's 0.05, then are rewritten in place to 0.5.
+    params_b = make_params()
+    opt_b = build(groups, None, params_b, foreach)
+    lam = torch.zeros((), dtype=torch.float64)
+    for p in params_b:
+        opt_b.decay_overrides[p] = lam
+
+    def rewrite_in_place(t):
+        if t == 4:
+            lam.fill_(0.5)
+
+    got = run(opt_b, params_b, grads, rewrite_in_place)[-1]
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+
+    # And the in-place change mattered.
+    params_c = make_params()
+    opt_c = build(groups, None, params_c, foreach)
+    for p in params_c:
+        opt_c.decay_overrides[p] = torch.zeros((), dtype=torch.float64)
+    unchanged = run(opt_c, params_c, grads)[-1]
+    assert not torch.equal(unchanged[0], got[0])
+
+
+def test_decay_overrides_are_not_in_state_dict_and_survive_loading():
+    params = make_params()
+    optimizer = LAMB(params, weight_decay=0.01)
+    lam = torch.tensor(0.5, dtype=torch.float64)
+    optimizer.decay_overrides[params[0]] = lam
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    state = optimizer.state_dict()
+    assert "decay_overrides" not in state
+    assert not any(
+        isinstance(v, torch.Tensor) and v is lam
+        for s in state["state"].values()
+        for v in s.values()
+    )
+    optimizer.load_state_dict(state)
+    assert optimizer.decay_overrides[params[0]] is lam
+
+
+def test_pickled_copy_keeps_clipping_and_drops_overrides():
+    params = make_params()
+    optimizer = LAMB(params, max_grad_norm=2.0)
+    optimizer.decay_overrides[params[0]] = torch.tensor(0.5, dtype=torch.float64)
+    clone = copy.deepcopy(optimizer)
+    assert clone.max_grad_norm == 2.0
+    assert clone.decay_overrides == {}
+
+
+def test_bad_override_is_refused_clearly():
+    params = make_params()
+    optimizer = LAMB(params)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.decay_overrides[params[0]] = torch.tensor(0.5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="same dtype and device"):
+        optimizer.step()
+    optimizer.decay_overrides[params[0]] = 0.5
+    with pytest.raises(TypeError, match="0-dim tensors"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": -1.0}, r"lr must be in \[0, inf\)"),
+        ({"eps": -1e-8}, r"eps must be in \[0, inf\)"),
+        ({"weight_decay": -0.1}, r"weight_decay must be in \[0, inf\)"),
+        ({"betas": (1.0, 0.999)}, r"betas\[0\] must be in \[0, 1\)"),
+        ({"betas": (0.9, -0.1)}, r"betas\[1\] must be in \[0, 1\)"),
+        ({"betas": (0.9,)}, r"betas must be a pair"),
+        ({"max_grad_norm": 0.0}, r"max_grad_norm must be in \(0, inf\)"),
+        ({"trust_ratio": 1}, r"trust_ratio must be a bool"),
+    ],
+)
+def test_bad_hyperparameters_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LAMB(make_params(), **kwargs)
+
+
+def test_bad_group_hyperparameter_raises():
+    params = make_params()
+    with pytest.raises(ValueError, match=r"weight_decay must be in \[0, inf\)"):
+        LAMB([{"params": params[:2]}, {"params": params[2:], "weight_decay": -1.0}])
+
+
+def test_tensor_lr_is_refused():
+    with pytest.raises(TypeError, match="lr must be a Python float"):
+        LAMB(make_params(), lr=torch.tensor(0.1))
+
+
+def test_sparse_gradients_raise():
+    embedding = nn.Embedding(10, 3, sparse=True)
+    optimizer = LAMB(embedding.parameters())
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        optimizer.step()
+
+
+def test_parameters_without_gradients_are_left_alone():
+    params = make_params()
+    optimizer = LAMB(params, weight_decay=0.1)
+    params[0].grad = torch.ones_like(params[0])
+    before = params[1].detach().clone()
+    optimizer.step()
+    assert torch.equal(params[1], before)
+    assert params[1] not in optimizer.state
+
+
+def test_closure_loss_is_returned():
+    param = nn.Parameter(torch.ones(3))
+    optimizer = LAMB([param])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (param**2).sum()
+        loss.backward()
+        return loss
+
+    assert float(optimizer.step(closure).detach()) == pytest.approx(3.0)
+
+
+def test_reduces_the_loss_of_a_small_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.randn(64, 10)
+    y = torch.randint(0, 4, (64,))
+    optimizer = LAMB(model.parameters(), lr=5e-2, weight_decay=1e-4)
+    losses = []
+    for _ in range(50):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_works_with_torch_lr_schedulers():
+    param = nn.Parameter(torch.ones(3))
+    optimizer = LAMB([param], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+    for _ in range(3):
+        param.grad = torch.ones(3)
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)

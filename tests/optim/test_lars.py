@@ -1,0 +1,350 @@
+"""LARS: a hand-written float64 reference, foreach against single-tensor, and its contracts."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import biasdecay.optim.lars as lars_module
+from biasdecay.optim import LARS
+
+STEPS = 6
+
+# Index 2 starts at zero like a BN β; index 5 starts at zero and never gets a gradient.
+SHAPES = [(4, 3), (4,), (5,), (2, 3, 3, 3), (6,), (3,)]
+ZERO_PARAMS = (2, 5)
+ZERO_GRADS = (5,)
+
+
+def make_params(dtype: torch.dtype = torch.float64) -> list[nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for i, shape in enumerate(SHAPES):
+        value = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if i in ZERO_PARAMS:
+            value.zero_()
+        params.append(nn.Parameter(value.to(dtype)))
+    return params
+
+
+def make_grads() -> list[list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    steps = []
+    for _ in range(STEPS):
+        grads = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in SHAPES]
+        for i in ZERO_GRADS:
+            grads[i].zero_()
+        steps.append(grads)
+    return steps
+
+
+def lr_at(base: float, t: int) -> float:
+    return base * (1.0 + 0.5 * math.sin(t))
+
+
+BASE = {
+    "lr": 0.5,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "trust_coefficient": 0.02,
+    "eps": 1e-8,
+    "nesterov": False,
+    "trust_ratio": True,
+}
+ALL = [0, 1, 2, 3, 4, 5]
+CONFIGS = {
+    "decay-trust": [{"idx": ALL, "weight_decay": 5e-3}],
+    "nesterov-decay-trust": [{"idx": ALL, "weight_decay": 5e-3, "nesterov": True}],
+    "no-momentum": [{"idx": ALL, "weight_decay": 1e-2, "momentum": 0.0}],
+    "no-decay-no-trust": [{"idx": ALL, "trust_ratio": False}],
+    "mixed-groups": [
+        {"idx": [0], "weight_decay": 5e-4, "nesterov": True},
+        {"idx": [1, 2], "weight_decay": 0.0},
+        {"idx": [3], "weight_decay": 1e-2, "trust_ratio": False, "nesterov": True, "lr": 0.05},
+        {"idx": [4, 5], "weight_decay": 1e-3, "momentum": 0.0, "trust_coefficient": 0.1},
+    ],
+}
+
+
+def reference_lars(groups, grads_per_step):
+    """LARS written out per tensor in float64, sharing no code with the implementation."""
+    params = [p.detach().clone() for p in make_params()]
+    buffers: list[torch.Tensor | None] = [None] * len(params)
+    history = []
+    for t, grads in enumerate(grads_per_step, start=1):
+        for spec in groups:
+            h = {**BASE, **spec}
+            lr, mu, wd = lr_at(h["lr"], t), h["momentum"], h["weight_decay"]
+            for i in spec["idx"]:
+                g, p = grads[i], params[i]
+                d = g + wd * p
+                p_norm, g_norm = float(p.norm()), float(g.norm())
+                if h["trust_ratio"] and p_norm > 0 and g_norm > 0:
+                    r = h["trust_coefficient"] * p_norm / (g_norm + wd * p_norm + h["eps"])
+                else:
+                    r = 1.0
+                if mu == 0:
+                    step = r * d
+                else:
+                    buffers[i] = r * d if buffers[i] is None else mu * buffers[i] + r * d
+                    step = r * d + mu * buffers[i] if h["nesterov"] else buffers[i]
+                params[i] = p - lr * step
+        history.append([p.clone() for p in params])
+    return history
+
+
+def build(groups, params, foreach):
+    param_groups = []
+    for spec in groups:
+        options = {k: v for k, v in spec.items() if k != "idx"}
+        param_groups.append({"params": [params[i] for i in spec["idx"]], **options})
+    return LARS(
+        param_groups,
+        lr=BASE["lr"],
+        momentum=BASE["momentum"],
+        trust_coefficient=BASE["trust_coefficient"],
+        foreach=foreach,
+    )
+
+
+def run(optimizer, params, grads_per_step, before_step=None):
+    history = []
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    for t, grads in enumerate(grads_per_step, start=1):
+        if before_step is not None:
+            before_step(t)
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr_at(base, t)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.to(p.dtype).clone()
+        optimizer.step()
+        history.append([p.detach().clone() for p in params])
+    return history
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_matches_hand_written_reference(config, foreach):
+    grads = make_grads()
+    expected = reference_lars(CONFIGS[config], grads)
+    params = make_params()
+    got = run(build(CONFIGS[config], params, foreach), params, grads)
+    for step, (want_step, got_step) in enumerate(zip(expected, got, strict=True)):
+        for i, (want, have) in enumerate(zip(want_step, got_step, strict=True)):
+            torch.testing.assert_close(
+                have, want, rtol=0, atol=1e-12, msg=lambda m, s=step, i=i: f"step {s} p{i}: {m}"
+            )
+    assert got[-1][2].abs().sum() > 0  # the zero-initialised β moved (r = 1 while ‖θ‖ = 0)
+    assert got[-1][5].abs().sum() == 0
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_without_trust_ratio_it_is_torch_sgd(nesterov, foreach):
+    grads = make_grads()
+    params_a = make_params()
+    sgd = torch.optim.SGD(params_a, lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+    want = run(sgd, params_a, grads)[-1]
+    params_b = make_params()
+    lars = LARS(
+        params_b, lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=nesterov,
+        trust_ratio=False, foreach=foreach,
+    )  # fmt: skip
+    got = run(lars, params_b, grads)[-1]
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_foreach_matches_single_tensor(config, dtype):
+    grads = make_grads()
+    results = []
+    for foreach in (False, True):
+        params = make_params(dtype)
+        optimizer = build(CONFIGS[config], params, foreach)
+        optimizer.decay_overrides[params[0]] = torch.tensor(0.3, dtype=dtype)
+        optimizer.decay_overrides[params[2]] = torch.tensor(0.1, dtype=dtype)
+        results.append(run(optimizer, params, grads)[-1])
+    tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    for single, multi in zip(*results, strict=True):
+        torch.testing.assert_close(multi, single, **tol)
+
+
+def test_foreach_default_follows_the_measured_table(monkeypatch):
+    calls = []
+    monkeypatch.setattr(lars_module, "_single_tensor_lars", lambda *a, **k: calls.append("single"))
+    monkeypatch.setattr(lars_module, "_multi_tensor_lars", lambda *a, **k: calls.append("multi"))
+    params = make_params()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    LARS(params, lr=0.1).step()
+    monkeypatch.setitem(lars_module._FOREACH_IS_FASTER, "cpu", True)
+    LARS(params, lr=0.1).step()
+    assert calls == ["single", "multi"]
+    assert lars_module._FOREACH_IS_FASTER["cuda"] is True
+
+
+def test_trust_ratio_acts_without_weight_decay():
+    param = nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    optimizer = LARS([param], lr=1.0, momentum=0.0, trust_coefficient=0.01, eps=0.0)
+    param.grad = torch.tensor([30.0, -40.0], dtype=torch.float64)
+    before = param.detach().clone()
+    optimizer.step()
+    # r = 0.01·5/50, so the step is r·‖g‖ = 0.01·‖θ‖ whatever the gradient's scale.
+    assert float((param.detach() - before).norm()) == pytest.approx(0.05, rel=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_state_dict_round_trip_is_bitwise(foreach):
+    groups = CONFIGS["mixed-groups"]
+    grads = make_grads()
+    params_a = make_params()
+    opt_a = build(groups, params_a, foreach)
+    run(opt_a, params_a, grads[:3])
+
+    buffer = io.BytesIO()
+    torch.save(opt_a.state_dict(), buffer)
+    buffer.seek(0)
+    params_b = [nn.Parameter(p.detach().clone()) for p in params_a]
+    opt_b = build(groups, params_b, foreach)
+    opt_b.load_state_dict(torch.load(buffer, weights_only=True))
+
+    for t, step_grads in enumerate(grads[3:], start=4):
+        for opt, params in ((opt_a, params_a), (opt_b, params_b)):
+            for group, spec in zip(opt.param_groups, groups, strict=True):
+                group["lr"] = lr_at(spec.get("lr", BASE["lr"]), t)
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(params_a, params_b, strict=True):
+        assert torch.equal(a, b)
+        if "momentum_buffer" in opt_a.state[a]:
+            assert torch.equal(opt_a.state[a]["momentum_buffer"], opt_b.state[b]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_step_never_synchronises_with_the_host(nesterov, foreach, monkeypatch):
+    params = make_params(torch.float32)
+    optimizer = LARS(
+        [
+            {"params": params[:3], "weight_decay": 0.01},
+            {"params": params[3:5], "trust_ratio": False},
+            {"params": params[5:], "momentum": 0.0, "nesterov": False},
+        ],
+        lr=0.1,
+        nesterov=nesterov,
+        foreach=foreach,
+    )
+    optimizer.decay_overrides[params[1]] = torch.tensor(0.2)
+    optimizer.decay_overrides[params[3]] = torch.tensor(0.2)
+    for p in params:
+        p.grad = torch.randn_like(p)
+
+    def host_sync(*args, **kwargs):
+        raise AssertionError("step() read a tensor value on the host")
+
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, host_sync)
+    with pytest.raises(AssertionError):
+        bool(torch.ones(()))
+    optimizer.step()  # creates the buffers
+    optimizer.step()  # updates them
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("config", ["nesterov-decay-trust", "no-momentum", "no-decay-no-trust"])
+def test_decay_override_equals_group_decay_bitwise(config, foreach):
+    grads = make_grads()
+    groups_decay = [{**CONFIGS[config][0], "weight_decay": 0.05}]
+    groups_plain = [{**CONFIGS[config][0], "weight_decay": 0.0}]
+    params_a = make_params()
+    want = run(build(groups_decay, params_a, foreach), params_a, grads)[-1]
+    params_b = make_params()
+    opt_b = build(groups_plain, params_b, foreach)
+    for p in params_b[:4]:  # a mix of overridden and plain tensors in one group
+        opt_b.decay_overrides[p] = torch.tensor(0.05, dtype=torch.float64)
+    opt_b.param_groups[0]["weight_decay"] = 0.05
+    got = run(opt_b, params_b, grads)[-1]
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_decay_override_replaces_group_decay_and_is_read_every_step(foreach):
+    grads = make_grads()
+    groups = [{"idx": ALL, "weight_decay": 0.05, "nesterov": True}]
+
+    params_a = make_params()
+    opt_a = build(groups, params_a, foreach)
+
+    def set_group_decay(t):
+        opt_a.param_groups[0]["weight_decay"] = 0.0 if t < 4 else 0.5
+
+    want = run(opt_a, params_a, grads, set_group_decay)[-1]
+
+    params_b = make_params()
+    opt_b = build(groups, params_b, foreach)
+    lam = torch.zeros((), dtype=torch.float64)
+    for p in params_b:
+        opt_b.decay_overrides[p] = lam
+
+    def rewrite_in_place(t):
+        if t == 4:
+            lam.fill_(0.5)
+
+    got = run(opt_b, params_b, grads, rewrite_in_place)[-1]
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+    assert "decay_overrides" not in opt_b.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": -1.0}, r"lr must be in \[0, inf\)"),
+        ({"momentum": -0.1}, r"momentum must be in \[0, 1\)"),
+        ({"weight_decay": -1e-4}, r"weight_decay must be in \[0, inf\)"),
+        ({"eps": -1.0}, r"eps must be in \[0, inf\)"),
+        ({"trust_coefficient": 0.0}, r"trust_coefficient must be in \(0, inf\)"),
+        ({"momentum": 0.0, "nesterov": True}, r"nesterov=True needs momentum in \(0, 1\)"),
+    ],
+)
+def test_bad_hyperparameters_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LARS(make_params(), **{"lr": 0.1, **kwargs})
+
+
+def test_bad_group_hyperparameter_raises():
+    params = make_params()
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+        LARS([{"params": params[:2]}, {"params": params[2:], "momentum": -0.5}], lr=0.1)
+
+
+def test_sparse_gradients_raise():
+    embedding = nn.Embedding(10, 3, sparse=True)
+    optimizer = LARS(embedding.parameters(), lr=0.1)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        optimizer.step()
+
+
+def test_reduces_the_loss_of_a_small_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.randn(64, 10)
+    y = torch.randint(0, 4, (64,))
+    optimizer = LARS(model.parameters(), lr=1.0, weight_decay=1e-4, trust_coefficient=0.02)
+    losses = []
+    for _ in range(50):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
