@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: set everything up, train a thin ResNet-18 on real Fashion-MNIST for a short while
-# (CPU by default; a GPU when one is present), then print and save its sharpness measures.
+# The main job: set everything up, train a thin ResNet-18 on real Fashion-MNIST with the paper's
+# large-batch recipe (LAMB, ghost BN, polynomial schedule; CPU by default, a GPU when present),
+# then print and save its sharpness measures. Re-running continues or reuses the same run.
 # Extra arguments go to `biasdecay measure` (e.g. --measures connectivity,connectivity-m).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,11 @@ data_root="$(bash scripts/ensure_fashion_mnist.sh)"
 out="${BIASDECAY_OUT:-runs/main}"
 bd=.venv/bin/biasdecay
 
-"$bd" train --model resnet18 --width 0.25 --data fashion-mnist --data-root "$data_root" \
-  --epochs "${BIASDECAY_EPOCHS:-1}" --batch-size 128 --lr 0.05 --out "$out"
+if [ -f "$out/config.toml" ]; then
+  "$bd" train --resume "$out"
+else
+  "$bd" train --config configs/fashion_resnet18_cpu.toml --data-root "$data_root" --out "$out" \
+    --set "run.epochs=${BIASDECAY_EPOCHS:-1}"
+fi
 "$bd" measure --checkpoint "$out/model.pt" --data fashion-mnist --data-root "$data_root" \
   --samples 1024 --json "$out/measures.json" "$@"

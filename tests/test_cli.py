@@ -69,7 +69,10 @@ def test_train_then_measure_prints_table2_and_writes_json(trained, tmp_path, cap
         (["measure", "--checkpoint", "x.pt", "--data", "cifar11"], "valid names: cifar10"),
         (["measure", "--model", "resnet19", "--data", "digits"], "valid models: mlp"),
         (["measure", "--checkpoint", "missing.pt", "--data", "digits"], "missing.pt does not"),
-        (["train", "--data", "digits", "--lr", "-1", "--out", "unused"], "lr must be > 0"),
+        (["train", "--data", "digits", "--lr", "-1"], "optimizer.lr must be a finite number > 0"),
+        (["train", "--set", "run.epoch=2"], "did you mean run.epochs?"),
+        (["train", "--set", "run.epochs=two"], "run.epochs"),
+        (["train", "--resume", "nowhere"], "no config.toml there"),
     ],
 )
 def test_bad_input_gets_one_clear_line(argv, message, capsys, tmp_path, monkeypatch) -> None:

@@ -31,9 +31,23 @@ examples:
 """
 
 TRAIN_HELP = """\
-Train a network for a short while with SGD (momentum, cosine schedule) on a device-resident
-data set and save runs/NAME/model.pt for `biasdecay measure`. This is the small trainer; the
-full engine (LAMB/LARS, decay policies, multi-GPU, resume) is separate.
+Train one run with the engine: the model, data, optimiser (LAMB, LARS, SGD, AdamW), decay
+policy (no_bias_decay, beta_decay, adaptive_beta_decay, ...), schedule and run settings come
+from a TOML file (--config, see configs/) and --set overrides. The logical batch is split into
+world size x accumulation x micro-batch. Writes RUN_DIR/{config.toml, environment.json,
+param_groups.txt, metrics.jsonl, summary.json, summary.csv, checkpoints/}.
+
+Multi-GPU or multi-process: the same command under torchrun, e.g.
+  torchrun --nproc_per_node=8 -m biasdecay train --config configs/cifar10_resnet18.toml
+A diverged run stops, keeps its last good checkpoint and is marked "diverged" (exit status 3).
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  biasdecay train --config configs/fashion_resnet18_cpu.toml
+  biasdecay train --config configs/cifar10_resnet18.toml --data-root ~/data/cifar-10-batches-py \\
+      --set policy.name=adaptive_beta_decay --out runs/c10-adaptive
+  biasdecay train --resume runs/c10-adaptive
 """
 
 
@@ -158,35 +172,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_args(m)
 
     t = sub.add_parser(
-        "train", help="a short SGD run that saves a checkpoint to measure", description=TRAIN_HELP
+        "train",
+        help="train a configured run (LAMB/LARS/SGD/AdamW, decay policies, ghost BN, torchrun)",
+        description=TRAIN_HELP,
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("--model", default="resnet18", help="see `biasdecay list models`")
+    t.add_argument("--config", metavar="FILE", help="TOML configuration (see configs/)")
     t.add_argument(
-        "--width",
-        type=float,
-        default=0.25,
-        help="width multiplier (default 0.25: ResNet-18 with 16 base channels)",
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set run.epochs=2 --set policy.name=beta_decay "
+        "(repeatable; wins over --config and the shortcut flags)",
     )
-    _add_data_args(t)
-    t.add_argument("--epochs", type=float, default=1.0, help="epochs, may be fractional")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine decay)")
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="on all parameters")
     t.add_argument(
-        "--augment",
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its newest checkpoint, with its own config.toml",
+    )
+    shortcuts = t.add_argument_group("shortcuts (each sets one config key)")
+    for flag, kind, key in (
+        ("--model", str, "model.name"),
+        ("--width", float, "model.width"),
+        ("--data", str, "data.name"),
+        ("--data-root", str, "data.root"),
+        ("--epochs", float, "run.epochs"),
+        ("--batch-size", int, "run.batch_size (the logical batch)"),
+        ("--micro-batch-size", int, "run.micro_batch_size (per rank)"),
+        ("--lr", float, "optimizer.lr (peak)"),
+        ("--optimizer", str, "optimizer.name"),
+        ("--policy", str, "policy.name"),
+        ("--device", str, "run.device"),
+        ("--out", str, "run.out (the run directory)"),
+        ("--seed", int, "run.seed"),
+    ):
+        shortcuts.add_argument(flag, type=kind, default=None, help=key)
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events")
+    bar = t.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
         default=None,
-        choices=["cifar", "flip"],
-        help="batched augmentation: cifar = random crop (pad 4) + flip",
+        help="always show a progress bar (default: only on a terminal)",
     )
-    t.add_argument(
-        "--train-samples",
-        type=int,
-        default=None,
-        help="train on a seeded subset of this many samples",
-    )
-    t.add_argument("--out", default="runs/quick", help="output directory (default: runs/quick)")
-    _add_common_args(t)
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
 
     ls = sub.add_parser("list", help="valid model, data set and measure names")
     ls.add_argument("what", nargs="?", default="all", choices=["all", "models", "data", "measures"])

@@ -139,17 +139,37 @@ def test_dtype_and_channels_last():
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_sharding_splits_each_epoch_between_ranks():
-    shards = [DeviceLoader(indexed_dataset(21), 4, seed=2, rank=r, world_size=3) for r in range(3)]
-    for epoch in (0, 1):
+def test_sharding_slices_each_logical_batch_between_ranks():
+    single = DeviceLoader(indexed_dataset(21), 6, seed=2, drop_last=True)
+    shards = [
+        DeviceLoader(indexed_dataset(21), 2, seed=2, rank=r, world_size=3, drop_last=True)
+        for r in range(3)
+    ]
+    for epoch in range(2):
+        single.set_epoch(epoch)
         for shard in shards:
             shard.set_epoch(epoch)
-        per_rank = [epoch_labels(shard) for shard in shards]
-        assert sorted(sum(per_rank, [])) == list(range(21))
-    uneven = [DeviceLoader(indexed_dataset(10), 4, rank=r, world_size=3) for r in range(3)]
+        per_step = zip(single, *shards, strict=True)
+        for (_, y), *parts in per_step:  # rank r's batch = slice r of the 1-process batch
+            assert torch.equal(y, torch.cat([part_y for _, part_y in parts]))
+    assert [len(s) for s in shards] == [len(single)] * 3 == [3] * 3
+    # without drop_last the partial last logical batch (21 = 3 x 6 + 3) is sliced as far as it goes
+    uneven = [DeviceLoader(indexed_dataset(21), 2, rank=r, world_size=3) for r in range(3)]
     per_rank = [epoch_labels(shard) for shard in uneven]
-    assert [len(p) for p in per_rank] == [4, 4, 4]  # padded by wrapping around
-    assert set(sum(per_rank, [])) == set(range(10))
+    assert [len(p) for p in per_rank] == [8, 7, 6] == [s.num_samples for s in uneven]
+    assert sorted(sum(per_rank, [])) == list(range(21))
+
+
+def test_sharded_augmentation_draws_do_not_depend_on_world_size():
+    single = DeviceLoader(indexed_dataset(16), 8, seed=1, augment="cifar", drop_last=True)
+    pair = [
+        DeviceLoader(
+            indexed_dataset(16), 4, seed=1, augment="cifar", rank=r, world_size=2, drop_last=True
+        )
+        for r in range(2)
+    ]
+    for (x, _), (x0, _), (x1, _) in zip(single, *pair, strict=True):
+        assert torch.equal(x, torch.cat([x0, x1]))
 
 
 def test_real_dataset_loader_reiterable():

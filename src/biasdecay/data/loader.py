@@ -64,8 +64,15 @@ class DeviceLoader:
         indices: serve only these dataset indices (e.g. a fixed evaluation subset), in this
             order when ``shuffle=False``.
         rank: this process's rank when the data is sharded across processes.
-        world_size: number of processes; each rank serves a disjoint share of every epoch's
-            order, the order padded by wrapping around so all ranks get equally many samples.
+        world_size: number of processes. Every rank walks the same epoch order in *logical*
+            batches of ``batch_size * world_size`` samples and serves its contiguous slice
+            ``[rank * batch_size, (rank + 1) * batch_size)`` of each. So step k trains on the
+            same samples, with the same augmentation draws, whatever the world size: a
+            2-process run sees exactly the batches of a 1-process run with the same logical
+            batch. (With augmentation each rank augments the whole logical batch and keeps its
+            slice: cheap next to the model, and what makes the draws identical.) The last
+            partial logical batch may leave a rank fewer or no samples; training uses
+            ``drop_last=True``.
     """
 
     def __init__(
@@ -114,15 +121,24 @@ class DeviceLoader:
         self._epoch = 0
 
     @property
+    def logical_batch_size(self) -> int:
+        """Samples per step over all ranks: ``batch_size * world_size``."""
+        return self.batch_size * self.world_size
+
+    @property
     def num_samples(self) -> int:
-        """Samples this rank serves per epoch (including wrap-around padding when sharded)."""
-        return math.ceil(len(self.labels) / self.world_size)
+        """Samples this rank serves per epoch."""
+        n, logical = len(self.labels), self.logical_batch_size
+        full = (n // logical) * self.batch_size
+        if self.drop_last:
+            return full
+        rest = n % logical  # the last, partial logical batch
+        return full + min(max(rest - self.rank * self.batch_size, 0), self.batch_size)
 
     def __len__(self) -> int:
-        """Number of batches per epoch."""
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        """Number of batches (steps) per epoch; the same on every rank."""
+        n, logical = len(self.labels), self.logical_batch_size
+        return n // logical if self.drop_last else math.ceil(n / logical)
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the next pass (then count on from it)."""
@@ -133,25 +149,19 @@ class DeviceLoader:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        """Positions (into the served samples) this rank visits in ``epoch``, in order.
+        """The order in which all ranks together visit the samples in ``epoch``.
 
         Args:
             epoch: the epoch number.
 
         Returns:
-            int64 tensor on the device, length :attr:`num_samples`.
+            int64 tensor on the device of all served positions (the same on every rank).
         """
         n = len(self.labels)
         if self.shuffle:
             generator = self._generator(epoch, _ORDER_STREAM)
-            order = torch.randperm(n, generator=generator, device=self.device)
-        else:
-            order = torch.arange(n, device=self.device)
-        if self.world_size == 1:
-            return order
-        total = self.num_samples * self.world_size
-        order = order.repeat(math.ceil(total / n))[:total]
-        return order[self.rank :: self.world_size]
+            return torch.randperm(n, generator=generator, device=self.device)
+        return torch.arange(n, device=self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self._epoch
@@ -159,11 +169,22 @@ class DeviceLoader:
         order = self.epoch_order(epoch)
         generator = self._generator(epoch, _AUGMENT_STREAM) if self._augment else None
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        logical, mine = (
+            self.logical_batch_size,
+            slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size),
+        )
         for batch in range(len(self)):
-            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            pixels = self.images.index_select(0, index)  # uint8 B x C x H x W
+            step_index = order[batch * logical : (batch + 1) * logical]
             if self._augment is not None:
-                pixels = self._augment(pixels, generator)
+                # Augment the whole logical batch so the random draws do not depend on the
+                # world size, then keep this rank's slice.
+                pixels = self._augment(self.images.index_select(0, step_index), generator)
+                pixels, index = pixels[mine], step_index[mine]
+            else:
+                index = step_index[mine]
+                pixels = self.images.index_select(0, index)  # uint8 B x C x H x W
+            if index.numel() == 0:  # a partial last logical batch left this rank nothing
+                continue
             # (pixels / 255 - mean) / std in float32, then cast: exact for bf16 targets too
             x = torch.addcmul(self._shift, pixels.to(torch.float32), self._scale)
             x = x.to(self.dtype).contiguous(memory_format=memory_format)

@@ -2,7 +2,14 @@
 
 from biasdecay.decay.adaptive import AdaptiveBetaDecay, bias_utilization_from_grads
 from biasdecay.decay.groups import GroupRow, format_group_summary, group_summary, param_groups
-from biasdecay.decay.policies import BASE, DecayPolicy, RoleRule, decay_policy, policy_names
+from biasdecay.decay.policies import (
+    BASE,
+    DecayPolicy,
+    RoleRule,
+    decay_policy,
+    policy_names,
+    policy_options,
+)
 
 __all__ = [
     "BASE",
@@ -16,4 +23,5 @@ __all__ = [
     "group_summary",
     "param_groups",
     "policy_names",
+    "policy_options",
 ]

@@ -33,7 +33,14 @@ from types import MappingProxyType
 
 from biasdecay.roles import Role
 
-__all__ = ["RoleRule", "DecayPolicy", "decay_policy", "policy_names", "BASE"]
+__all__ = [
+    "RoleRule",
+    "DecayPolicy",
+    "decay_policy",
+    "policy_names",
+    "policy_options",
+    "BASE",
+]
 
 BASE = "base"  # a rule coefficient meaning "the base weight_decay λ_w"
 
@@ -205,6 +212,14 @@ def policy_names() -> list[str]:
     return list(_POLICIES)
 
 
+def policy_options(name: str) -> list[str]:
+    """The options :func:`decay_policy` accepts for policy ``name``."""
+    if name not in _POLICIES:
+        raise ValueError(f"unknown decay policy {name!r}; valid policies: {', '.join(_POLICIES)}")
+    build = _POLICIES[name]
+    return list(build.__code__.co_varnames[: build.__code__.co_argcount])
+
+
 def decay_policy(name: str, **coefficients: float | bool) -> DecayPolicy:
     """Build a weight-decay policy by name.
 
@@ -221,14 +236,11 @@ def decay_policy(name: str, **coefficients: float | bool) -> DecayPolicy:
     Raises:
         ValueError: an unknown name or option (the valid ones are listed), or a bad value.
     """
-    if name not in _POLICIES:
-        raise ValueError(f"unknown decay policy {name!r}; valid policies: {', '.join(_POLICIES)}")
-    build = _POLICIES[name]
-    valid = list(build.__code__.co_varnames[: build.__code__.co_argcount])
+    valid = policy_options(name)
     unknown = sorted(set(coefficients) - set(valid))
     if unknown:
         raise ValueError(
             f"decay policy {name!r} has no option {', '.join(map(repr, unknown))}; valid options: "
             f"{', '.join(valid) if valid else 'none'}"
         )
-    return build(**coefficients)
+    return _POLICIES[name](**coefficients)

@@ -1,0 +1,367 @@
+"""The training loop: logical batches over ranks and micro-batches, eval, checkpoints, resume.
+
+One step = one logical batch of ``run.batch_size`` samples = world size × accumulation steps ×
+micro-batch. Rank r trains on its contiguous slice of every logical batch (the loader's
+sharding), gradients are accumulated locally under ``no_sync`` and averaged by DDP on the last
+micro-batch, then the adaptive β decay controller and the optimiser act once.
+
+Nothing here synchronises with the host in the middle of a step: losses and accuracies
+accumulate on the device and are read every ``run.log_every`` steps, where divergence is also
+checked. A run that diverges stops, keeps its last good checkpoint, and is marked ``diverged``
+in its summary: the paper's "-".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from biasdecay.decay import format_group_summary
+from biasdecay.nn.checkpoint import save_model
+from biasdecay.train import components as C
+from biasdecay.train.checkpoint import (
+    capture_rng_state,
+    list_checkpoints,
+    load_training_checkpoint,
+    newest_loadable_checkpoint,
+    restore_rng_state,
+    save_training_checkpoint,
+)
+from biasdecay.train.config import TrainConfig, config_to_dict, dump_toml
+from biasdecay.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    average_buffers,
+    barrier,
+)
+from biasdecay.train.monitors import SharpnessTracker
+from biasdecay.train.tracking import (
+    MetricsWriter,
+    Progress,
+    environment_info,
+    write_run_info,
+    write_summary,
+)
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN/inf or exceeded ``run.divergence_loss``."""
+
+
+class Trainer:
+    """Train one configured run; :meth:`fit` runs it (or resumes it) to the end.
+
+    Args:
+        cfg: the full configuration.
+        ctx: this process's place in the world (see :func:`init_distributed`).
+        log: where one-line messages go (rank 0 only).
+        progress: a progress bar (rank 0, on a terminal) instead of periodic log lines.
+        on_step: called as ``on_step(trainer, step)`` after every optimiser step; tests use it
+            to interrupt a run at a chosen point.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        ctx: DistContext | None = None,
+        *,
+        log: Callable[[str], None] = print,
+        progress: bool = False,
+        on_step: Callable[[Trainer, int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.ctx = ctx or DistContext()
+        self.log = log if self.ctx.is_main else (lambda _msg: None)
+        self.on_step = on_step
+        self.show_progress = progress
+        self.run_dir = Path(cfg.run.out)
+        self.plan = C.plan_batches(cfg, self.ctx)
+        train, test = C.load_data(cfg)
+        self.synthetic = train.synthetic
+        self.spec = C.model_spec(cfg, train)
+        self.train_loader, self.eval_loader = C.make_loaders(cfg, train, test, self.plan, self.ctx)
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = C.total_steps(cfg, self.steps_per_epoch)
+        self.model = C.build_model(cfg, self.spec, self.ctx)
+        self.optimizer, self.policy, self.controller = C.build_optimization(cfg, self.model)
+        self.scheduler = C.build_scheduler(
+            cfg, self.optimizer, self.total_steps, self.steps_per_epoch
+        )
+        self.tracker = SharpnessTracker(self.model, cfg.run.track_every, self.controller)
+        self.autocast = C.autocast_dtype(cfg, self.ctx.device)
+        self.net = self._wrap(self.model)
+        self.step = 0
+        self._saved_step = -1
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """DDP across ranks, then torch.compile when asked for."""
+        net: nn.Module = model
+        if self.ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            # Running statistics stay per rank and are averaged before evaluation, instead of
+            # being broadcast from rank 0 at every forward.
+            net = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        if self.cfg.run.compile:
+            net = torch.compile(net)
+        return net
+
+    # ------------------------------------------------------------------ state and checkpoints
+    def state(self, epoch: int, batch_in_epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "adaptive": self.controller.state_dict() if self.controller else None,
+            "rng": capture_rng_state(),
+            "config": config_to_dict(self.cfg),
+        }
+
+    def save(self, epoch: int, batch_in_epoch: int) -> None:
+        if self.step == self._saved_step:  # e.g. a checkpoint step that is also the last step
+            return
+        self._saved_step = self.step
+        if self.ctx.is_main:
+            path = save_training_checkpoint(
+                self.run_dir,
+                self.step,
+                self.state(epoch, batch_in_epoch),
+                keep=self.cfg.run.keep_checkpoints,
+            )
+            self.metrics.log({"kind": "event", "step": self.step, "event": f"saved {path.name}"})
+        barrier(self.ctx)
+
+    def restore(self) -> tuple[int, int]:
+        """Load the newest loadable checkpoint of the run; returns (epoch, batch_in_epoch)."""
+        path, skipped = newest_loadable_checkpoint(self.run_dir)
+        for bad, why in skipped:
+            self.log(f"resume: skipping unreadable {bad} ({why})")
+        state = load_training_checkpoint(path, map_location=self.ctx.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.controller is not None and state.get("adaptive") is not None:
+            self.controller.load_state_dict(state["adaptive"])
+        restore_rng_state(state["rng"])
+        self.step = self._saved_step = int(state["step"])
+        self.log(f"resume: {path} (step {self.step} of {self.total_steps})")
+        return int(state["epoch"]), int(state["batch_in_epoch"])
+
+    # ------------------------------------------------------------------ one step
+    def _micro_batches(self, x: torch.Tensor, y: torch.Tensor):
+        m = self.plan.micro
+        return [(x[i : i + m], y[i : i + m]) for i in range(0, x.shape[0], m)]
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, totals: torch.Tensor) -> None:
+        """Forward/backward over the micro-batches of this rank's slice, then one update."""
+        parts = self._micro_batches(x, y)
+        for i, (xb, yb) in enumerate(parts):
+            last = i == len(parts) - 1
+            sync = contextlib.nullcontext()
+            if self.ctx.distributed and not last:
+                sync = self.net.no_sync()  # all-reduce once, on the last micro-batch
+            amp = (
+                torch.autocast(self.ctx.device.type, dtype=self.autocast)
+                if self.autocast is not None
+                else contextlib.nullcontext()
+            )
+            with sync, amp:
+                out = self.net(xb)
+                loss = nn.functional.cross_entropy(out, yb)
+            with torch.no_grad():  # [Σ loss·n, Σ correct, n], kept on the device
+                n = yb.shape[0]
+                totals[0] += loss.detach().float() * n
+                totals[1] += (out.argmax(1) == yb).sum()
+                totals[2] += n
+            del out  # the graph keeps what backward needs; the logits can go
+            if i == 0:
+                # Clearing the gradients here, just before they are written again, rather than
+                # right after the update, lets backward reuse their memory at once: about 10%
+                # faster per step on the CPU (benchmarks/bench_engine.py).
+                self.optimizer.zero_grad(set_to_none=True)
+            (loss if len(parts) == 1 else loss / len(parts)).backward()
+        if self.tracker.due(self.step + 1):
+            self.metrics.log(self.tracker.record(self.step + 1))
+        if self.controller is not None:
+            self.controller.step()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Top-1 accuracy and mean loss on the eval split (sharded over ranks, then summed)."""
+        average_buffers(self.model, self.ctx)
+        was = self.model.training
+        self.model.eval()
+        totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
+        for x, y in self.eval_loader:
+            amp = (
+                torch.autocast(self.ctx.device.type, dtype=self.autocast)
+                if self.autocast is not None
+                else contextlib.nullcontext()
+            )
+            with amp:
+                out = self.model(x)
+            totals[0] += nn.functional.cross_entropy(out.float(), y, reduction="sum")
+            totals[1] += (out.argmax(1) == y).sum()
+            totals[2] += y.shape[0]
+        self.model.train(was)
+        all_reduce_sum(totals, self.ctx)
+        loss, correct, count = totals.tolist()
+        return {"accuracy": correct / count, "loss": loss / count}
+
+    def _measure(self, epoch: int) -> None:
+        """The full measures of the measurement suite on a fixed subset (rank 0 only)."""
+        if self.ctx.is_main:
+            from biasdecay.sharpness.suite import MeasureOptions, run_measures
+
+            batches = []
+            for x, y in self.eval_loader:
+                batches.append((x, y))
+                if sum(b[0].shape[0] for b in batches) >= self.cfg.run.measure_samples:
+                    break
+            results = run_measures(
+                self.model,
+                batches,
+                ["connectivity", "connectivity-m", "hessian-trace", "fisher-rao"],
+                MeasureOptions(seed=self.cfg.run.seed),
+            )
+            self.metrics.log({"kind": "measures", "step": self.step, "epoch": epoch, **results})
+        barrier(self.ctx)
+
+    # ------------------------------------------------------------------ the run
+    def fit(self, *, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (or to ``run.max_steps`` more steps); returns the summary."""
+        cfg, main = self.cfg, self.ctx.is_main
+        if not resume and list_checkpoints(self.run_dir):
+            raise ValueError(
+                f"run directory {self.run_dir} already holds checkpoints of a run: continue it "
+                f"with --resume {self.run_dir}, or choose another run.out (--out)"
+            )
+        epoch, skip = self.restore() if resume else (0, 0)
+        self.metrics = MetricsWriter(self.run_dir, enabled=main, tensorboard=cfg.run.tensorboard)
+        self.metrics.truncate_after(self.step)  # records past the resumed step (or any) go
+        if not resume and main:
+            write_run_info(
+                self.run_dir,
+                config_toml=dump_toml(cfg),
+                environment={
+                    **environment_info(self.ctx.device, self.ctx.world_size),
+                    "batch_plan": vars(self.plan),
+                    "synthetic_data": self.synthetic,
+                },
+                groups_summary=format_group_summary(
+                    self.model, self.policy, cfg.optimizer.weight_decay
+                ),
+            )
+        self.log(
+            f"train: {self.spec.describe()}; {cfg.optimizer.name} under {self.policy.describe()}; "
+            f"batch {self.plan.logical} = {self.ctx.world_size} rank(s) x "
+            f"{self.plan.accumulation} x {self.plan.micro}; {self.total_steps} steps "
+            f"({self.steps_per_epoch} per epoch) on {self.ctx.device}"
+        )
+        summary: dict[str, Any] = {"status": "running"}
+        start, stop_at = time.perf_counter(), self.total_steps
+        if cfg.run.max_steps is not None:
+            stop_at = min(stop_at, self.step + cfg.run.max_steps)
+        progress = Progress(self.total_steps, enabled=main, initial=self.step, log=self.log)
+        self.net.train()
+        totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
+        try:
+            while self.step < stop_at:
+                self.train_loader.set_epoch(epoch)
+                for batch, (x, y) in enumerate(self.train_loader):
+                    if batch < skip:  # resuming mid-epoch: same order, same augmentation draws
+                        continue
+                    self.train_step(x, y, totals)
+                    progress.update(1)
+                    if self.step % cfg.run.log_every == 0 or self.step == stop_at:
+                        self._log_train(epoch, totals)
+                    if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
+                        self._check_finite()
+                        self.save(epoch, batch + 1)
+                    if self.on_step is not None:
+                        self.on_step(self, self.step)
+                    if self.step >= stop_at:
+                        break
+                else:  # the epoch ran to its end
+                    skip, epoch = 0, epoch + 1
+                    self._end_of_epoch(epoch)
+                    continue
+                break
+            self._check_finite()
+            if self.step < self.total_steps:  # stopped early (max_steps): resumable from here
+                self.save(epoch, batch + 1)
+            else:
+                final = self.evaluate()
+                self.metrics.log({"kind": "eval", "step": self.step, "epoch": epoch, **final})
+                self.save(epoch, 0)
+                summary.update(status="finished", test_accuracy=final["accuracy"])
+                summary["test_loss"] = final["loss"]
+                if main:  # the trained network alone, for `biasdecay measure --checkpoint`
+                    save_model(self.run_dir / "model.pt", self.model, self.spec, meta=final)
+        except Diverged as exc:
+            self.log(f"train: DIVERGED at step {self.step}: {exc}; last good checkpoint kept")
+            summary.update(status="diverged", diverged_at=self.step, reason=str(exc))
+            self.metrics.log({"kind": "event", "step": self.step, "event": "diverged"})
+        finally:
+            progress.close()
+        summary.update(
+            steps=self.step,
+            total_steps=self.total_steps,
+            epochs=self.step / self.steps_per_epoch,
+            seconds=time.perf_counter() - start,
+            synthetic_data=self.synthetic,
+        )
+        if main:
+            write_summary(self.run_dir, summary)
+        self.metrics.close()
+        return summary
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        if cfg.run.eval_every and epoch % cfg.run.eval_every == 0 and self.step < self.total_steps:
+            result = self.evaluate()
+            self.metrics.log({"kind": "eval", "step": self.step, "epoch": epoch, **result})
+            self.log(f"epoch {epoch}: test accuracy {result['accuracy']:.2%}")
+        if epoch in cfg.run.measure_epochs:
+            self._measure(epoch)
+        if not cfg.run.checkpoint_every and self.step < self.total_steps:
+            self.save(epoch, 0)
+
+    def _log_train(self, epoch: int, totals: torch.Tensor) -> None:
+        loss_sum, correct, count = all_reduce_sum(totals.clone(), self.ctx).tolist()
+        totals.zero_()
+        loss = loss_sum / count if count else math.nan
+        if not math.isfinite(loss) or loss > self.cfg.run.divergence_loss:
+            raise Diverged(f"training loss {loss:.4g}")
+        self.metrics.log(
+            {
+                "kind": "train",
+                "step": self.step,
+                "epoch": epoch,
+                "loss": loss,
+                "accuracy": correct / count,
+                "lr": self.scheduler.get_last_lr()[0],
+            }
+        )
+
+    def _check_finite(self) -> None:
+        """Refuse to checkpoint non-finite parameters: the last good checkpoint stays."""
+        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()])
+        ok = finite.all().to(torch.float64).reshape(1)
+        all_reduce_sum(ok, self.ctx)
+        if ok.item() < self.ctx.world_size:
+            raise Diverged("non-finite parameters")

@@ -1,0 +1,125 @@
+"""The training engine on real bundled data (scikit-learn digits): splits, resume, divergence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from biasdecay.train.config import load_config
+from biasdecay.train.engine import Trainer
+
+pytest.importorskip("sklearn")
+
+
+def config(tmp_path, name: str, *extra: str):
+    """A small, fast run: thin ResNet-18 with ghost BN on digits (1438 training images)."""
+    return load_config(
+        None,
+        [
+            "model.name=resnet18",
+            "model.width=0.0625",
+            "model.ghost_batch_size=32",
+            "data.name=digits",
+            "data.augment=flip",
+            "run.batch_size=128",
+            "run.epochs=2",
+            "run.log_every=4",
+            "run.eval_every=1",
+            "optimizer.name=lamb",
+            "optimizer.lr=0.01",
+            "policy.name=adaptive_beta_decay",
+            f'run.out="{tmp_path / name}"',
+            *extra,
+        ],
+    )
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_result_does_not_depend_on_the_micro_batch_split(tmp_path) -> None:
+    """1 micro-batch of 128 and 4 of 32 (ghost size 32): equal parameters in float64."""
+    runs = []
+    for micro in (128, 32):
+        cfg = config(
+            tmp_path, f"micro{micro}", f"run.micro_batch_size={micro}", "run.dtype=float64",
+            "run.epochs=0.5",
+        )  # fmt: skip
+        trainer = Trainer(cfg, log=lambda _m: None)
+        assert trainer.plan.accumulation == 128 // micro
+        summary = trainer.fit()
+        assert summary["status"] == "finished" and summary["steps"] == 6
+        runs.append(params(trainer))
+    for key in runs[0]:
+        torch.testing.assert_close(runs[1][key], runs[0][key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+class Interrupt(Exception):
+    """Stands for a kill: the run stops between two steps without any clean-up."""
+
+
+def test_resume_after_a_kill_mid_epoch_is_bitwise_equal(tmp_path) -> None:
+    full = Trainer(config(tmp_path, "full", "run.checkpoint_every=3"), log=lambda _m: None)
+    full_summary = full.fit()
+    assert full.steps_per_epoch == 11 and full_summary["steps"] == 22
+
+    def kill_at_step_8(trainer: Trainer, step: int) -> None:
+        if step == 8:  # mid-epoch, 2 steps after the checkpoint at step 6
+            raise Interrupt
+
+    cut = config(tmp_path, "cut", "run.checkpoint_every=3")
+    with pytest.raises(Interrupt):
+        Trainer(cut, log=lambda _m: None, on_step=kill_at_step_8).fit()
+    resumed = Trainer(cut, log=lambda _m: None)
+    summary = resumed.fit(resume=True)
+    assert summary["status"] == "finished" and summary["steps"] == 22
+    for key, value in params(full).items():
+        assert torch.equal(params(resumed)[key], value), key
+    history = resumed.controller.history()
+    assert history["steps"] == full.controller.history()["steps"] == list(range(1, 23))
+    # metrics.jsonl has each training record once, resumed steps included
+    records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").open()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 22
+    assert (tmp_path / "cut" / "model.pt").is_file()
+
+
+def test_divergence_is_recorded_and_the_last_good_checkpoint_kept(tmp_path) -> None:
+    cfg = config(
+        tmp_path, "boom", "optimizer.name=sgd", "optimizer.lr=1e6", "policy.name=no_bias_decay",
+        "run.checkpoint_every=1", "run.log_every=1",
+    )  # fmt: skip
+    summary = Trainer(cfg, log=lambda _m: None).fit()
+    assert summary["status"] == "diverged" and summary["diverged_at"] >= 1
+    saved = json.loads((tmp_path / "boom" / "summary.json").read_text())
+    assert saved["status"] == "diverged"
+    for path in (tmp_path / "boom" / "checkpoints").glob("step-*.pt"):
+        state = torch.load(path, weights_only=True)
+        assert all(
+            torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+        )
+
+
+def test_bad_splits_are_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="does not divide the per-rank batch 128"):
+        Trainer(config(tmp_path, "x", "run.micro_batch_size=48"), log=lambda _m: None)
+    with pytest.raises(ValueError, match="not a multiple of model.ghost_batch_size=48"):
+        Trainer(config(tmp_path, "y", "run.micro_batch_size=64", "model.ghost_batch_size=48"))
+    with pytest.raises(ValueError, match="fewer than one logical batch"):
+        Trainer(config(tmp_path, "z", "run.batch_size=4096", "model.ghost_batch_size=none"))
+
+
+def test_resume_refuses_a_corrupt_checkpoint_without_touching_the_run(tmp_path) -> None:
+    cfg = config(tmp_path, "c", "run.epochs=0.5", "run.checkpoint_every=2", "run.max_steps=4")
+    Trainer(cfg, log=lambda _m: None).fit()
+    checkpoints = sorted((tmp_path / "c" / "checkpoints").glob("step-*.pt"))
+    for path in checkpoints:
+        path.write_bytes(path.read_bytes()[:100])  # truncate every checkpoint
+    before = {p: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="step-"):
+        Trainer(cfg, log=lambda _m: None).fit(resume=True)
+    after = {p: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    assert after == before
