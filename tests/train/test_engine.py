@@ -123,3 +123,33 @@ def test_resume_refuses_a_corrupt_checkpoint_without_touching_the_run(tmp_path) 
         Trainer(cfg, log=lambda _m: None).fit(resume=True)
     after = {p: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_resume_names_a_corrupt_newest_checkpoint_instead_of_falling_back(tmp_path) -> None:
+    cfg = config(tmp_path, "n", "run.epochs=0.5", "run.checkpoint_every=2", "run.max_steps=4")
+    Trainer(cfg, log=lambda _m: None).fit()
+    newest = sorted((tmp_path / "n" / "checkpoints").glob("step-*.pt"))[-1]
+    newest.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"step-000000004.pt is unreadable.*step-000000002.pt"):
+        Trainer(cfg, log=lambda _m: None).fit(resume=True)
+
+
+def test_sharpness_tracking_and_measures_are_logged(tmp_path) -> None:
+    cfg = config(
+        tmp_path, "t", "run.epochs=1", "run.track_every=5", "run.measure_epochs=[0, 1]",
+        "run.measure_samples=64", "policy.threshold=0.0",
+    )  # fmt: skip
+    trainer = Trainer(cfg, log=lambda _m: None)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").open()]
+    tracked = [r for r in records if r["kind"] == "sharpness"]
+    assert [r["step"] for r in tracked] == [5, 10]
+    first = tracked[0]
+    layers = trainer.controller.layer_names
+    assert list(first["layers"]) == layers and all(first["beta_decayed"].values())  # R = 0
+    layer = first["layers"][layers[0]]
+    assert layer["r"] == pytest.approx(layer["c_beta"] / layer["c_gamma"])
+    assert first["c_m"] == pytest.approx(sum(first["c_m_by_role"].values()))
+    measured = [r for r in records if r["kind"] == "measures"]
+    assert [r["epoch"] for r in measured] == [0, 1] and [r["step"] for r in measured] == [0, 11]
+    assert measured[1]["connectivity"]["n_samples"] >= 64

@@ -312,7 +312,8 @@ def test_check_resumable_returns_the_newest_checkpoint(tmp_path):
     _saved(tmp_path, 10)
     newest = _saved(tmp_path, 20)
     assert check_resumable(tmp_path) == newest
-    assert newest_loadable_checkpoint(tmp_path) == (newest, [])
+    path, skipped, state = newest_loadable_checkpoint(tmp_path)
+    assert (path, skipped) == (newest, []) and state["step"] == int(newest.stem.split("-")[1])
 
 
 def test_a_corrupt_newest_checkpoint_is_reported_with_the_previous_loadable_one(tmp_path):
@@ -327,7 +328,7 @@ def test_a_corrupt_newest_checkpoint_is_reported_with_the_previous_loadable_one(
     assert str(newest) in message and "truncated or corrupt" in message
     assert "step-000000020.pt (step 20)" in message and "move step-000000030.pt" in message
 
-    path, skipped = newest_loadable_checkpoint(tmp_path)
+    path, skipped, _ = newest_loadable_checkpoint(tmp_path)
     assert path == previous
     assert [p for p, _ in skipped] == [newest]
     assert "truncated or corrupt" in skipped[0][1]

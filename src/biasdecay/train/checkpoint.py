@@ -220,17 +220,22 @@ def load_training_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> 
     return obj
 
 
-def newest_loadable_checkpoint(run_dir: str | Path) -> tuple[Path, list[tuple[Path, str]]]:
-    """The newest checkpoint that loads, and the newer ones that did not.
+def newest_loadable_checkpoint(
+    run_dir: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[Path, list[tuple[Path, str]], dict[str, Any]]:
+    """The newest checkpoint that loads, the newer ones that did not, and its loaded state.
 
-    Each candidate is loaded in full (on the CPU), newest first, until one succeeds.
+    Each candidate is loaded in full, newest first, until one succeeds; that state is returned
+    so the caller does not read the file a second time.
 
     Args:
         run_dir: the run directory.
+        map_location: where the tensors of the state go.
 
     Returns:
-        ``(path, skipped)``: the newest loadable checkpoint and, newest first, the newer
-        checkpoints passed over with the reason each failed (for the engine to log).
+        ``(path, skipped, state)``: the newest loadable checkpoint, newest first the newer
+        checkpoints passed over with the reason each failed (for the engine to log), and the
+        loaded state.
 
     Raises:
         CheckpointError: the run has no checkpoints, or none of them loads (each reason listed).
@@ -244,11 +249,11 @@ def newest_loadable_checkpoint(run_dir: str | Path) -> tuple[Path, list[tuple[Pa
     skipped: list[tuple[Path, str]] = []
     for path in reversed(found):
         try:
-            load_training_checkpoint(path)
+            state = load_training_checkpoint(path, map_location=map_location)
         except CheckpointError as exc:
             skipped.append((path, str(exc)))
             continue
-        return path, skipped
+        return path, skipped, state
     reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped)
     raise CheckpointError(
         f"none of the {len(found)} checkpoints in {checkpoint_dir(run_dir)} can be loaded "
@@ -293,7 +298,7 @@ def check_resumable(run_dir: str | Path) -> Path:
         load_training_checkpoint(newest)
     except CheckpointError as exc:
         try:
-            previous, _ = newest_loadable_checkpoint(run_dir)
+            previous, _, _ = newest_loadable_checkpoint(run_dir)
         except CheckpointError:
             advice = "no older checkpoint loads either; start a new run without --resume"
         else:

@@ -24,12 +24,11 @@ import torch
 from torch import nn
 
 from biasdecay.decay import format_group_summary
-from biasdecay.nn.checkpoint import save_model
+from biasdecay.nn.checkpoint import CheckpointError, save_model
 from biasdecay.train import components as C
 from biasdecay.train.checkpoint import (
     capture_rng_state,
     list_checkpoints,
-    load_training_checkpoint,
     newest_loadable_checkpoint,
     restore_rng_state,
     save_training_checkpoint,
@@ -99,6 +98,7 @@ class Trainer:
         self.net = self._wrap(self.model)
         self.step = 0
         self._saved_step = -1
+        self._measured: set[int] = set()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """DDP across ranks, then torch.compile when asked for."""
@@ -143,10 +143,16 @@ class Trainer:
 
     def restore(self) -> tuple[int, int]:
         """Load the newest loadable checkpoint of the run; returns (epoch, batch_in_epoch)."""
-        path, skipped = newest_loadable_checkpoint(self.run_dir)
-        for bad, why in skipped:
-            self.log(f"resume: skipping unreadable {bad} ({why})")
-        state = load_training_checkpoint(path, map_location=self.ctx.device)
+        path, skipped, state = newest_loadable_checkpoint(
+            self.run_dir, map_location=self.ctx.device
+        )
+        if skipped:  # never fall back silently: the user decides what to do with the file
+            bad, why = skipped[0]
+            raise CheckpointError(
+                f"cannot resume {self.run_dir}: the newest checkpoint {bad} is unreadable "
+                f"({why}). The newest loadable one is {path.name}; move {bad.name} out of "
+                f"{bad.parent} and resume again to continue from it."
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -224,6 +230,7 @@ class Trainer:
 
     def _measure(self, epoch: int) -> None:
         """The full measures of the measurement suite on a fixed subset (rank 0 only)."""
+        self._measured.add(epoch)
         if self.ctx.is_main:
             from biasdecay.sharpness.suite import MeasureOptions, run_measures
 
@@ -276,7 +283,11 @@ class Trainer:
         start, stop_at = time.perf_counter(), self.total_steps
         if cfg.run.max_steps is not None:
             stop_at = min(stop_at, self.step + cfg.run.max_steps)
-        progress = Progress(self.total_steps, enabled=main, initial=self.step, log=self.log)
+        if self.step == 0 and 0 in cfg.run.measure_epochs:
+            self._measure(0)  # the network at initialisation, where the paper's curves start
+        progress = Progress(
+            self.total_steps, enabled=main, initial=self.step, log=self.log, tty=self.show_progress
+        )
         self.net.train()
         totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
         try:
@@ -312,6 +323,9 @@ class Trainer:
                 summary["test_loss"] = final["loss"]
                 if main:  # the trained network alone, for `biasdecay measure --checkpoint`
                     save_model(self.run_dir / "model.pt", self.model, self.spec, meta=final)
+                last_epoch = math.ceil(self.step / self.steps_per_epoch)
+                if last_epoch in cfg.run.measure_epochs and last_epoch not in self._measured:
+                    self._measure(last_epoch)  # the loop ends before the last epoch's hook
         except Diverged as exc:
             self.log(f"train: DIVERGED at step {self.step}: {exc}; last good checkpoint kept")
             summary.update(status="diverged", diverged_at=self.step, reason=str(exc))
@@ -336,7 +350,7 @@ class Trainer:
             result = self.evaluate()
             self.metrics.log({"kind": "eval", "step": self.step, "epoch": epoch, **result})
             self.log(f"epoch {epoch}: test accuracy {result['accuracy']:.2%}")
-        if epoch in cfg.run.measure_epochs:
+        if epoch in cfg.run.measure_epochs and epoch not in self._measured:
             self._measure(epoch)
         if not cfg.run.checkpoint_every and self.step < self.total_steps:
             self.save(epoch, 0)
