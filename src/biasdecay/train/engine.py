@@ -95,6 +95,8 @@ class Trainer:
         )
         self.tracker = SharpnessTracker(self.model, cfg.run.track_every, self.controller)
         self.autocast = C.autocast_dtype(cfg, self.ctx.device)
+        if self.ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune the conv kernels once
         self.net = self._wrap(self.model)
         self.step = 0
         self._saved_step = -1
@@ -290,6 +292,9 @@ class Trainer:
         )
         self.net.train()
         totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
+        outer_log = self.log
+        if main:  # messages go above the progress bar instead of through it
+            self.log = progress.write
         try:
             while self.step < stop_at:
                 self.train_loader.set_epoch(epoch)
@@ -332,6 +337,7 @@ class Trainer:
             self.metrics.log({"kind": "event", "step": self.step, "event": "diverged"})
         finally:
             progress.close()
+            self.log = outer_log
         summary.update(
             steps=self.step,
             total_steps=self.total_steps,
