@@ -18,19 +18,10 @@ import time
 
 import torch
 
+from _machine import cpu_name
 from biasdecay.decay import AdaptiveBetaDecay, decay_policy, param_groups
 from biasdecay.nn.models import build_model
 from biasdecay.optim import LAMB
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def setup(policy: str, device: torch.device, adaptive: bool):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
@@ -21,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from _machine import cpu_name
 from biasdecay.nn.models import build_model
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
@@ -48,17 +48,6 @@ def interleaved_best(
             _sync(device)
             best[name] = min(best[name], time.perf_counter() - start)
     return best
-
-
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def naive_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -22,19 +22,10 @@ import time
 import torch
 from torch import nn
 
+from _machine import cpu_name
 from biasdecay.train import components as C
 from biasdecay.train.config import load_config
 from biasdecay.train.engine import Trainer
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def engine_steps_per_second(overrides: list[str], steps: int, warmup: int) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from _machine import cpu_name
 from biasdecay.nn.ghost_bn import GhostBatchNorm2d
 
 
@@ -50,18 +50,6 @@ def interleaved_best(
             _sync(device)
             best[name] = min(best[name], time.perf_counter() - start)
     return best
-
-
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class ChunkLoopBatchNorm2d(nn.BatchNorm2d):

@@ -1,0 +1,28 @@
+"""The benchmark scripts start (imports, arguments) and the connectivity one runs end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("bench_*.py"))
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.stem)
+def test_benchmark_explains_itself(script: Path) -> None:
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
+
+
+def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
+    script = BENCHMARKS[0].parent / "bench_connectivity.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--width", "0.0625", "--batch", "8", "--repeats", "1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "C per-sample, hooks (ours)" in done.stdout and "x fwd+bwd" in done.stdout
