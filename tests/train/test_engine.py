@@ -85,6 +85,11 @@ def test_resume_after_a_kill_mid_epoch_is_bitwise_equal(tmp_path) -> None:
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 22
     assert (tmp_path / "cut" / "model.pt").is_file()
+    # Resuming a finished run changes nothing: same summary, same files.
+    before = {p: p.read_bytes() for p in (tmp_path / "cut").rglob("*") if p.is_file()}
+    again = Trainer(cut, log=lambda _m: None).fit(resume=True)
+    assert again == json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert {p: p.read_bytes() for p in (tmp_path / "cut").rglob("*") if p.is_file()} == before
 
 
 def test_divergence_is_recorded_and_the_last_good_checkpoint_kept(tmp_path) -> None:

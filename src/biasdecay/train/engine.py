@@ -14,6 +14,7 @@ in its summary: the paper's "-".
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -260,6 +261,11 @@ class Trainer:
                 f"with --resume {self.run_dir}, or choose another run.out (--out)"
             )
         epoch, skip = self.restore() if resume else (0, 0)
+        if resume and self.step >= self.total_steps:
+            done = self._finished_summary()
+            if done is not None:  # nothing to do: leave the run exactly as it is
+                self.log(f"resume: {self.run_dir} already finished ({self.step} steps)")
+                return done
         self.metrics = MetricsWriter(self.run_dir, enabled=main, tensorboard=cfg.run.tensorboard)
         self.metrics.truncate_after(self.step)  # records past the resumed step (or any) go
         if not resume and main:
@@ -349,6 +355,16 @@ class Trainer:
             write_summary(self.run_dir, summary)
         self.metrics.close()
         return summary
+
+    def _finished_summary(self) -> dict[str, Any] | None:
+        """The run's final summary when it finished and its model was saved, else None."""
+        try:
+            summary = json.loads((self.run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if summary.get("status") == "finished" and (self.run_dir / "model.pt").is_file():
+            return summary
+        return None
 
     def _end_of_epoch(self, epoch: int) -> None:
         cfg = self.cfg
