@@ -51,6 +51,25 @@ examples:
 """
 
 
+SWEEP_HELP = """\
+Bring every run of a grid to a final state. Each run is a `biasdecay train` process in OUT/NAME
+(its log in OUT/NAME/train.log): finished and diverged runs are skipped, interrupted ones
+resumed from their last checkpoint, new ones started. Kill the sweep at any moment and start
+it again: at most each run's work since its last checkpoint is lost. OUT/sweep.json lists every
+run with its labels and state.
+
+grid file (TOML):
+  base = "configs/fashion_resnet18_cpu.toml"   # relative to the grid file; optional
+  set = ["run.epochs=2"]                       # every run; optional
+  [runs.no_bias_decay]
+  set = ["policy.name=no_bias_decay"]
+  labels = { policy = "no bias decay" }
+  [runs.beta_decay]
+  set = ["policy.name=beta_decay"]
+  labels = { policy = "β decay (1.0)" }
+"""
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
@@ -219,6 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bar.add_argument("--no-progress", dest="progress", action="store_false")
 
+    sw = sub.add_parser(
+        "sweep",
+        help="run every run of a grid to the end: skips finished, resumes interrupted runs",
+        description=SWEEP_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sw.add_argument("grid", help="grid file: a base config and [runs.NAME] tables (see below)")
+    sw.add_argument("--out", required=True, help="sweep directory; run NAME goes to OUT/NAME")
+    sw.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    sw.add_argument(
+        "--devices",
+        default=None,
+        help="comma-separated CUDA devices, one per job, e.g. 0,1,2,3 (one run per GPU)",
+    )
+    sw.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+
     ls = sub.add_parser("list", help="valid model, data set and measure names")
     ls.add_argument("what", nargs="?", default="all", choices=["all", "models", "data", "measures"])
     return parser
@@ -230,9 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from biasdecay.commands import listing, measure, train
+    from biasdecay.commands import listing, measure, sweep, train
 
-    command = {"measure": measure.run, "train": train.run, "list": listing.run}[args.command]
+    command = {
+        "measure": measure.run,
+        "train": train.run,
+        "sweep": sweep.run,
+        "list": listing.run,
+    }[args.command]
     try:
         return command(args)
     except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as exc:
