@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from _machine import cpu_name
+from _common import cpu_name
 from biasdecay.decay import AdaptiveBetaDecay, decay_policy, param_groups
 from biasdecay.nn.models import build_model
 from biasdecay.optim import LAMB

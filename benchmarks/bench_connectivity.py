@@ -14,40 +14,14 @@ import argparse
 import os
 import shlex
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from _machine import cpu_name
+from _common import cpu_name, interleaved_best
 from biasdecay.nn.models import build_model
 from biasdecay.sharpness.connectivity import connectivity_sharpness
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved_best(
-    rows: list[tuple[str, Callable[[], object]]], repeats: int, device: torch.device
-) -> dict[str, float]:
-    """Best wall time (s) of each row over ``repeats`` rounds, rows interleaved in every round.
-
-    Interleaving keeps a noisy stretch of the machine from favouring one row over another.
-    """
-    for _, fn in rows:  # warm-up: allocator, kernels, caches
-        fn()
-    best = {name: float("inf") for name, _ in rows}
-    for _ in range(repeats):
-        for name, fn in rows:
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def naive_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -22,7 +22,7 @@ import time
 import torch
 from torch import nn
 
-from _machine import cpu_name
+from _common import cpu_name
 from biasdecay.train import components as C
 from biasdecay.train.config import load_config
 from biasdecay.train.engine import Trainer

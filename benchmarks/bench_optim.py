@@ -27,14 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from _machine import cpu_name
+from _common import cpu_name, sync
 from biasdecay.nn.models import build_model
 from biasdecay.optim import LAMB, LARS
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @dataclass
@@ -111,15 +106,15 @@ def time_interleaved(
     for row in rows:
         for _ in range(warmup):  # allocator, lazy state, caches
             row.step()
-    _sync(device)
+    sync(device)
     times: dict[str, list[float]] = {row.name: [] for row in rows}
     for r in range(rounds):
         shift = r % len(rows)
         for row in rows[shift:] + rows[:shift]:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             row.step()
-            _sync(device)
+            sync(device)
             times[row.name].append(time.perf_counter() - start)
     return times
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from stepping import lr_at, run
 from torch import nn
 
 import biasdecay.optim.lamb as lamb_module
@@ -43,11 +44,6 @@ def make_grads(scale: float = 1.0) -> list[list[torch.Tensor]]:
             grads[i].zero_()
         steps.append(grads)
     return steps
-
-
-def lr_at(base: float, t: int) -> float:
-    """A schedule that changes lr between steps, as a scheduler would."""
-    return base * (1.0 + 0.5 * math.sin(t))
 
 
 # Group settings: which parameters, and the options that differ from the defaults.
@@ -128,22 +124,6 @@ def build(groups, max_grad_norm, params, foreach):
         options = {k: val for k, val in spec.items() if k != "idx"}
         param_groups.append({"params": [params[i] for i in spec["idx"]], **options})
     return LAMB(param_groups, lr=BASE["lr"], max_grad_norm=max_grad_norm, foreach=foreach)
-
-
-def run(optimizer, params, grads_per_step, overrides=None):
-    """Step ``optimizer`` through the gradients, rescheduling lr; the parameters after each step."""
-    history = []
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    for t, grads in enumerate(grads_per_step, start=1):
-        if overrides is not None:
-            overrides(t)
-        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = lr_at(base, t)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.to(p.dtype).clone()
-        optimizer.step()
-        history.append([p.detach().clone() for p in params])
-    return history
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])

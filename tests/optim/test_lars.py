@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import math
 
 import pytest
 import torch
+from stepping import lr_at, run
 from torch import nn
 
 import biasdecay.optim.lars as lars_module
@@ -40,10 +40,6 @@ def make_grads() -> list[list[torch.Tensor]]:
             grads[i].zero_()
         steps.append(grads)
     return steps
-
-
-def lr_at(base: float, t: int) -> float:
-    return base * (1.0 + 0.5 * math.sin(t))
 
 
 BASE = {
@@ -109,21 +105,6 @@ def build(groups, params, foreach):
         trust_coefficient=BASE["trust_coefficient"],
         foreach=foreach,
     )
-
-
-def run(optimizer, params, grads_per_step, before_step=None):
-    history = []
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    for t, grads in enumerate(grads_per_step, start=1):
-        if before_step is not None:
-            before_step(t)
-        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = lr_at(base, t)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.to(p.dtype).clone()
-        optimizer.step()
-        history.append([p.detach().clone() for p in params])
-    return history
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
