@@ -32,6 +32,7 @@ EXPECTED = {
     "all_decay": {W: 0.01, CB: 0.01, LW: 0.01, LB: 0.01, G: 0.01, B: 0.01},
     "beta_decay": {W: 0.01, CB: 0.0, LW: 0.01, LB: 0.0, G: 0.0, B: 1.0},
     "gamma_decay": {W: 0.01, CB: 0.0, LW: 0.01, LB: 0.0, G: 0.01, B: 0.0},
+    "bias_decay": {W: 0.01, CB: 1.0, LW: 0.01, LB: 1.0, G: 0.0, B: 1.0},
     "beta_frozen": {W: 0.01, CB: 0.0, LW: 0.01, LB: 0.0, G: 0.0, B: "F"},
     "gamma_frozen": {W: 0.01, CB: 0.0, LW: 0.01, LB: 0.0, G: "F", B: 0.0},
     "bn_frozen": {W: 0.01, CB: 0.0, LW: 0.01, LB: 0.0, G: "F", B: "F"},
@@ -72,6 +73,8 @@ def test_policy_coefficients_per_role(name: str) -> None:
 def test_options_change_coefficients() -> None:
     assert decay_policy("beta_decay", beta=0.1).coefficient(B, 0.01) == 0.1
     assert decay_policy("gamma_decay", gamma=0.5).coefficient(G, 0.01) == 0.5
+    bias = decay_policy("bias_decay", bias=0.1)
+    assert [bias.coefficient(r, 0.01) for r in (CB, LB, B, G, W)] == [0.1, 0.1, 0.1, 0.0, 0.01]
     assert decay_policy("no_bias_decay", decay_biases=True).coefficient(CB, 0.02) == 0.02
     adaptive = decay_policy("adaptive_beta_decay", beta=2.0, threshold=math.inf)
     assert adaptive.adaptive_coefficient == 2.0 and adaptive.adaptive_threshold == math.inf

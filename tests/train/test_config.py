@@ -527,5 +527,5 @@ def test_dataclass_fields_match_the_engine_contract() -> None:
         section: [f.name for f in dataclasses.fields(cls)] for section, cls in SECTIONS.items()
     }
     assert names["model"] == ["name", "width", "ghost_batch_size"]
-    assert names["policy"] == ["name", "beta", "gamma", "threshold", "decay_biases"]
+    assert names["policy"] == ["name", "beta", "gamma", "bias", "threshold", "decay_biases"]
     assert names["run"][-3:] == ["measure_epochs", "measure_samples", "max_steps"]

@@ -158,3 +158,13 @@ def test_sharpness_tracking_and_measures_are_logged(tmp_path) -> None:
     measured = [r for r in records if r["kind"] == "measures"]
     assert [r["epoch"] for r in measured] == [0, 1] and [r["step"] for r in measured] == [0, 11]
     assert measured[1]["connectivity"]["n_samples"] >= 64
+
+
+def test_bias_decay_policy_reaches_the_optimiser(tmp_path) -> None:
+    cfg = config(tmp_path, "b", "policy.name=bias_decay", "policy.bias=0.1", "run.max_steps=1")
+    trainer = Trainer(cfg, log=lambda _m: None)
+    decay = {g["role"]: g["weight_decay"] for g in trainer.optimizer.param_groups}
+    assert decay == {
+        "conv_weight": 0.01, "linear_weight": 0.01, "linear_bias": 0.1,
+        "norm_scale": 0.0, "norm_shift": 0.1,
+    }  # fmt: skip

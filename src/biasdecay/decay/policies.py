@@ -12,6 +12,9 @@ no_bias_decay          weights λ_w; conv/linear biases, γ and β not decayed (
 all_decay              every parameter λ_w
 beta_decay             no_bias_decay, plus β decayed with its own coefficient ``beta`` (1.0)
 gamma_decay            no_bias_decay, plus γ decayed with its own coefficient ``gamma`` (0.01)
+bias_decay             no_bias_decay, plus every bias (conv/linear biases and β) decayed with
+                       ``bias`` (1.0): Figure 1's "bias decay {0.1, 1.0}" ablation, which on a
+                       network without BatchNorm (VGG-11) means the conv and linear biases
 beta_frozen            no_bias_decay, β fixed at 0 (not trained)
 gamma_frozen           no_bias_decay, γ fixed at 1 (not trained)
 bn_frozen              no_bias_decay, β fixed at 0 and γ at 1
@@ -153,6 +156,15 @@ def _beta_decay(beta: float = 1.0, decay_biases: bool = False) -> DecayPolicy:
     )
 
 
+def _bias_decay(bias: float = 1.0) -> DecayPolicy:
+    bias = _check_coefficient("bias", bias)
+    return DecayPolicy(
+        "bias_decay",
+        _rules(biases=bias, beta=RoleRule(bias)),
+        options={"bias": bias},
+    )
+
+
 def _gamma_decay(gamma: float = 0.01, decay_biases: bool = False) -> DecayPolicy:
     gamma = _check_coefficient("gamma", gamma)
     return DecayPolicy(
@@ -200,6 +212,7 @@ _POLICIES = {
     "all_decay": _all_decay,
     "beta_decay": _beta_decay,
     "gamma_decay": _gamma_decay,
+    "bias_decay": _bias_decay,
     "beta_frozen": _frozen("beta_frozen", gamma=False, beta=True),
     "gamma_frozen": _frozen("gamma_frozen", gamma=True, beta=False),
     "bn_frozen": _frozen("bn_frozen", gamma=True, beta=True),
@@ -226,7 +239,8 @@ def decay_policy(name: str, **coefficients: float | bool) -> DecayPolicy:
     Args:
         name: one of :func:`policy_names`.
         **coefficients: the policy's own options: ``beta`` (beta_decay,
-            adaptive_beta_decay; default 1.0), ``gamma`` (gamma_decay; default 0.01),
+            adaptive_beta_decay; default 1.0), ``gamma`` (gamma_decay; default 0.01), ``bias``
+            (bias_decay; default 1.0),
             ``threshold`` (adaptive_beta_decay's R; default 0.1), ``decay_biases`` (every policy
             but all_decay; default False: conv/linear biases follow no_bias_decay).
 

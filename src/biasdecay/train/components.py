@@ -185,6 +185,7 @@ def build_policy(cfg: TrainConfig) -> DecayPolicy:
     options = {
         "beta": p.beta,
         "gamma": p.gamma,
+        "bias": p.bias,
         "threshold": p.threshold,
         "decay_biases": p.decay_biases,
     }

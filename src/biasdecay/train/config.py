@@ -129,6 +129,7 @@ class PolicyConfig:
     name: str = "no_bias_decay"
     beta: float = 1.0  # λ_β of beta_decay / adaptive_beta_decay
     gamma: float = 0.01  # λ_γ of gamma_decay
+    bias: float = 1.0  # coefficient of every bias under bias_decay (Figure 1's ablation)
     threshold: float = 0.1  # R of adaptive_beta_decay (decay where r_l >= R)
     decay_biases: bool = False  # conv/linear biases follow the base policy unless set
 
@@ -417,6 +418,7 @@ def _check_policy(p: PolicyConfig) -> list[str]:
         *_choice("policy.name", p.name, policy_names()),
         *_number("policy.beta", p.beta, ge=0),
         *_number("policy.gamma", p.gamma, ge=0),
+        *_number("policy.bias", p.bias, ge=0),
         # R = inf is meaningful: adaptive β decay that never decays (an ablation).
         *_number("policy.threshold", p.threshold, ge=0, allow_inf=True),
     ]
