@@ -6,41 +6,11 @@ import io
 
 import pytest
 import torch
-from stepping import lr_at, run
+from stepping import lr_at, make_grads, make_params, run
 from torch import nn
 
 import biasdecay.optim.lars as lars_module
 from biasdecay.optim import LARS
-
-STEPS = 6
-
-# Index 2 starts at zero like a BN β; index 5 starts at zero and never gets a gradient.
-SHAPES = [(4, 3), (4,), (5,), (2, 3, 3, 3), (6,), (3,)]
-ZERO_PARAMS = (2, 5)
-ZERO_GRADS = (5,)
-
-
-def make_params(dtype: torch.dtype = torch.float64) -> list[nn.Parameter]:
-    gen = torch.Generator().manual_seed(0)
-    params = []
-    for i, shape in enumerate(SHAPES):
-        value = torch.randn(shape, generator=gen, dtype=torch.float64)
-        if i in ZERO_PARAMS:
-            value.zero_()
-        params.append(nn.Parameter(value.to(dtype)))
-    return params
-
-
-def make_grads() -> list[list[torch.Tensor]]:
-    gen = torch.Generator().manual_seed(1)
-    steps = []
-    for _ in range(STEPS):
-        grads = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in SHAPES]
-        for i in ZERO_GRADS:
-            grads[i].zero_()
-        steps.append(grads)
-    return steps
-
 
 BASE = {
     "lr": 0.5,

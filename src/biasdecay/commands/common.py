@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from biasdecay.data import DeviceLoader, ImageDataset, load_dataset, subset
+from biasdecay.data import DeviceLoader, ImageDataset, subset
 from biasdecay.nn.checkpoint import ModelSpec
 from biasdecay.nn.models import min_image_size
 
@@ -50,11 +50,6 @@ def model_spec_for(name: str, dataset: ImageDataset, width: float) -> ModelSpec:
         width=width,
         image_size=max(dataset.image_size, min_image_size(name)),
     )
-
-
-def load_split(name: str, split: str, root: str | None) -> ImageDataset:
-    """Load a data set split, naming the data set in errors."""
-    return load_dataset(name, split=split, root=root)
 
 
 def measurement_batches(

@@ -11,7 +11,6 @@ import torch
 
 from biasdecay.commands.common import (
     UsageError,
-    load_split,
     measurement_batches,
     model_spec_for,
     pad_for,
@@ -19,6 +18,7 @@ from biasdecay.commands.common import (
     show_progress,
     write_json_atomic,
 )
+from biasdecay.data import load_dataset
 from biasdecay.nn.checkpoint import load_model
 from biasdecay.report.tables import text_table
 from biasdecay.sharpness.suite import MeasureOptions, parse_measures, run_measures
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None and args.model is None:
         raise UsageError("give --checkpoint PATH (and --model NAME if it is a bare state_dict)")
 
-    test = load_split(args.data, args.split, args.data_root)
+    test = load_dataset(args.data, split=args.split, root=args.data_root)
     spec = model_spec_for(args.model, test, args.width) if args.model is not None else None
     if args.checkpoint is not None:
         model, spec, meta = load_model(args.checkpoint, spec)

@@ -1,4 +1,4 @@
-"""Plain-text and markdown tables with aligned columns."""
+"""Plain-text tables with aligned columns."""
 
 from __future__ import annotations
 
@@ -35,18 +35,4 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[object]], digits:
         lines.append("  ".join(parts).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def markdown_table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 3
-) -> str:
-    """A GitHub-flavoured markdown table (numbers formatted as in :func:`text_table`)."""
-    body = [
-        [r[0] if isinstance(r[0], str) else format_number(r[0], digits)]
-        + [format_number(v, digits) for v in r[1:]]
-        for r in rows
-    ]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
