@@ -1,20 +1,17 @@
 #!/usr/bin/env bash
-# The main job: set everything up, train a thin ResNet-18 on real Fashion-MNIST with the paper's
-# large-batch recipe (LAMB, ghost BN, polynomial schedule; CPU by default, a GPU when present),
-# then print and save its sharpness measures. Re-running continues or reuses the same run.
-# Extra arguments go to `biasdecay measure` (e.g. --measures connectivity,connectivity-m).
+# The main job: set everything up, then run the study `main` on real Fashion-MNIST: small vs large
+# batch under no bias decay, β decay and adaptive β decay (the paper's Table 4 shape), with C by
+# substructure (Table 2), Tr(H), λmax, the Fisher-Rao norm and the invariance check, on the CPU
+# (a GPU when present). Prints the report and leaves OUT/report.md and OUT/plots/*.png.
+# Re-running skips finished runs and resumes interrupted ones. Extra arguments go to
+# `biasdecay sweep` (e.g. --seeds 3, or --set run.device=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 data_root="$(bash scripts/ensure_fashion_mnist.sh)"
-out="${BIASDECAY_OUT:-runs/main}"
+out="${BIASDECAY_OUT:-runs/study-main}"
 bd=.venv/bin/biasdecay
 
-if [ -f "$out/config.toml" ]; then
-  "$bd" train --resume "$out"
-else
-  "$bd" train --config configs/fashion_resnet18_cpu.toml --data-root "$data_root" --out "$out" \
-    --set "run.epochs=${BIASDECAY_EPOCHS:-1}"
-fi
-"$bd" measure --checkpoint "$out/model.pt" --data fashion-mnist --data-root "$data_root" \
-  --samples 1024 --json "$out/measures.json" "$@"
+"$bd" sweep main --preset "${BIASDECAY_PRESET:-cpu}" --out "$out" \
+  --data-root "fashion-mnist=$data_root" --no-report "$@"
+"$bd" report "$out"

@@ -52,21 +52,44 @@ examples:
 
 
 SWEEP_HELP = """\
-Bring every run of a grid to a final state. Each run is a `biasdecay train` process in OUT/NAME
-(its log in OUT/NAME/train.log): finished and diverged runs are skipped, interrupted ones
-resumed from their last checkpoint, new ones started. Kill the sweep at any moment and start
-it again: at most each run's work since its last checkpoint is lost. OUT/sweep.json lists every
-run with its labels and state.
+Run a study of the paper (one table or figure) or a grid file, resumably. Each run is a
+`biasdecay train` process in OUT/NAME (its log in OUT/NAME/train.log): finished and diverged
+runs are skipped, interrupted ones resumed from their last checkpoint, new ones started. Kill
+the sweep at any moment and start it again: at most each run's work since its last checkpoint is
+lost. OUT/sweep.json lists every run with its labels and state; a study sweep ends by writing
+OUT/report.md (see `biasdecay report`).
 
-grid file (TOML):
+studies (STUDY):
+{studies}
+
+presets (--preset):
+{presets}
+
+grid file (STUDY ending in .toml):
   base = "configs/fashion_resnet18_cpu.toml"   # relative to the grid file; optional
   set = ["run.epochs=2"]                       # every run; optional
   [runs.no_bias_decay]
   set = ["policy.name=no_bias_decay"]
-  labels = { policy = "no bias decay" }
-  [runs.beta_decay]
-  set = ["policy.name=beta_decay"]
-  labels = { policy = "β decay (1.0)" }
+  labels = {{ policy = "no bias decay" }}
+"""
+
+SWEEP_EPILOG = """\
+examples:
+  biasdecay sweep main --preset cpu --out runs/study-main
+  biasdecay sweep table4 --preset fashion --out runs/table4 --seeds 3
+  biasdecay sweep table3 --preset paper --out runs/table3 --jobs 4 --devices 0,1,2,3 \\
+      --data-root cifar10=~/data/cifar-10-batches-py --data-root cifar100=~/data/cifar-100-python \\
+      --data-root imagenet=~/data/imagenet
+  biasdecay sweep table1 --preset cpu --out runs/t1 --dry-run
+"""
+
+REPORT_HELP = """\
+Write OUT/report.md for a study sweep: the paper's tables in the paper's layout with our numbers
+beside the paper's (labelled, with the data set and scale), diverged runs as "-", PNG plots under
+OUT/plots (sharpness-generalisation scatter with fitted line, R², Kendall τ and Spearman ρ;
+per-layer evolution curves; the r_l / decision heat map), and one line per claim of the paper
+the study tests: what we measured and whether it agrees. Reads only finished run files, so it
+can run while the sweep is still going. Prints the report.
 """
 
 
@@ -99,6 +122,15 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
     bar.add_argument(
         "--no-progress", dest="progress", action="store_false", help="never show progress bars"
     )
+
+
+def _sweep_help() -> str:
+    from biasdecay.study.presets import PRESETS
+    from biasdecay.study.specs import STUDIES
+
+    studies = "\n".join(f"  {name:<10} {study.title}" for name, study in STUDIES.items())
+    presets = "\n".join(f"  {name:<10} {p.description}" for name, p in PRESETS.items())
+    return SWEEP_HELP.format(studies=studies, presets=presets)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--measures",
         default="connectivity,connectivity-m,hessian-trace,hessian-max,fisher-rao",
-        help=f"comma-separated, from: {', '.join(measure_names())} (default: all)",
+        help=f"comma-separated, from: {', '.join(measure_names())} (default: all but invariance)",
     )
     m.add_argument(
         "--matvecs",
@@ -240,12 +272,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser(
         "sweep",
-        help="run every run of a grid to the end: skips finished, resumes interrupted runs",
-        description=SWEEP_HELP,
+        help="run a study of the paper (or a grid) to the end: skips finished, resumes interrupted",
+        description=_sweep_help(),
+        epilog=SWEEP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sw.add_argument("grid", help="grid file: a base config and [runs.NAME] tables (see below)")
+    sw.add_argument("study", metavar="STUDY", help="a study name (below) or a grid TOML file")
     sw.add_argument("--out", required=True, help="sweep directory; run NAME goes to OUT/NAME")
+    sw.add_argument(
+        "--preset", default=None, help="scale of a study: paper, fashion or cpu (required)"
+    )
+    sw.add_argument(
+        "--seeds", type=int, default=1, help="seeds per setting; reports show mean ± std"
+    )
+    sw.add_argument(
+        "--data-root",
+        action="append",
+        metavar="NAME=DIR",
+        help="where data set NAME lives, e.g. cifar10=~/data/cifar-10-batches-py (repeatable)",
+    )
+    sw.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting of every run, e.g. --set run.compile=true (repeatable)",
+    )
+    sw.add_argument(
+        "--no-report", action="store_true", help="do not write OUT/report.md at the end"
+    )
     sw.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     sw.add_argument(
         "--devices",
@@ -254,8 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
 
-    ls = sub.add_parser("list", help="valid model, data set and measure names")
-    ls.add_argument("what", nargs="?", default="all", choices=["all", "models", "data", "measures"])
+    rp = sub.add_parser(
+        "report",
+        help="report.md with the paper's tables beside ours, plots and tested claims",
+        description=REPORT_HELP,
+        epilog="example:\n  biasdecay report runs/study-main",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rp.add_argument("out", metavar="DIR", help="a study sweep directory (holding study.json)")
+    rp.add_argument("--quiet", action="store_true", help="write the report without printing it")
+
+    ls = sub.add_parser("list", help="valid model, data set, measure, study and preset names")
+    ls.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", "models", "data", "measures", "studies", "presets"],
+    )
     return parser
 
 
@@ -265,12 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from biasdecay.commands import listing, measure, sweep, train
+    from biasdecay.commands import listing, measure, report, sweep, train
 
     command = {
         "measure": measure.run,
         "train": train.run,
         "sweep": sweep.run,
+        "report": report.run,
         "list": listing.run,
     }[args.command]
     try:

@@ -98,3 +98,32 @@ def test_hessian_measures_are_not_invariant(case: str) -> None:
     eig_b = bd.hessian_max_eigenvalue(other, data, max_iter=dim, tol=1e-8).value
     assert abs(tr_b - tr_a) > 0.1 * abs(tr_a)
     assert abs(eig_b - eig_a) > 0.1 * abs(eig_a)
+
+
+def test_the_invariance_measure_reports_c_unchanged_and_the_trace_moved() -> None:
+    from biasdecay.sharpness.suite import MeasureOptions, run_measures
+
+    model = conv_net().eval()
+    torch.manual_seed(2)
+    data = [(torch.randn(6, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (6,)))]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_measures(model, data, ["invariance"], MeasureOptions(hessian_matvecs=8))
+    r = result["invariance"]
+    assert (r["incoming"], r["outgoing"], r["factor"]) == ("0", "2", 10.0)
+    assert r["output_max_abs_change"] < 1e-12
+    assert r["original"]["connectivity"] == pytest.approx(
+        bd.connectivity_sharpness(model, data).total, rel=1e-12
+    )
+    assert r["connectivity_relative_change"] < 1e-10
+    assert r["hessian_trace_relative_change"] > 1e-2
+    # The model the measure was given is untouched (the rescaling happens on a copy).
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_invariance_measure_needs_a_rescalable_pair() -> None:
+    from biasdecay.sharpness.suite import run_measures
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double()
+    data = [(torch.randn(2, 4, dtype=torch.float64), torch.tensor([0, 1]))]
+    with pytest.raises(ValueError, match="found no rescalable layer pair"):
+        run_measures(model, data, ["invariance"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -220,3 +222,37 @@ def test_fold_batchnorm_rejects_shared_output_and_untraceable_models():
         fold_batchnorm(_ConvUsedTwice())
     with pytest.raises(ValueError, match="fx-traceable"):
         fold_batchnorm(_Untraceable())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "vgg19_bn", "resnet50d", "mlp"])
+def test_every_rescalable_pair_preserves_the_function(name) -> None:
+    from biasdecay.sharpness.reparam import rescalable_pairs
+
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3, num_classes=5, width=0.0625, image_size=32).double()
+    model.eval()
+    for m in model.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, _BatchNorm):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2), m.bias.data.uniform_(-1, 1)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    if name == "mlp":
+        x = x.flatten(1)[:, : model.hidden.fc1.in_features]
+    pairs = rescalable_pairs(model)
+    assert pairs
+    reference = model(x)
+    for incoming, outgoing in pairs:
+        copy_ = copy.deepcopy(model)
+        with torch.no_grad():
+            rescale_neuron(copy_, incoming, outgoing, 0, 7.0)
+        torch.testing.assert_close(copy_(x), reference, rtol=1e-10, atol=1e-10)
+
+
+def test_rescalable_pairs_skip_activations_a_residual_branch_also_reads() -> None:
+    from biasdecay.sharpness.reparam import rescalable_pairs
+
+    model = build_model("resnet18", in_channels=3, num_classes=5, width=0.0625, image_size=32)
+    pairs = rescalable_pairs(model)
+    assert ("layer1.0.bn1", "layer1.0.conv2") in pairs
+    # bn2's output meets the shortcut in the residual sum; the stem's ReLU feeds two branches.
+    assert all(not a.endswith("bn2") and a != "stem.bn" for a, _ in pairs)

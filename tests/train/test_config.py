@@ -528,4 +528,24 @@ def test_dataclass_fields_match_the_engine_contract() -> None:
     }
     assert names["model"] == ["name", "width", "ghost_batch_size"]
     assert names["policy"] == ["name", "beta", "gamma", "bias", "threshold", "decay_biases"]
-    assert names["run"][-3:] == ["measure_epochs", "measure_samples", "max_steps"]
+    assert names["run"][-6:] == [
+        "measure_epochs",
+        "measure_samples",
+        "measures",
+        "measure_matvecs",
+        "measure_lanczos_iters",
+        "max_steps",
+    ]
+
+
+def test_run_measures_are_checked_against_the_suite() -> None:
+    cfg = load_config(
+        None, ['run.measures=["connectivity", "invariance"]', "run.measure_epochs=[1]"]
+    )
+    assert cfg.run.measures == ["connectivity", "invariance"]
+    with pytest.raises(ConfigError, match="run.measures: unknown value 'hessian'; valid: conn"):
+        load_config(None, ['run.measures=["hessian"]'])
+    with pytest.raises(ConfigError, match="run.measures is empty"):
+        load_config(None, ["run.measures=[]", "run.measure_epochs=[1]"])
+    with pytest.raises(ConfigError, match="run.measure_matvecs"):
+        load_config(None, ["run.measure_matvecs=0"])

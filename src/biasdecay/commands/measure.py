@@ -144,7 +144,34 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
             "Baselines\n"
             + text_table(["measure", "value", "± / residual", "log", "how"], base_rows)
         )
+    if "invariance" in results:
+        blocks.append(format_invariance(results["invariance"]))
     return "\n\n".join(blocks)
+
+
+def format_invariance(r: dict[str, Any]) -> str:
+    """The invariance check as a two-row table: C unchanged, Tr(H) changed (eq. 9)."""
+    before, after = r["original"], r["rescaled"]
+    rows = [
+        [
+            "C (per-sample)",
+            before["connectivity"],
+            after["connectivity"],
+            r["connectivity_relative_change"],
+        ],
+        [
+            "Tr(H)",
+            before["hessian_trace"]["value"],
+            after["hessian_trace"]["value"],
+            r["hessian_trace_relative_change"],
+        ],
+    ]
+    return (
+        f"Invariance: unit {r['unit']} of {r['incoming']} x {r['factor']:g}, its input to "
+        f"{r['outgoing']} / {r['factor']:g} (same function: outputs differ by at most "
+        f"{r['output_max_abs_change']:.1e})\n"
+        + text_table(["measure", "original", "rescaled", "relative change"], rows)
+    )
 
 
 def _log(value: float) -> float | None:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-__all__ = ["fold_batchnorm", "rescale_neuron"]
+__all__ = ["fold_batchnorm", "rescalable_pairs", "rescale_neuron"]
 
 _NORM_AFFINE = (_BatchNorm, nn.GroupNorm)
 _SUPPORTED_INCOMING = "nn.Linear, nn.Conv1d/2d/3d, affine nn.BatchNorm1d/2d/3d, affine nn.GroupNorm"
@@ -182,6 +182,77 @@ def rescale_neuron(
         _scale_incoming(in_module, index, c)
 
 
+# Operations that commute with a positive per-channel scale (eq. 2): a chain of these between two
+# layers keeps ρ function-preserving.
+_HOMOGENEOUS_MODULES = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Identity,
+)
+_HOMOGENEOUS_FUNCTIONS = (torch.relu, nn.functional.relu, nn.functional.leaky_relu, torch.flatten)
+
+
+def _is_incoming(module: nn.Module) -> bool:
+    if isinstance(module, _NORM_AFFINE):
+        return module.weight is not None and module.bias is not None
+    return isinstance(module, nn.Linear) or _is_plain_conv(module)
+
+
+def _homogeneous(node: torch.fx.Node, model: nn.Module) -> bool:
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), _HOMOGENEOUS_MODULES)
+    if node.op == "call_function":
+        return node.target in _HOMOGENEOUS_FUNCTIONS
+    return node.op == "call_method" and node.target in ("relu", "flatten", "view", "reshape")
+
+
+def rescalable_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Layer pairs ``(incoming, outgoing)`` for which :func:`rescale_neuron` preserves the function.
+
+    A pair qualifies when ``incoming`` (Linear, conv, affine BatchNorm/GroupNorm) feeds
+    ``outgoing`` (Linear or conv) through a chain of positively homogeneous operations only
+    (ReLU, leaky ReLU, pooling, flatten), and nothing else reads any value on that chain: a
+    residual branch that also consumes the activation would see the rescaled unit. In a ResNet
+    block that is ``bn1 -> relu -> conv2``. Pairs come in forward order.
+
+    Args:
+        model: a torch.fx-traceable network.
+
+    Returns:
+        The qualified names of each pair (empty when there is none).
+
+    Raises:
+        ValueError: the model cannot be traced with torch.fx.
+    """
+    graph, calls = _trace(model, "rescalable_pairs")
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not _is_incoming(model.get_submodule(node.target)):
+            continue
+        current = node
+        while len(current.users) == 1:
+            (user,) = current.users
+            if user.op == "call_module" and _foldable_layer(model.get_submodule(user.target)):
+                if calls[node.target] == 1 and calls[user.target] == 1:
+                    pairs.append((node.target, user.target))
+                break
+            if not _homogeneous(user, model):
+                break
+            current = user
+    return pairs
+
+
 # --------------------------------------------------------------------------------------------
 # BatchNorm folding
 # --------------------------------------------------------------------------------------------
@@ -196,17 +267,13 @@ class _LeafTracer(torch.fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def _foldable_layer(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_plain_conv(module)
-
-
-def _find_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """``(layer, bn)`` names for each BatchNorm called in forward; raise if one is unfoldable."""
+def _trace(model: nn.Module, caller: str) -> tuple[torch.fx.Graph, dict[str, int]]:
+    """The fx graph of ``model`` and how often forward calls each module (shared ones > 1)."""
     try:
         graph = _LeafTracer().trace(model)
     except Exception as err:  # fx raises many types (TraceError, TypeError, ...)
         raise ValueError(
-            f"fold_batchnorm needs a torch.fx-traceable model (no Python control flow on tensor "
+            f"{caller} needs a torch.fx-traceable model (no Python control flow on tensor "
             f"values in forward); tracing {type(model).__name__} failed: "
             f"{type(err).__name__}: {err}"
         ) from err
@@ -214,6 +281,16 @@ def _find_pairs(model: nn.Module) -> list[tuple[str, str]]:
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+    return graph, calls
+
+
+def _foldable_layer(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or _is_plain_conv(module)
+
+
+def _find_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layer, bn)`` names for each BatchNorm called in forward; raise if one is unfoldable."""
+    graph, calls = _trace(model, "fold_batchnorm")
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(model.get_submodule(node.target), _BatchNorm):

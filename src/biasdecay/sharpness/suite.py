@@ -5,17 +5,20 @@ The names here are the ones ``biasdecay measure --measures`` accepts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from biasdecay.sharpness.connectivity import bias_utilization, connectivity_sharpness
 from biasdecay.sharpness.fisher_rao import fisher_rao_norm
 from biasdecay.sharpness.hessian import hessian_max_eigenvalue, hessian_trace
+from biasdecay.sharpness.reparam import rescalable_pairs, rescale_neuron
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class MeasureOptions:
     seed: int = 0
     minibatch_train_mode: bool = False  # C_m with batch statistics (what training sees)
     fisher_labels: str = "model"
+    rescale_factor: float = 10.0  # c of the invariance check's neuron rescaling (eq. 9)
     progress: bool = False
 
 
@@ -67,6 +71,59 @@ def _fisher_rao(model, data, o: MeasureOptions) -> dict[str, Any]:
     return _plain(fisher_rao_norm(model, data, labels=o.fisher_labels, progress=o.progress))
 
 
+def _invariance(model, data, o: MeasureOptions) -> dict[str, Any]:
+    """C and Tr(H) of the model and of a function-equal rescaled copy (eq. 9, Theorem 3.1).
+
+    The first rescalable layer pair (in forward order) has unit 0 multiplied by c on its way in
+    and divided by c on its way out; the copy computes the same function, checked on the first
+    batch. Tr(H) of both uses the same probe vectors (same seed), so its change is the
+    reparameterisation's, not the estimator's.
+    """
+    pairs = rescalable_pairs(model)
+    if not pairs:
+        raise ValueError(
+            f"the invariance check found no rescalable layer pair in {type(model).__name__}: it "
+            "needs a Linear/conv/norm layer feeding a Linear/conv through ReLU or pooling only"
+        )
+    incoming, outgoing = pairs[0]
+    rescaled = copy.deepcopy(model)
+    with torch.no_grad():
+        rescale_neuron(rescaled, incoming, outgoing, 0, o.rescale_factor)
+        x = next(iter(data))[0]
+        was = model.training, rescaled.training
+        model.eval(), rescaled.eval()
+        change = (model(x) - rescaled(x)).abs().max().item()
+        model.train(was[0]), rescaled.train(was[1])
+    result: dict[str, Any] = {
+        "incoming": incoming,
+        "outgoing": outgoing,
+        "unit": 0,
+        "factor": o.rescale_factor,
+        "output_max_abs_change": change,
+    }
+    for label, net in (("original", model), ("rescaled", rescaled)):
+        result[label] = {
+            "connectivity": connectivity_sharpness(net, data).total,
+            "hessian_trace": _plain(
+                hessian_trace(
+                    net, data, n_matvecs=o.hessian_matvecs, method=o.trace_method, seed=o.seed
+                )
+            ),
+        }
+    before, after = result["original"], result["rescaled"]
+    result["connectivity_relative_change"] = _relative(
+        before["connectivity"], after["connectivity"]
+    )
+    result["hessian_trace_relative_change"] = _relative(
+        before["hessian_trace"]["value"], after["hessian_trace"]["value"]
+    )
+    return result
+
+
+def _relative(before: float, after: float) -> float:
+    return abs(after - before) / abs(before) if before else float("inf")
+
+
 def _plain(result: Any) -> dict[str, Any]:
     """A result dataclass as a dict of JSON values (tensors such as eigenvectors dropped)."""
     return {
@@ -82,6 +139,7 @@ MEASURES: dict[str, Callable[[nn.Module, Iterable, MeasureOptions], dict[str, An
     "hessian-trace": _trace,
     "hessian-max": _max_eig,
     "fisher-rao": _fisher_rao,  # θᵀFθ (eq. 8)
+    "invariance": _invariance,  # C vs Tr(H) under a neuron rescaling (eq. 9)
 }
 
 

@@ -158,7 +158,8 @@ def sweep(
     if devices is not None and len(devices) < jobs:
         raise ValueError(f"{jobs} jobs need {jobs} devices, got {list(devices)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not dry_run:  # a dry run leaves no trace
+        out.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, RunOutcome] = {}
     total = len(runs)
 

@@ -42,9 +42,11 @@ from biasdecay.decay import policy_names
 from biasdecay.nn.models import model_names
 from biasdecay.optim import optimizer_names
 from biasdecay.schedules import SCHEDULES, scale_lr
+from biasdecay.sharpness.suite import measure_names
 
 __all__ = [
     "AMP_MODES",
+    "DEFAULT_RUN_MEASURES",
     "DTYPES",
     "LR_SCALING_RULES",
     "NONE_WORDS",
@@ -73,6 +75,8 @@ AMP_MODES = ("auto", "bf16", "none")
 NONE_WORDS = frozenset({"none", "None", "null"})
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _DEVICES_TEXT = "auto, cpu, cuda, cuda:N (N = GPU index)"
+# What `run.measure_epochs` measure unless `run.measures` says otherwise.
+DEFAULT_RUN_MEASURES = ("connectivity", "connectivity-m", "hessian-trace", "fisher-rao")
 _COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -170,6 +174,9 @@ class RunConfig:
     track_every: int = 0  # sharpness tracking every k steps (0: off)
     measure_epochs: list[int] = field(default_factory=list)  # full measures at these epochs
     measure_samples: int = 512
+    measures: list[str] = field(default_factory=lambda: list(DEFAULT_RUN_MEASURES))
+    measure_matvecs: int = 30  # Hutch++ budget of Tr(H) in those measures
+    measure_lanczos_iters: int = 20  # Lanczos iterations of λmax in those measures
     max_steps: int | None = None  # stop (and checkpoint) after this many steps this invocation
 
 
@@ -451,6 +458,8 @@ def _check_run(r: RunConfig) -> list[str]:
         *_number("run.divergence_loss", r.divergence_loss, gt=0, allow_inf=True),
         *_number("run.track_every", r.track_every, ge=0),
         *_number("run.measure_samples", r.measure_samples, ge=1),
+        *_number("run.measure_matvecs", r.measure_matvecs, ge=1),
+        *_number("run.measure_lanczos_iters", r.measure_lanczos_iters, ge=1),
         *_number("run.max_steps", r.max_steps, ge=1),
     ]
     if not r.out:
@@ -459,6 +468,10 @@ def _check_run(r: RunConfig) -> list[str]:
         problems.append(f"run.device: unknown value {r.device!r}; valid: {_DEVICES_TEXT}")
     for i, epoch in enumerate(r.measure_epochs):
         problems += _number(f"run.measure_epochs[{i}]", epoch, ge=0)
+    for name in r.measures:
+        problems += _choice("run.measures", name, measure_names())
+    if r.measure_epochs and not r.measures:
+        problems.append("run.measure_epochs is set but run.measures is empty; name the measures")
     return problems
 
 

@@ -242,12 +242,13 @@ class Trainer:
                 batches.append((x, y))
                 if sum(b[0].shape[0] for b in batches) >= self.cfg.run.measure_samples:
                     break
-            results = run_measures(
-                self.model,
-                batches,
-                ["connectivity", "connectivity-m", "hessian-trace", "fisher-rao"],
-                MeasureOptions(seed=self.cfg.run.seed),
+            run = self.cfg.run
+            options = MeasureOptions(
+                hessian_matvecs=run.measure_matvecs,
+                lanczos_iters=run.measure_lanczos_iters,
+                seed=run.seed,
             )
+            results = run_measures(self.model, batches, run.measures, options)
             self.metrics.log({"kind": "measures", "step": self.step, "epoch": epoch, **results})
         barrier(self.ctx)
 

@@ -1,0 +1,205 @@
+"""A study at a preset, with seeds: the concrete runs a sweep trains and a report reads.
+
+The plan is written to ``OUT/study.json`` when a sweep starts, so ``biasdecay report OUT`` knows
+what was asked for (study, preset, seeds, extra overrides) without being told again, and a
+second sweep into the same directory cannot silently mix presets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biasdecay.study.presets import Preset, ScaledRun, get_preset, total_steps
+from biasdecay.study.specs import Setting, Study, get_study
+from biasdecay.study.sweep import RunSpec
+
+__all__ = ["PlannedRun", "StudyPlan", "load_plan", "make_plan", "save_plan"]
+
+PLAN_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a plan: the paper's setting, its scaled form, the seed and the sweep's spec."""
+
+    setting: Setting
+    scaled: ScaledRun
+    seed: int
+    spec: RunSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Everything a sweep runs and a report reads for one study at one preset."""
+
+    study: Study
+    preset: Preset
+    seeds: int
+    data_roots: dict[str, str] = field(default_factory=dict)
+    extra: tuple[str, ...] = ()
+    runs: tuple[PlannedRun, ...] = ()
+    skipped: tuple[Setting, ...] = ()  # settings whose data set has no stand-in at this preset
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study.name,
+            "preset": self.preset.name,
+            "seeds": self.seeds,
+            "data_roots": self.data_roots,
+            "extra": list(self.extra),
+        }
+
+
+def _overrides(
+    setting: Setting,
+    scaled: ScaledRun,
+    preset: Preset,
+    study: Study,
+    seed: int,
+    data_root: str | None,
+) -> list[str]:
+    """``section.key=value`` items that turn the built-in defaults into this run."""
+    full = scaled.train_size == preset.full_size.get(scaled.dataset)
+    items = [
+        f"model.name={setting.model}",
+        f"model.width={scaled.width}",
+        "model.ghost_batch_size=32",
+        f"data.name={scaled.dataset}",
+        f"data.root={json.dumps(data_root) if data_root else 'none'}",
+        f"data.augment={'none' if scaled.dataset == 'imagenet' else 'cifar'}",
+        f"data.train_samples={'none' if full else scaled.train_size}",
+        f"optimizer.name={setting.optimizer}",
+        f"optimizer.lr={setting.peak_lr!r}",
+        f"optimizer.weight_decay={setting.weight_decay!r}",
+        f"policy.name={setting.policy}",
+        f"schedule.name={setting.schedule}",
+        f"run.epochs={scaled.epochs!r}",
+        f"run.batch_size={scaled.batch}",
+        f"run.micro_batch_size={scaled.micro_batch if scaled.micro_batch else 'none'}",
+        f"run.seed={seed}",
+    ]
+    if setting.coefficient is not None:
+        items.append(f"policy.{setting.coefficient_field}={setting.coefficient!r}")
+    if setting.schedule == "cosine":
+        items.append(f"schedule.warmup_epochs={scaled.warmup_epochs!r}")
+    steps = total_steps(scaled)
+    items.append(f"run.log_every={max(1, steps // 50)}")
+    items.append(f"run.eval_every={max(1, int(scaled.epochs // preset.eval_points))}")
+    if study.track:
+        items.append(f"run.track_every={max(1, steps // preset.track_records)}")
+    if study.measures:
+        items += [
+            f"run.measures={json.dumps(list(study.measures))}",
+            f"run.measure_epochs=[{math.ceil(scaled.epochs)}]",
+            f"run.measure_samples={preset.measure_samples}",
+            f"run.measure_matvecs={preset.measure_matvecs}",
+            f"run.measure_lanczos_iters={preset.measure_lanczos_iters}",
+        ]
+    return items
+
+
+def make_plan(
+    study: str | Study,
+    preset: str | Preset,
+    *,
+    seeds: int = 1,
+    data_roots: Mapping[str, str] | None = None,
+    extra: Sequence[str] = (),
+) -> StudyPlan:
+    """The runs of ``study`` at ``preset``, each repeated over ``seeds`` seeds.
+
+    Args:
+        study: a study name or object.
+        preset: a preset name or object.
+        seeds: runs per setting (seeds 0 .. seeds-1); reports show mean ± std.
+        data_roots: data set name -> directory, for data sets without a default location.
+        extra: ``section.key=value`` overrides applied to every run after the plan's own
+            (e.g. ``run.compile=true``).
+
+    Returns:
+        The plan.
+
+    Raises:
+        ValueError: unknown study or preset, seeds < 1.
+    """
+    study = get_study(study) if isinstance(study, str) else study
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    data_roots = dict(data_roots or {})
+    runs, skipped = [], []
+    for setting in study.settings:
+        scaled = preset.scale(setting)
+        if scaled is None:
+            skipped.append(setting)
+            continue
+        for seed in range(seeds):
+            overrides = _overrides(
+                setting, scaled, preset, study, seed, data_roots.get(scaled.dataset)
+            )
+            labels = {
+                "setting": asdict(setting),
+                "seed": seed,
+                "scaled": asdict(scaled),
+            }
+            spec = RunSpec(f"{setting.key}-s{seed}", (*overrides, *extra), labels)
+            runs.append(PlannedRun(setting, scaled, seed, spec))
+    return StudyPlan(study, preset, seeds, data_roots, tuple(extra), tuple(runs), tuple(skipped))
+
+
+def save_plan(plan: StudyPlan, out: str | Path) -> None:
+    """Write ``OUT/study.json``; refuse when OUT already holds a different study or preset.
+
+    Raises:
+        ValueError: ``OUT`` holds a sweep of another study, preset or seed count.
+    """
+    out = Path(out)
+    path = out / PLAN_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        for key in ("study", "preset"):
+            if old.get(key) != plan.to_dict()[key]:
+                raise ValueError(
+                    f"{out} holds a sweep of {key} {old.get(key)!r}, not "
+                    f"{plan.to_dict()[key]!r}; choose another --out (or delete {path})"
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{PLAN_FILE}.tmp")
+    tmp.write_text(json.dumps(plan.to_dict(), indent=2))
+    tmp.replace(path)
+
+
+def load_plan(out: str | Path) -> StudyPlan:
+    """The plan of the sweep in ``OUT`` (from ``OUT/study.json``).
+
+    Raises:
+        ValueError: no ``study.json`` (not a study sweep directory), or an unreadable one.
+    """
+    path = Path(out) / PLAN_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"{out} is not a study sweep directory: {PLAN_FILE} is missing. Run "
+            f"`biasdecay sweep STUDY --preset P --out {out}` first"
+        ) from None
+    except ValueError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); re-run the sweep to rewrite it"
+        ) from None
+    return make_plan(
+        data["study"],
+        data["preset"],
+        seeds=int(data.get("seeds", 1)),
+        data_roots=data.get("data_roots") or {},
+        extra=tuple(data.get("extra") or ()),
+    )

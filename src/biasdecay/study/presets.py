@@ -1,0 +1,197 @@
+"""Scales a study runs at: the paper's own, one GPU on Fashion-MNIST, or a 2-core CPU.
+
+A preset maps each of the paper's data sets to one available here and fixes what must shrink
+with the hardware: model width, epochs and the training subset. What carries over unchanged is
+the protocol (optimiser, schedule shape, peak learning rates, decay policies, ghost batch 32) and
+the *ratio of batch size to training-set size*, so "8k on CIFAR-10" (16% of the data per step)
+stays a large batch on a smaller data set and gives the same number of steps per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from biasdecay.study.specs import PAPER_DATA, Setting
+
+__all__ = ["GHOST_BATCH", "PRESETS", "Preset", "ScaledRun", "get_preset", "preset_names"]
+
+GHOST_BATCH = 32  # Appendix A.2; every batch is a whole number of ghost batches
+
+
+@dataclass(frozen=True)
+class ScaledRun:
+    """A :class:`Setting` as it runs at a preset."""
+
+    dataset: str  # a data registry name
+    train_size: int  # training samples actually used
+    batch: int
+    micro_batch: int | None
+    epochs: float
+    width: float
+    warmup_epochs: float  # cosine schedules only (10 of 200 epochs in the paper)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How the paper's settings are scaled to the hardware and data at hand.
+
+    Attributes:
+        name: the name ``--preset`` takes.
+        description: one line for ``--help`` and the report.
+        datasets: paper data set -> data registry name (None: not run at this preset).
+        train_size: paper data set -> training samples used (None: the whole train split,
+            whose size is ``full_size``).
+        full_size: size of each stand-in's whole train split, for the batch ratio.
+        epochs: paper data set -> epochs.
+        width: model width multiplier.
+        micro_batch_cap: largest micro-batch (None: the whole batch at once).
+        measure_samples, measure_matvecs, measure_lanczos_iters: budgets of the measures.
+        track_records: about how many tracking records a run writes over its training.
+        eval_points: about how many test-set evaluations a run makes (one at the end at least).
+    """
+
+    name: str
+    description: str
+    datasets: dict[str, str | None]
+    train_size: dict[str, int | None]
+    full_size: dict[str, int]
+    epochs: dict[str, float]
+    width: float
+    micro_batch_cap: int | None
+    measure_samples: int
+    measure_matvecs: int
+    measure_lanczos_iters: int
+    track_records: int = 60
+    eval_points: int = 10
+
+    def scale(self, setting: Setting) -> ScaledRun | None:
+        """The run of ``setting`` at this preset (None: its data set is not run here)."""
+        ours = self.datasets.get(setting.dataset)
+        if ours is None:
+            return None
+        paper = PAPER_DATA[setting.dataset]
+        n = self.train_size.get(setting.dataset) or self.full_size[ours]
+        if self.name == "paper":
+            batch = setting.batch
+        else:  # keep batch / training-set size
+            share = setting.batch * n / paper.train_size
+            batch = max(GHOST_BATCH, GHOST_BATCH * round(share / GHOST_BATCH))
+        epochs = self.epochs[setting.dataset]
+        return ScaledRun(
+            dataset=ours,
+            train_size=n,
+            batch=batch,
+            micro_batch=_micro_batch(batch, self.micro_batch_cap),
+            epochs=epochs,
+            width=self.width,
+            warmup_epochs=10.0 * epochs / paper.epochs,
+        )
+
+
+def _micro_batch(batch: int, cap: int | None) -> int | None:
+    """The largest whole number of ghost batches that divides ``batch`` and is at most ``cap``."""
+    if cap is None or batch <= cap:
+        return None
+    ghosts = batch // GHOST_BATCH
+    for k in range(cap // GHOST_BATCH, 0, -1):
+        if ghosts % k == 0:
+            return k * GHOST_BATCH
+    return GHOST_BATCH
+
+
+_FASHION_SIZE = {"fashion-mnist": 60_000}
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "paper",
+            "Appendix A exactly: CIFAR-10/100 (200 epochs) and ImageNet (90 epochs) from "
+            "--data-root, full-width models, the paper's batch sizes; GPUs, torchrun",
+            datasets={"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet"},
+            train_size={"cifar10": None, "cifar100": None, "imagenet": None},
+            full_size={"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167},
+            epochs={"cifar10": 200, "cifar100": 200, "imagenet": 90},
+            width=1.0,
+            micro_batch_cap=None,
+            measure_samples=5000,
+            measure_matvecs=60,
+            measure_lanczos_iters=30,
+            track_records=200,
+            eval_points=20,
+        ),
+        Preset(
+            "fashion",
+            "the same protocol on real Fashion-MNIST (stand-in for CIFAR-10 and ImageNet; "
+            "CIFAR-100 has none), half-width models, 40 epochs (15 for ImageNet's runs), "
+            "batch sizes kept in proportion to the data set; one GPU",
+            datasets={"cifar10": "fashion-mnist", "cifar100": None, "imagenet": "fashion-mnist"},
+            train_size={"cifar10": None, "cifar100": None, "imagenet": None},
+            full_size=_FASHION_SIZE,
+            epochs={"cifar10": 40, "cifar100": 40, "imagenet": 15},
+            width=0.5,
+            micro_batch_cap=None,
+            measure_samples=2048,
+            measure_matvecs=30,
+            measure_lanczos_iters=20,
+            track_records=100,
+        ),
+        Preset(
+            "cpu",
+            "real Fashion-MNIST on a few CPU cores: a 10,240-image training subset (20,480 for "
+            "ImageNet's runs), eighth-width models, 12 epochs (4 for ImageNet's runs), batch "
+            "sizes kept in proportion to the data set",
+            datasets={"cifar10": "fashion-mnist", "cifar100": None, "imagenet": "fashion-mnist"},
+            train_size={"cifar10": 10_240, "cifar100": 10_240, "imagenet": 20_480},
+            full_size=_FASHION_SIZE,
+            epochs={"cifar10": 12, "cifar100": 12, "imagenet": 4},
+            width=0.125,
+            micro_batch_cap=512,
+            measure_samples=256,
+            measure_matvecs=12,
+            measure_lanczos_iters=10,
+            track_records=40,
+            eval_points=4,  # each eval of the 10k test images costs a sixth of an epoch
+        ),
+        Preset(
+            "smoke",
+            "a pipeline check in about a minute: scikit-learn's 8x8 digits (always installed) "
+            "for every data set, sixteenth-width models, 2 epochs; numbers mean nothing",
+            datasets={"cifar10": "digits", "cifar100": "digits", "imagenet": "digits"},
+            train_size={"cifar10": None, "cifar100": None, "imagenet": None},
+            full_size={"digits": 1_438},  # the digits train split (80% of 1,797)
+            epochs={"cifar10": 2, "cifar100": 2, "imagenet": 2},
+            width=0.0625,
+            micro_batch_cap=None,
+            measure_samples=64,
+            measure_matvecs=4,
+            measure_lanczos_iters=4,
+            track_records=4,
+            eval_points=1,
+        ),
+    )
+}
+
+
+def preset_names() -> list[str]:
+    """Names ``--preset`` accepts."""
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; an unknown name lists the valid ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+
+
+def steps_per_epoch(scaled: ScaledRun) -> int:
+    """Optimiser steps per epoch (the train loader drops the last partial batch)."""
+    return max(1, scaled.train_size // scaled.batch)
+
+
+def total_steps(scaled: ScaledRun) -> int:
+    """Optimiser steps of the whole run."""
+    return max(1, math.ceil(scaled.epochs * steps_per_epoch(scaled)))

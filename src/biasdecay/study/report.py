@@ -1,0 +1,126 @@
+"""``OUT/report.md`` for a study sweep: the paper's tables beside ours, plots, tested claims.
+
+The report reads only final files of the runs (see ``results.py``), so it can be written at any
+time, even while the sweep is running or after it was killed: unfinished runs read "not run",
+diverged ones "-" as in the paper.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from biasdecay.study.plan import StudyPlan, load_plan
+from biasdecay.study.results import collect
+from biasdecay.study.sections import SECTIONS, Context, md_table
+from biasdecay.study.specs import PAPER_DATA, batch_text
+
+__all__ = ["REPORT_FILE", "scale_text", "write_report"]
+
+REPORT_FILE = "report.md"
+
+
+def scale_text(plan: StudyPlan, ctx: Context) -> str:
+    """What the numbers were measured at, per paper data set: a markdown table and notes."""
+    preset = plan.preset
+    rows = []
+    for dataset in ctx.datasets():
+        aggs = [a for a in ctx.aggregates.values() if a.setting.dataset == dataset]
+        scaled = aggs[0].scaled
+        paper = PAPER_DATA[dataset]
+        batches = ", ".join(
+            f"{batch_text(b)} → {s}"
+            for b, s in sorted({(a.setting.batch, a.scaled.batch) for a in aggs})
+        )
+        rows.append(
+            [
+                paper.title,
+                ctx.ours(dataset),
+                f"{scaled.train_size:,}",
+                f"{scaled.epochs:g} (paper {paper.epochs})",
+                f"{scaled.width:g}",
+                batches,
+            ]
+        )
+    text = (
+        f"Preset **{preset.name}**: {preset.description}. Batch sizes keep their share of the "
+        "training set (the paper's 8k is 16% of CIFAR's 50k images per step), so the number of "
+        f"steps per epoch matches the paper's. Seeds per setting: {plan.seeds}"
+        + (" (mean ± sample std)." if plan.seeds > 1 else " (no noise estimate).")
+        + "\n\n"
+        + md_table(
+            ["paper data", "ours", "train images", "epochs", "width", "batch (paper → ours)"],
+            rows,
+        )
+    )
+    if plan.skipped:
+        missing = sorted({PAPER_DATA[s.dataset].title for s in plan.skipped})
+        text += (
+            f"\n\nNot run at this preset (no stand-in data set): {', '.join(missing)} "
+            f"({len(plan.skipped)} settings). Use `--preset paper` with their data."
+        )
+    return text
+
+
+def _status_line(ctx: Context) -> str:
+    counts: dict[str, int] = {}
+    for agg in ctx.aggregates.values():
+        for r in agg.results:
+            counts[r.state] = counts.get(r.state, 0) + 1
+    total = sum(counts.values())
+    parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    return f"Runs: {total} ({parts})."
+
+
+def write_report(out: str | Path, plan: StudyPlan | None = None) -> tuple[Path, str]:
+    """Write ``OUT/report.md`` (and ``OUT/plots/*.png``) for the study sweep in ``out``.
+
+    Args:
+        out: the sweep directory (holding ``study.json`` and one directory per run).
+        plan: the plan (default: read from ``OUT/study.json``).
+
+    Returns:
+        The report's path and its markdown text.
+
+    Raises:
+        ValueError: ``out`` is not a study sweep directory.
+    """
+    out = Path(out)
+    plan = plan or load_plan(out)
+    ctx = Context(plan, out, collect(plan, out))
+    lines = [
+        f"# {plan.study.title}",
+        "",
+        f"Study `{plan.study.name}`, written by `biasdecay report {out}`. Our numbers are "
+        "labelled *ours*, the paper's *paper*; a hyphen is a run that diverged, as in the paper.",
+        "",
+        scale_text(plan, ctx),
+        "",
+        _status_line(ctx),
+    ]
+    claims = []
+    for name in plan.study.sections:
+        section = SECTIONS[name](ctx)
+        lines += ["", f"## {section.title}", ""]
+        for block in section.blocks:
+            lines += [block, ""]
+        if section.claims:
+            lines += ["Claims tested:", ""] + [c.markdown() for c in section.claims]
+        claims += section.claims
+    if claims:
+        counts: dict[str, int] = {}
+        for c in claims:
+            key = c.verdict.split(" (")[0]
+            counts[key] = counts.get(key, 0) + 1
+        summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+        lines += ["", "## Claims: summary", "", f"{len(claims)} claims tested: {summary}."]
+    if ctx.plot_notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in ctx.plot_notes]
+    text = "\n".join(lines).rstrip() + "\n"
+    path = out / REPORT_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{REPORT_FILE}.", dir=out)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path, text

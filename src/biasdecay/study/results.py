@@ -1,0 +1,128 @@
+"""Read what a sweep's runs left on disk, and pool seeds of the same setting.
+
+Only final files are read: ``summary.json`` (written atomically, last) decides whether a run
+counts, and its measures come from ``metrics.jsonl`` records written before that summary. A run
+still in progress or killed reads as not done, never as a partial number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biasdecay.study.plan import PlannedRun, StudyPlan
+from biasdecay.study.specs import Setting
+from biasdecay.study.sweep import run_state
+from biasdecay.train.tracking import read_metrics
+
+__all__ = ["Aggregate", "RunResult", "Stat", "collect"]
+
+
+@dataclass
+class RunResult:
+    """One run's final state and numbers."""
+
+    run: PlannedRun
+    state: str  # finished, diverged, interrupted, pending
+    summary: dict[str, Any] | None = None
+    measures: dict[str, Any] | None = None  # the last "measures" record
+    tracking: list[dict[str, Any]] = field(default_factory=list)  # "sharpness" records
+
+    @property
+    def accuracy(self) -> float | None:
+        if self.state != "finished" or self.summary is None:
+            return None
+        return self.summary.get("test_accuracy")
+
+
+def _read_run(run: PlannedRun, out: Path) -> RunResult:
+    run_dir = out / run.name
+    state = run_state(run_dir)
+    if state not in ("finished", "diverged"):
+        return RunResult(run, state)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = read_metrics(run_dir)
+    measures = [r for r in records if r.get("kind") == "measures"]
+    tracking = [r for r in records if r.get("kind") == "sharpness"]
+    return RunResult(run, state, summary, measures[-1] if measures else None, tracking)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation over the seeds that produced a value."""
+
+    mean: float
+    std: float | None  # None with a single value
+    n: int
+
+
+@dataclass
+class Aggregate:
+    """The runs (one per seed) of one setting."""
+
+    setting: Setting
+    results: list[RunResult]
+
+    @property
+    def scaled(self):
+        return self.results[0].run.scaled
+
+    @property
+    def finished(self) -> list[RunResult]:
+        return [r for r in self.results if r.state == "finished"]
+
+    @property
+    def diverged(self) -> int:
+        return sum(r.state == "diverged" for r in self.results)
+
+    @property
+    def state(self) -> str:
+        """``finished`` (some seed finished), ``diverged`` (every seed diverged) or ``missing``."""
+        if self.finished:
+            return "finished"
+        if self.results and self.diverged == len(self.results):
+            return "diverged"
+        return "missing"
+
+    def stat(self, value: Callable[[RunResult], float | None]) -> Stat | None:
+        """``value`` over the finished seeds (None when no seed has a finite one)."""
+        values = [v for r in self.finished if (v := value(r)) is not None and math.isfinite(v)]
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return Stat(statistics.fmean(values), std, len(values))
+
+
+def collect(plan: StudyPlan, out: str | Path) -> dict[str, Aggregate]:
+    """Every setting of ``plan`` with its runs' results, keyed by :attr:`Setting.key`."""
+    out = Path(out)
+    aggregates: dict[str, Aggregate] = {}
+    for run in plan.runs:
+        key = run.setting.key
+        aggregates.setdefault(key, Aggregate(run.setting, []))
+        aggregates[key].results.append(_read_run(run, out))
+    return aggregates
+
+
+def measure_value(name: str, *path: str) -> Callable[[RunResult], float | None]:
+    """A reader of ``measures[name][path...]`` for :meth:`Aggregate.stat`."""
+
+    def read(result: RunResult) -> float | None:
+        value: Any = (result.measures or {}).get(name)
+        for key in path:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    return read
+
+
+def accuracy(result: RunResult) -> float | None:
+    """Test accuracy in [0, 1] (None unless finished)."""
+    return result.accuracy

@@ -1,0 +1,870 @@
+"""The report's sections: each paper table or figure in its own layout, from the runs' files.
+
+Every number shown is read from a run directory (``summary.json``, ``metrics.jsonl``) through
+:mod:`biasdecay.study.results`; nothing is recomputed here except means over seeds, the
+correlations of Figure 1 and ratios of numbers already on disk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biasdecay.study import paper_numbers as paper
+from biasdecay.study.claims import Claim, compare, verdict_text
+from biasdecay.study.plan import StudyPlan
+from biasdecay.study.results import Aggregate, RunResult, Stat, accuracy, measure_value
+from biasdecay.study.specs import PAPER_DATA, Setting, batch_text
+from biasdecay.train.config import PolicyConfig
+
+__all__ = ["SECTIONS", "Context", "Section"]
+
+
+# --------------------------------------------------------------------------------- context
+
+
+@dataclass
+class Context:
+    """What every section reads: the plan, the runs' results, where plots go."""
+
+    plan: StudyPlan
+    out: Path
+    aggregates: dict[str, Aggregate]
+    plot_notes: list[str] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> int:
+        return self.plan.seeds
+
+    def find(self, **attrs: Any) -> Aggregate | None:
+        """The first setting of the study whose fields equal ``attrs``."""
+        for agg in self.aggregates.values():
+            if all(getattr(agg.setting, k) == v for k, v in attrs.items()):
+                return agg
+        return None
+
+    def datasets(self) -> list[str]:
+        """The paper data sets this study's runs stand for, in study order."""
+        return list(dict.fromkeys(a.setting.dataset for a in self.aggregates.values()))
+
+    def ours(self, dataset: str) -> str:
+        """Our data set standing in for the paper's, with the preset, e.g. 'Fashion-MNIST (cpu)'."""
+        agg = self.find(dataset=dataset)
+        name = agg.scaled.dataset if agg else "?"
+        return f"{_DATA_TITLES.get(name, name)} ({self.plan.preset.name})"
+
+    def plot(self, draw: Callable[..., Path], name: str, *args: Any, **kwargs: Any) -> str | None:
+        """Draw a PNG under ``OUT/plots``; the markdown image link, or None if plotting failed."""
+        try:
+            path = draw(*args, path=self.out / "plots" / name, **kwargs)
+        except ImportError as err:
+            note = f"plots skipped: {err}"
+            if note not in self.plot_notes:
+                self.plot_notes.append(note)
+            return None
+        except ValueError as err:  # e.g. too few points for a panel
+            self.plot_notes.append(f"{name}: not drawn ({err})")
+            return None
+        return f"![{name}](plots/{path.name})"
+
+
+_DATA_TITLES = {
+    "fashion-mnist": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "imagenet": "ImageNet",
+    "mnist5k": "MNIST-5k",
+    "digits": "digits",
+    "synthetic": "synthetic",
+}
+
+
+@dataclass
+class Section:
+    """A titled block of markdown with the claims it tests."""
+
+    title: str
+    blocks: list[str] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------- cells
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table (first column left-aligned, the others right-aligned)."""
+    lines = ["| " + " | ".join(headers) + " |"]
+    lines.append("|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+def stat_cell(agg: Aggregate | None, stat: Stat | None, fmt: Callable[[float], str]) -> str:
+    """A mean (± std over seeds); ``-`` for a diverged setting (the paper's hyphen)."""
+    if agg is None:
+        return "n/a"
+    if agg.state == "diverged":
+        return "-"
+    if agg.state == "missing":
+        return "not run"
+    if stat is None:
+        return "n/a"
+    text = fmt(stat.mean) if stat.std is None else f"{fmt(stat.mean)} ± {fmt(stat.std)}"
+    if agg.diverged:
+        text += f" ({agg.diverged}/{len(agg.results)} diverged)"
+    return text
+
+
+def acc_cell(agg: Aggregate | None) -> str:
+    return stat_cell(agg, _acc(agg), lambda v: f"{100 * v:.2f}%")
+
+
+def _acc(agg: Aggregate | None) -> Stat | None:
+    return agg.stat(accuracy) if agg else None
+
+
+def _sci(value: float) -> str:
+    return f"{value:.2e}"
+
+
+def _log(read: Callable[[RunResult], float | None]) -> Callable[[RunResult], float | None]:
+    def log_of(result: RunResult) -> float | None:
+        value = read(result)
+        return math.log(value) if value is not None and value > 0 else None
+
+    return log_of
+
+
+def _batch_header(ctx: Context, agg: Aggregate | None, batch: int, extra: str = "") -> str:
+    ours = f" (ours {agg.scaled.batch})" if agg is not None else ""
+    return f"{batch_text(batch)}{extra}{ours}"
+
+
+def _claim(text: str, a: Stat | None, b: Stat | None, measured: str, ctx: Context) -> Claim:
+    return Claim(text, measured, verdict_text(compare(a, b), ctx.seeds))
+
+
+def _acc_text(stat: Stat | None) -> str:
+    return "not available" if stat is None else f"{100 * stat.mean:.2f}%"
+
+
+# --------------------------------------------------------------------------------- Table 1
+
+
+def table1(ctx: Context) -> Section:
+    s = Section("Table 1: sharpness vs generalisation with SGD (batch x weight decay)")
+    trace = _log(measure_value("hessian-trace", "value"))
+    lam = _log(measure_value("hessian-max", "value"))
+    parts = (
+        ("(a) Test accuracy", accuracy, lambda v: f"{100 * v:.2f}%", "accuracy", _pct),
+        ("(b) log Tr(H)", trace, lambda v: f"{v:.2f}", "log_trace", lambda v: f"{v:.2f}"),
+        ("(c) log λmax(H)", lam, lambda v: f"{v:.2f}", "log_lambda", lambda v: f"{v:.2f}"),
+    )
+    stats: dict[tuple[str, int, float], Stat | None] = {}
+    for title, read, fmt, key, paper_fmt in parts:
+        rows = []
+        for batch in (512, 8192):
+            row = [batch_text(batch)]
+            for wd in (0.0, 0.005):
+                agg = ctx.find(batch=batch, weight_decay=wd, optimizer="sgd")
+                stat = agg.stat(read) if agg else None
+                stats[(key, batch, wd)] = stat
+                row += [stat_cell(agg, stat, fmt), paper_fmt(paper.TABLE1[key][(batch, wd)])]
+            rows.append(row)
+        headers = ["batch", "wd 0: ours", "wd 0: paper", "wd 0.005: ours", "wd 0.005: paper"]
+        s.blocks.append(f"**{title}**\n\n" + md_table(headers, rows))
+    for wd in (0.0, 0.005):
+        small, large = stats[("accuracy", 512, wd)], stats[("accuracy", 8192, wd)]
+        s.claims.append(
+            _claim(
+                f"With weight decay {wd:g}, the small batch generalises better than 8k.",
+                small,
+                large,
+                f"{_acc_text(small)} (512) vs {_acc_text(large)} (8k)",
+                ctx,
+            )
+        )
+    for key, name in (("log_trace", "log Tr(H)"), ("log_lambda", "log λmax")):
+        no_wd = (stats[(key, 8192, 0.0)], stats[(key, 512, 0.0)])
+        wd = (stats[(key, 512, 0.005)], stats[(key, 8192, 0.005)])
+        s.claims.append(
+            _claim(
+                f"Without weight decay the better (small-batch) model has the lower {name}.",
+                *no_wd,
+                _pair_text(name, "8k", no_wd[0], "512", no_wd[1]),
+                ctx,
+            )
+        )
+        s.claims.append(
+            _claim(
+                f"With weight decay the tendency reverses: the small-batch model has the higher "
+                f"{name}.",
+                *wd,
+                _pair_text(name, "512", wd[0], "8k", wd[1]),
+                ctx,
+            )
+        )
+    return s
+
+
+def _pair_text(name: str, a_label: str, a: Stat | None, b_label: str, b: Stat | None) -> str:
+    def show(stat: Stat | None) -> str:
+        return "not available" if stat is None else f"{stat.mean:.2f}"
+
+    return f"{name} {show(a)} ({a_label}) vs {show(b)} ({b_label})"
+
+
+# --------------------------------------------------------------------------------- Figure 1
+
+
+_FIGURE_MEASURES = (
+    ("Tr(H)", "hessian-trace", "value"),
+    ("‖θ‖²_FR", "fisher-rao", "value"),
+    ("C_m", "connectivity-m", "total"),
+)
+
+
+def _ablation_label(setting: Setting, base: Setting) -> str:
+    if setting == base:
+        return "base"
+    if setting.batch != base.batch:
+        return f"bs {setting.batch}"
+    if setting.weight_decay != base.weight_decay:
+        return f"wd {setting.weight_decay:g}"
+    if setting.peak_lr != base.peak_lr:
+        return f"lr {setting.peak_lr:g}"
+    return f"bias decay {setting.coefficient:g}"
+
+
+def figure1(ctx: Context) -> Section:
+    from biasdecay.study.stats import correlation
+
+    base = ctx.plan.study.settings[0]
+    s = Section(f"Sharpness vs generalisation ({ctx.plan.study.title.split(':')[0]})")
+    rows, points = [], {label: ([], [], []) for label, _, _ in _FIGURE_MEASURES}
+    for agg in ctx.aggregates.values():
+        label = _ablation_label(agg.setting, base)
+        row = [label, acc_cell(agg)]
+        for title, measure, key in _FIGURE_MEASURES:
+            read = measure_value(measure, key)
+            row.append(stat_cell(agg, agg.stat(read), _sci))
+            for r in agg.finished:  # every seed is a point
+                value, acc = read(r), r.accuracy
+                if value is not None and acc is not None:
+                    xs, ys, labels = points[title]
+                    xs.append(value), ys.append(acc), labels.append(label)
+        rows.append(row)
+    s.blocks.append(md_table(["run", "test accuracy", "Tr(H)", "‖θ‖²_FR", "C_m"], rows))
+    from biasdecay.study.plots import ScatterPanel, sharpness_scatter
+
+    panels, fits = [], {}
+    for title, _, _ in _FIGURE_MEASURES:
+        xs, ys, labels = points[title]
+        logs = [math.log(x) if x > 0 else math.nan for x in xs]
+        try:
+            fits[title] = correlation(logs, ys)
+        except ValueError:
+            fits[title] = None
+        panels.append(ScatterPanel(title, xs, ys, labels, fits[title]))
+    fit_rows = [
+        [
+            t,
+            str(f.n),
+            f"{f.r2:.3f}",
+            f"{f.kendall_tau:.3f}",
+            f"{f.spearman_rho:.3f}",
+            f"{f.slope:.4f}",
+        ]
+        if f is not None
+        else [t, "< 3", "-", "-", "-", "-"]
+        for t, f in fits.items()
+    ]
+    s.blocks.append(
+        "Correlation of log(measure) with test accuracy over the runs:\n\n"
+        + md_table(["measure", "points", "R²", "Kendall τ", "Spearman ρ", "slope"], fit_rows)
+    )
+    image = ctx.plot(
+        sharpness_scatter, f"{ctx.plan.study.name}_scatter.png", panels, title=ctx.plan.study.title
+    )
+    if image:
+        s.blocks.append(image)
+    for title, fit in fits.items():
+        verdict = (
+            "not tested" if fit is None else ("agrees" if fit.kendall_tau < 0 else "disagrees")
+        )
+        measured = (
+            "fewer than 3 finished runs"
+            if fit is None
+            else f"τ = {fit.kendall_tau:.2f}, R² = {fit.r2:.2f} over {fit.n} runs"
+        )
+        s.claims.append(
+            Claim(f"log {title} correlates negatively with test accuracy.", measured, verdict)
+        )
+    tr, fr, cm = (fits[t] for t, _, _ in _FIGURE_MEASURES)
+    if tr and fr and cm:
+        verdict = "agrees" if fr.r2 < min(tr.r2, cm.r2) else "disagrees"
+        s.claims.append(
+            Claim(
+                "The Fisher-Rao norm relates less clearly to accuracy than Tr(H) and C_m.",
+                f"R² {fr.r2:.2f} (FR) vs {tr.r2:.2f} (Tr(H)), {cm.r2:.2f} (C_m)",
+                verdict,
+            )
+        )
+        verdict = "agrees" if cm.r2 >= tr.r2 - 0.1 else "disagrees"
+        s.claims.append(
+            Claim(
+                "C_m correlates with accuracy as clearly as Tr(H) (R² within 0.1 or better).",
+                f"R² {cm.r2:.2f} (C_m) vs {tr.r2:.2f} (Tr(H))",
+                verdict,
+            )
+        )
+    return s
+
+
+# --------------------------------------------------------------------------------- Table 2
+
+
+def table2(ctx: Context) -> Section:
+    s = Section("Table 2: connectivity sharpness C by substructure, no bias decay vs β decay")
+    batch = max(a.setting.batch for a in ctx.aggregates.values())
+    nbd = ctx.find(dataset="cifar10", batch=batch, policy="no_bias_decay")
+    beta = ctx.find(dataset="cifar10", batch=batch, policy="beta_decay")
+    rows, stats = [], {}
+    for row in ("Conv", "γ", "β", "FC(w)", "FC(b)", "Total"):
+        cells = [row]
+        for agg, key in ((nbd, "no_bias_decay"), (beta, "beta_decay")):
+            stat = agg.stat(measure_value("connectivity", "table2", row)) if agg else None
+            stats[(key, row)] = stat
+            cells += [stat_cell(agg, stat, _sci), _sci(paper.TABLE2[key][row])]
+        rows.append(cells)
+    rows.append(
+        [
+            "test accuracy",
+            acc_cell(nbd),
+            _pct(paper.TABLE3[("no_bias_decay", None)]["cifar10"]),
+            acc_cell(beta),
+            _pct(paper.TABLE3[("beta_decay", 1.0)]["cifar10"]),
+        ]
+    )
+    s.blocks.append(
+        f"Per-sample C (eq. 4) on {ctx.plan.preset.measure_samples} test images, "
+        f"{ctx.ours('cifar10')}, batch {batch_text(batch)}; paper: CIFAR-10, 8k (its accuracies "
+        "from Table 3).\n\n"
+        + md_table(["", "no bias decay: ours", "paper", "β decay (1.0): ours", "paper"], rows)
+    )
+    total = (stats[("no_bias_decay", "Total")], stats[("beta_decay", "Total")])
+    s.claims.append(
+        _claim(
+            "β decay lowers the connectivity sharpness C of the whole network.",
+            *total,
+            f"total C {_sci_text(total[1])} (β decay) vs {_sci_text(total[0])}",
+            ctx,
+        )
+    )
+    b = (stats[("no_bias_decay", "β")], stats[("beta_decay", "β")])
+    s.claims.append(
+        _claim("β decay lowers C(β).", *b, f"C(β) {_sci_text(b[1])} vs {_sci_text(b[0])}", ctx)
+    )
+    lower = [
+        row
+        for row in ("Conv", "γ", "β", "FC(w)", "FC(b)")
+        if stats[("no_bias_decay", row)]
+        and stats[("beta_decay", row)]
+        and stats[("beta_decay", row)].mean < stats[("no_bias_decay", row)].mean
+    ]
+    if total[0] and total[1]:
+        s.claims.append(
+            Claim(
+                "The effect of β decay spreads across the network (paper: 4 of 5 rows lower).",
+                f"{len(lower)} of 5 rows lower under β decay ({', '.join(lower) or 'none'})",
+                verdict_text("agrees" if len(lower) >= 3 else "disagrees", ctx.seeds),
+            )
+        )
+    return s
+
+
+def _sci_text(stat: Stat | None) -> str:
+    return "not available" if stat is None else _sci(stat.mean)
+
+
+# --------------------------------------------------------------------------------- Table 3
+
+
+_TABLE3_ROWS = (
+    ("no_bias_decay", None),
+    ("bn_frozen", None),
+    ("gamma_frozen", None),
+    ("gamma_decay", 0.01),
+    ("beta_frozen", None),
+    ("beta_decay", 1.0),
+)
+
+
+def table3(ctx: Context) -> Section:
+    s = Section("Table 3: pitfalls of the no-bias-decay heuristic")
+    datasets = [d for d in ("cifar10", "cifar100", "imagenet") if ctx.find(dataset=d)]
+    headers = ["policy"]
+    for d in datasets:
+        agg = ctx.find(dataset=d)
+        headers += [
+            f"{ctx.ours(d)}, {batch_text(agg.setting.batch)} (ours {agg.scaled.batch})",
+            f"paper: {PAPER_DATA[d].title}",
+        ]
+    rows, accs = [], {}
+    for policy, coefficient in _TABLE3_ROWS:
+        name = Setting("cifar10", "resnet18", 1, policy=policy, coefficient=coefficient)
+        row = [name.policy_text]
+        for d in datasets:
+            agg = ctx.find(dataset=d, policy=policy, coefficient=coefficient)
+            accs[(policy, d)] = _acc(agg)
+            row += [acc_cell(agg), _pct(paper.TABLE3[(policy, coefficient)][d])]
+        rows.append(row)
+    s.blocks.append(md_table(headers, rows))
+    for d in datasets:
+        base = accs[("no_bias_decay", d)]
+        beta = accs[("beta_decay", d)]
+        s.claims.append(
+            _claim(
+                f"β decay (1.0) beats no bias decay ({PAPER_DATA[d].title} setting).",
+                beta,
+                base,
+                f"{_acc_text(beta)} vs {_acc_text(base)} on {ctx.ours(d)}",
+                ctx,
+            )
+        )
+        others = [accs[(p, d)] for p, _ in _TABLE3_ROWS[1:-1]]
+        best_other = max((o for o in others if o is not None), key=lambda o: o.mean, default=None)
+        s.claims.append(
+            _claim(
+                f"β decay is the best of the six options ({PAPER_DATA[d].title} setting).",
+                beta,
+                best_other,
+                f"β decay {_acc_text(beta)} vs the best other option {_acc_text(best_other)}",
+                ctx,
+            )
+        )
+    return s
+
+
+# --------------------------------------------------------------------------------- Tables 4, 5
+
+
+def _adaptive_table(ctx: Context, title: str, columns: Sequence, table: dict) -> Section:
+    s = Section(title)
+    datasets = [d for d in table if ctx.find(dataset=d)]
+    present = [
+        (b, p) for b, p in columns if any(ctx.find(dataset=d, batch=b, policy=p) for d in datasets)
+    ]
+    labels = {
+        "no_bias_decay": "",
+        "beta_decay": " w. β decay (1.0)",
+        "adaptive_beta_decay": " w. adaptive β decay",
+    }
+    for d in datasets:
+        headers, ours, theirs, accs = (
+            [""],
+            [f"ours: {ctx.ours(d)}"],
+            [f"paper: {PAPER_DATA[d].title}"],
+            {},
+        )
+        for batch, policy in present:
+            agg = ctx.find(dataset=d, batch=batch, policy=policy)
+            headers.append(_batch_header(ctx, agg, batch, labels[policy]))
+            ours.append(acc_cell(agg))
+            theirs.append(_pct(table[d][(batch, policy)]))
+            accs[(batch, policy)] = _acc(agg)
+        s.blocks.append(md_table(headers, [ours, theirs]))
+        s.claims += _adaptive_claims(ctx, d, present, accs)
+    return s
+
+
+def _adaptive_claims(ctx: Context, d: str, present: Sequence, accs: dict) -> list[Claim]:
+    plain = sorted(b for b, p in present if p == "no_bias_decay")
+    if not plain:
+        return []
+    small, large = plain[0], plain[-1]
+    base = accs[(large, "no_bias_decay")]
+    where = f"({PAPER_DATA[d].title} setting)"
+    claims = [
+        _claim(
+            f"The smallest batch generalises better than the largest under no bias decay {where}.",
+            accs[(small, "no_bias_decay")],
+            base,
+            f"{_acc_text(accs[(small, 'no_bias_decay')])} ({batch_text(small)}) vs "
+            f"{_acc_text(base)} ({batch_text(large)})",
+            ctx,
+        )
+    ]
+    for policy, name in (
+        ("beta_decay", "β decay (1.0)"),
+        ("adaptive_beta_decay", "adaptive β decay"),
+    ):
+        if (large, policy) in accs:
+            claims.append(
+                _claim(
+                    f"At {batch_text(large)}, {name} beats no bias decay {where}.",
+                    accs[(large, policy)],
+                    base,
+                    f"{_acc_text(accs[(large, policy)])} vs {_acc_text(base)}",
+                    ctx,
+                )
+            )
+    adaptive, small_acc = accs.get((large, "adaptive_beta_decay")), accs[(small, "no_bias_decay")]
+    if (large, "adaptive_beta_decay") in accs:
+        if adaptive is None or small_acc is None:
+            verdict = "not tested"
+        else:  # "nearly restores": within half a point of the small batch, or above it
+            verdict = "agrees" if adaptive.mean >= small_acc.mean - 0.005 else "disagrees"
+        claims.append(
+            Claim(
+                f"Adaptive β decay at {batch_text(large)} nearly restores the small-batch accuracy "
+                f"(within 0.5 points) {where}.",
+                f"{_acc_text(adaptive)} vs {_acc_text(small_acc)} ({batch_text(small)})",
+                verdict_text(verdict, ctx.seeds),
+            )
+        )
+        if (large, "beta_decay") in accs and d == "imagenet":
+            claims.append(
+                _claim(
+                    f"Adaptive β decay beats fixed β decay {where}.",
+                    adaptive,
+                    accs[(large, "beta_decay")],
+                    f"{_acc_text(adaptive)} vs {_acc_text(accs[(large, 'beta_decay')])}",
+                    ctx,
+                )
+            )
+    return claims
+
+
+def table4(ctx: Context) -> Section:
+    return _adaptive_table(
+        ctx, "Table 4: adaptive β decay, ResNet-18 with LAMB", paper.TABLE4_COLUMNS, paper.TABLE4
+    )
+
+
+def table5(ctx: Context) -> Section:
+    return _adaptive_table(
+        ctx, "Table 5: adaptive β decay, ResNet-50-D with LAMB", paper.TABLE5_COLUMNS, paper.TABLE5
+    )
+
+
+# --------------------------------------------------------------------------------- measures
+
+
+def measures(ctx: Context) -> Section:
+    s = Section("Every measure of every trained network")
+    columns = (
+        ("C", "connectivity", "total"),
+        ("C_m", "connectivity-m", "total"),
+        ("Tr(H)", "hessian-trace", "value"),
+        ("λmax(H)", "hessian-max", "value"),
+        ("‖θ‖²_FR", "fisher-rao", "value"),
+    )
+    rows = []
+    for agg in ctx.aggregates.values():
+        row = [
+            f"{batch_text(agg.setting.batch)} (ours {agg.scaled.batch}), {agg.setting.policy_text}"
+        ]
+        row.append(acc_cell(agg))
+        row += [stat_cell(agg, agg.stat(measure_value(m, k)), _sci) for _, m, k in columns]
+        c_time = agg.stat(measure_value("connectivity", "seconds"))
+        trace_time = agg.stat(measure_value("hessian-trace", "seconds"))
+        row.append(
+            f"{c_time.mean:.1f} s / {trace_time.mean:.1f} s" if c_time and trace_time else "n/a"
+        )
+        rows.append(row)
+    s.blocks.append(
+        f"On {ctx.plan.preset.measure_samples} test images, BatchNorm in eval mode; Tr(H) by "
+        f"Hutch++ with {ctx.plan.preset.measure_matvecs} matvecs, λmax by Lanczos "
+        f"({ctx.plan.preset.measure_lanczos_iters} iterations).\n\n"
+        + md_table(["run", "test accuracy"] + [c for c, _, _ in columns] + ["time C / Tr(H)"], rows)
+    )
+    return s
+
+
+def invariance(ctx: Context) -> Section:
+    s = Section("Invariance: C vs Tr(H) under a function-preserving neuron rescaling (eq. 9)")
+    rows, worst_c, least_h = [], 0.0, math.inf
+    for agg in ctx.aggregates.values():
+        for r in agg.finished:
+            inv = (r.measures or {}).get("invariance")
+            if not inv:
+                continue
+            worst_c = max(worst_c, inv["connectivity_relative_change"])
+            least_h = min(least_h, inv["hessian_trace_relative_change"])
+            rows.append(
+                [
+                    f"{r.run.name}",
+                    f"{inv['incoming']}[{inv['unit']}] x {inv['factor']:g}",
+                    f"{inv['output_max_abs_change']:.1e}",
+                    _sci(inv["original"]["connectivity"]),
+                    _sci(inv["rescaled"]["connectivity"]),
+                    f"{inv['connectivity_relative_change']:.1e}",
+                    _sci(inv["original"]["hessian_trace"]["value"]),
+                    _sci(inv["rescaled"]["hessian_trace"]["value"]),
+                    f"{inv['hessian_trace_relative_change']:.1e}",
+                ]
+            )
+    if not rows:
+        s.blocks.append("No finished run has the invariance measure yet.")
+        return s
+    headers = [
+        "run",
+        "rescaled unit",
+        "max Δ output",
+        "C",
+        "C rescaled",
+        "ΔC/C",
+        "Tr(H)",
+        "Tr(H) rescaled",
+        "ΔTr/Tr",
+    ]
+    s.blocks.append(md_table(headers, rows))
+    s.claims.append(
+        Claim(
+            "C is invariant under the rescaling ρ (Theorem 3.1).",
+            f"largest relative change of C {worst_c:.1e} over {len(rows)} networks",
+            "agrees" if worst_c < 1e-4 else "disagrees",
+        )
+    )
+    s.claims.append(
+        Claim(
+            "Hessian-based sharpness is not invariant under ρ (Dinh et al., 2017).",
+            f"smallest relative change of Tr(H) {least_h:.1e} over {len(rows)} networks",
+            "agrees" if least_h > 1e-2 else "disagrees",
+        )
+    )
+    return s
+
+
+# --------------------------------------------------------------------------------- tracking
+
+
+def _tracked(ctx: Context) -> list[tuple[Aggregate, RunResult]]:
+    """Seed-0 result of every setting at the study's largest batch that has tracking records."""
+    largest = max(a.setting.batch for a in ctx.aggregates.values())
+    chosen = []
+    for agg in ctx.aggregates.values():
+        if agg.setting.batch == largest:
+            done = [r for r in agg.results if r.tracking]
+            if done:
+                chosen.append((agg, done[0]))
+    return chosen
+
+
+def evolution(ctx: Context) -> Section:
+    s = Section("Figures 2-4: evolution of β, γ, C(β), C(γ) per layer")
+    from biasdecay.study.plots import curve_grid, paired_scatter
+
+    tracked = _tracked(ctx)
+    if not tracked:
+        s.blocks.append("No run with sharpness tracking has finished yet.")
+        return s
+    rows = {
+        "‖β_l‖": "beta_norm",
+        "C_m(β_l)": "c_beta",
+        "‖γ_l‖": "gamma_norm",
+        "C_m(γ_l)": "c_gamma",
+    }
+    grid: dict[str, dict[str, dict[str, list[tuple[float, float]]]]] = {r: {} for r in rows}
+    final: dict[str, dict[str, dict[str, float]]] = {}
+    for agg, result in tracked:
+        column = agg.setting.policy_text
+        for row, key in rows.items():
+            series: dict[str, list[tuple[float, float]]] = {}
+            for record in result.tracking:
+                for layer, values in record["layers"].items():
+                    series.setdefault(layer, []).append((record["step"], values[key]))
+            grid[row][column] = series
+        final[agg.setting.policy] = result.tracking[-1]["layers"]
+    s.blocks.append(
+        md_table(
+            ["run", "test accuracy", "C(β) at the end", "C(γ) at the end"],
+            [
+                [
+                    f"{agg.setting.policy_text} ({batch_text(agg.setting.batch)}, ours "
+                    f"{agg.scaled.batch})",
+                    acc_cell(agg),
+                    *(
+                        stat_cell(agg, agg.stat(measure_value("connectivity", "table2", r)), _sci)
+                        for r in ("β", "γ")
+                    ),
+                ]
+                for agg, _ in tracked
+            ],
+        )
+        + "\n\nC(β), C(γ): per-sample C of the trained network (n/a without the connectivity "
+        "measure). The curves below are C_m from each tracked step's own gradients."
+    )
+    image = ctx.plot(
+        curve_grid,
+        f"{ctx.plan.study.name}_evolution.png",
+        grid,
+        title=f"Per-layer β, γ and C_m over training ({ctx.ours('cifar10')})",
+        log_y={"C_m(β_l)": True, "C_m(γ_l)": True},
+    )
+    if image:
+        s.blocks.append(image)
+    pairs = {
+        _POLICY_NAMES.get(p, p): [(v["gamma_norm"], v["c_gamma"]) for v in layers.values()]
+        for p, layers in final.items()
+    }
+    image = ctx.plot(
+        paired_scatter,
+        f"{ctx.plan.study.name}_gamma_vs_c.png",
+        pairs,
+        title="Figure 4: ‖γ_l‖ vs C_m(γ_l) at the last tracked step",
+        x_label="‖γ_l‖",
+        y_label="C_m(γ_l)",
+        log=True,
+    )
+    if image:
+        s.blocks.append(image)
+    if "no_bias_decay" in final and "beta_decay" in final:
+        base, beta = final["no_bias_decay"], final["beta_decay"]
+
+        def total(layers: dict, key: str) -> float:
+            return sum(v[key] for v in layers.values())
+
+        change = {
+            k: total(beta, k) / total(base, k) - 1 if total(base, k) else math.nan
+            for k in ("beta_norm", "c_beta", "gamma_norm", "c_gamma")
+        }
+        s.blocks.append(
+            md_table(
+                ["sum over layers, last tracked step", "no bias decay", "β decay", "change"],
+                [
+                    [name, _sci(total(base, k)), _sci(total(beta, k)), f"{100 * change[k]:+.1f}%"]
+                    for name, k in (
+                        ("‖β_l‖", "beta_norm"),
+                        ("C_m(β_l)", "c_beta"),
+                        ("‖γ_l‖", "gamma_norm"),
+                        ("C_m(γ_l)", "c_gamma"),
+                    )
+                ],
+            )
+        )
+        for key, what, paper_change in (
+            ("c_beta", "C(β)", None),
+            ("gamma_norm", "γ", paper.FIGURE4["gamma_change"]),
+            ("c_gamma", "C(γ)", paper.FIGURE4["c_gamma_change"]),
+        ):
+            quoted = "" if paper_change is None else f" (paper: {100 * paper_change:+.0f}%)"
+            s.claims.append(
+                Claim(
+                    f"β decay scales down {what}{quoted}.",
+                    f"{100 * change[key]:+.1f}% summed over layers at the last tracked step",
+                    verdict_text(_direction(change[key]), 1),
+                )
+            )
+    return s
+
+
+def _direction(change: float) -> str:
+    """A decrease of at least 1% agrees, an increase of 1% disagrees; less is no effect."""
+    if math.isnan(change) or abs(change) < 0.01:
+        return "inconclusive"
+    return "agrees" if change < 0 else "disagrees"
+
+
+_POLICY_NAMES = {
+    "no_bias_decay": "no bias decay",
+    "beta_decay": "β decay",
+    "gamma_decay": "γ decay",
+    "all_decay": "all decay",
+    "adaptive_beta_decay": "adaptive β decay",
+}
+
+
+def adaptive(ctx: Context) -> Section:
+    s = Section("Adaptive β decay: r_l and the decay decisions over training")
+    from biasdecay.study.plots import decision_heatmap
+
+    runs = [
+        (agg, r)
+        for agg in ctx.aggregates.values()
+        if agg.setting.policy == "adaptive_beta_decay"
+        for r in agg.results[:1]
+        if r.tracking
+    ]
+    if not runs:
+        s.blocks.append("No adaptive β decay run with tracking records has finished yet.")
+        return s
+    rows = []
+    for agg, result in runs:
+        steps = [rec["step"] for rec in result.tracking]
+        layers = list(result.tracking[0]["layers"])
+        ratio = [[rec["layers"][layer]["r"] for rec in result.tracking] for layer in layers]
+        decided = [
+            [bool(rec.get("beta_decayed", {}).get(layer, False)) for rec in result.tracking]
+            for layer in layers
+        ]
+        threshold = PolicyConfig().threshold  # studies run adaptive β decay at the paper's R
+        image = ctx.plot(
+            decision_heatmap,
+            f"{result.run.name}_decisions.png",
+            steps,
+            layers,
+            ratio,
+            title=f"r_l and decisions, {ctx.ours(agg.setting.dataset)}, batch {agg.scaled.batch}",
+            threshold=threshold,
+            decided=decided,
+        )
+        if image:
+            s.blocks.append(image)
+        finite = [v for row in ratio for v in row if math.isfinite(v)]
+        share = sum(map(sum, decided)) / max(1, len(layers) * len(steps))
+        rows.append(
+            [
+                result.run.name,
+                str(len(layers)),
+                str(len(steps)),
+                f"{100 * share:.1f}%",
+                f"{100 * sum(decided[i][-1] for i in range(len(layers))) / len(layers):.0f}%",
+                f"{max(finite, default=math.nan):.2e}",
+            ]
+        )
+    s.blocks.append(
+        md_table(
+            [
+                "run",
+                "layers",
+                "records",
+                "(layer, step) pairs decayed",
+                "decayed at the end",
+                "largest r_l seen",
+            ],
+            rows,
+        )
+    )
+    if all(row[3] == "0.0%" for row in rows):
+        s.blocks.append(
+            f"r_l never reached R = {PolicyConfig().threshold:g} in these runs, so adaptive β "
+            "decay decayed nothing and trained exactly as no bias decay. Under LAMB a β that "
+            "starts at zero grows only by a factor (1 + η_t) per step (the trust ratio scales "
+            "its update by ‖β‖), from a first step taken at the warm-up's tiny learning rate: "
+            "with few steps β stays near zero, C(β) with it, and r_l far below R. See ‖β_l‖ "
+            "in the evolution section."
+        )
+    return s
+
+
+SECTIONS: dict[str, Callable[[Context], Section]] = {
+    "table1": table1,
+    "figure1": figure1,
+    "table2": table2,
+    "table3": table3,
+    "table4": table4,
+    "table5": table5,
+    "measures": measures,
+    "invariance": invariance,
+    "evolution": evolution,
+    "adaptive": adaptive,
+}
