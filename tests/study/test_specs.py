@@ -160,3 +160,12 @@ def test_a_sweep_directory_keeps_its_study_and_preset(tmp_path) -> None:
         save_plan(make_plan("table2", "fashion"), tmp_path)
     with pytest.raises(ValueError, match="not a study sweep directory"):
         load_plan(tmp_path / "elsewhere")
+
+
+def test_an_extra_epochs_override_moves_the_final_measures_with_it() -> None:
+    plan = make_plan("main", "fashion", extra=("run.epochs=200",))
+    cfg = load_config(None, [*plan.runs[0].spec.overrides, "run.out=x"])
+    assert cfg.run.epochs == 200 and cfg.run.measure_epochs == [200]
+    assert plan.runs[0].scaled.epochs == 200
+    with pytest.raises(ValueError, match="run.epochs must be a number"):
+        make_plan("main", "cpu", extra=("run.epochs=many",))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +136,17 @@ def make_plan(
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     data_roots = dict(data_roots or {})
+    epochs = _extra_epochs(extra)
     runs, skipped = [], []
     for setting in study.settings:
         scaled = preset.scale(setting)
         if scaled is None:
             skipped.append(setting)
             continue
+        if epochs is not None:  # measures, logging and tracking follow the new length
+            scaled = replace(
+                scaled, epochs=epochs, warmup_epochs=scaled.warmup_epochs * epochs / scaled.epochs
+            )
         for seed in range(seeds):
             overrides = _overrides(
                 setting, scaled, preset, study, seed, data_roots.get(scaled.dataset)
@@ -154,6 +159,21 @@ def make_plan(
             spec = RunSpec(f"{setting.key}-s{seed}", (*overrides, *extra), labels)
             runs.append(PlannedRun(setting, scaled, seed, spec))
     return StudyPlan(study, preset, seeds, data_roots, tuple(extra), tuple(runs), tuple(skipped))
+
+
+def _extra_epochs(extra: Sequence[str]) -> float | None:
+    """The epochs an extra ``run.epochs=N`` override sets (the last one wins), else None."""
+    epochs = None
+    for item in extra:
+        key, _, value = item.partition("=")
+        if key.strip() == "run.epochs":
+            try:
+                epochs = float(value)
+            except ValueError:
+                raise ValueError(f"--set {item!r}: run.epochs must be a number") from None
+            if not epochs > 0:
+                raise ValueError(f"--set {item!r}: run.epochs must be > 0")
+    return epochs
 
 
 def save_plan(plan: StudyPlan, out: str | Path) -> None:
