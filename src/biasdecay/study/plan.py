@@ -17,6 +17,7 @@ from typing import Any
 from biasdecay.study.presets import Preset, ScaledRun, get_preset, total_steps
 from biasdecay.study.specs import Setting, Study, get_study
 from biasdecay.study.sweep import RunSpec
+from biasdecay.train.tracking import atomic_write_text
 
 __all__ = ["PlannedRun", "StudyPlan", "load_plan", "make_plan", "save_plan"]
 
@@ -192,10 +193,7 @@ def save_plan(plan: StudyPlan, out: str | Path) -> None:
                     f"{out} holds a sweep of {key} {old.get(key)!r}, not "
                     f"{plan.to_dict()[key]!r}; choose another --out (or delete {path})"
                 )
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{PLAN_FILE}.tmp")
-    tmp.write_text(json.dumps(plan.to_dict(), indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(plan.to_dict(), indent=2) + "\n")
 
 
 def load_plan(out: str | Path) -> StudyPlan:

@@ -7,14 +7,13 @@ diverged ones "-" as in the paper.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from biasdecay.study.plan import StudyPlan, load_plan
 from biasdecay.study.results import collect
 from biasdecay.study.sections import SECTIONS, Context, md_table
 from biasdecay.study.specs import PAPER_DATA, batch_text
+from biasdecay.train.tracking import atomic_write_text
 
 __all__ = ["REPORT_FILE", "scale_text", "write_report"]
 
@@ -119,8 +118,5 @@ def write_report(out: str | Path, plan: StudyPlan | None = None) -> tuple[Path, 
         lines += ["", "## Notes", ""] + [f"- {note}" for note in ctx.plot_notes]
     text = "\n".join(lines).rstrip() + "\n"
     path = out / REPORT_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{REPORT_FILE}.", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path, text

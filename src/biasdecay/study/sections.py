@@ -142,7 +142,7 @@ def _log(read: Callable[[RunResult], float | None]) -> Callable[[RunResult], flo
     return log_of
 
 
-def _batch_header(ctx: Context, agg: Aggregate | None, batch: int, extra: str = "") -> str:
+def _batch_header(agg: Aggregate | None, batch: int, extra: str = "") -> str:
     ours = f" (ours {agg.scaled.batch})" if agg is not None else ""
     return f"{batch_text(batch)}{extra}{ours}"
 
@@ -476,7 +476,7 @@ def _adaptive_table(ctx: Context, title: str, columns: Sequence, table: dict) ->
         )
         for batch, policy in present:
             agg = ctx.find(dataset=d, batch=batch, policy=policy)
-            headers.append(_batch_header(ctx, agg, batch, labels[policy]))
+            headers.append(_batch_header(agg, batch, labels[policy]))
             ours.append(acc_cell(agg))
             theirs.append(_pct(table[d][(batch, policy)]))
             accs[(batch, policy)] = _acc(agg)

@@ -24,13 +24,14 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from biasdecay.train.tracking import atomic_write_text
 
 __all__ = ["RunSpec", "RunOutcome", "run_state", "sweep", "train_command"]
 
@@ -116,10 +117,7 @@ def _write_index(out: Path, outcomes: dict[str, RunOutcome], runs: Sequence[RunS
             for r in runs
         ]
     }
-    fd, tmp = tempfile.mkstemp(prefix=".sweep.json.", dir=out)
-    with os.fdopen(fd, "w") as f:
-        json.dump(index, f, indent=2)
-    os.replace(tmp, out / "sweep.json")
+    atomic_write_text(out / "sweep.json", json.dumps(index, indent=2) + "\n")
 
 
 def sweep(

@@ -45,11 +45,12 @@ METRICS_FILE = "metrics.jsonl"
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone who reads the run
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
@@ -240,7 +241,7 @@ class MetricsWriter:
                     dropped += 1
                 else:
                     kept.append(line if line.endswith("\n") else line + "\n")
-        _atomic_write_text(self.path, "".join(kept))
+        atomic_write_text(self.path, "".join(kept))
         self._file = open(self.path, "a", encoding="utf-8")
         self._purge_step = step + 1
         if self._tb is not None:  # reopened on the next log, with the purge step
@@ -336,13 +337,13 @@ def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> None:
     """
     run_dir = Path(run_dir)
     data = _jsonable(dict(summary), "summary")
-    _atomic_write_text(run_dir / "summary.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
     flat = _flat_scalars(data)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(flat.keys())
     writer.writerow("" if v is None else v for v in flat.values())
-    _atomic_write_text(run_dir / "summary.csv", buffer.getvalue())
+    atomic_write_text(run_dir / "summary.csv", buffer.getvalue())
 
 
 def _git_commit(cwd: str | Path | None = None) -> str | None:
@@ -415,12 +416,12 @@ def write_run_info(
     def ended(text: str) -> str:
         return text if text.endswith("\n") else text + "\n"
 
-    _atomic_write_text(run_dir / "config.toml", ended(config_toml))
-    _atomic_write_text(
+    atomic_write_text(run_dir / "config.toml", ended(config_toml))
+    atomic_write_text(
         run_dir / "environment.json",
         json.dumps(_jsonable(dict(environment), "environment"), indent=2, allow_nan=False) + "\n",
     )
-    _atomic_write_text(run_dir / "param_groups.txt", ended(groups_summary))
+    atomic_write_text(run_dir / "param_groups.txt", ended(groups_summary))
 
 
 def _format_seconds(seconds: float) -> str:
