@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -139,6 +140,27 @@ def test_summary_table_lists_roles_and_treatment() -> None:
     assert "1 where r_l >= 0.1" in text
     frozen = format_group_summary(net(), decay_policy("beta_frozen"), 0.01)
     assert "frozen at 0" in frozen
+    assert "trust ratio" not in text  # no layer adaptation named: an optimiser without one
+
+
+@pytest.mark.parametrize(
+    ("mode", "beta", "conv_bias", "weight"),
+    [
+        ("decayed", "where decayed", "no", "yes"),
+        ("all", "yes", "yes", "yes"),
+        ("none", "no", "no", "no"),
+    ],
+)
+def test_summary_shows_which_roles_take_the_trust_ratio(mode, beta, conv_bias, weight) -> None:
+    rows = format_group_summary(net(), decay_policy("adaptive_beta_decay"), 0.01, mode)
+    assert f"layer_adaptation {mode!r}" in rows.splitlines()[0]
+    by_role = {}  # role value -> the last column ("trust ratio") of its row
+    for line in rows.splitlines()[3:]:
+        cells = re.split(r"\s{2,}", line.strip())
+        by_role[cells[0].rsplit("(", 1)[1].rstrip(")")] = cells[-1]
+    assert by_role[B.value] == beta
+    assert by_role[CB.value] == conv_bias
+    assert by_role[Role.CONV_WEIGHT.value] == weight
 
 
 def test_bad_weight_decay() -> None:

@@ -61,3 +61,21 @@ def run(optimizer, params, grads_per_step, before_step=None):
         optimizer.step()
         history.append([p.detach().clone() for p in params])
     return history
+
+
+def with_overrides(optimizer, params, schedule=None):
+    """Install decay overrides that follow ``schedule`` ({index: t -> λ}); returns the hook.
+
+    The overrides are 0-dim tensors rewritten in place before each step, as the adaptive β decay
+    controller does; pass the returned ``before_step`` to :func:`run`.
+    """
+    schedule = schedule or {}
+    tensors = {i: torch.zeros((), dtype=params[i].dtype) for i in schedule}
+    for i, lam in tensors.items():
+        optimizer.decay_overrides[params[i]] = lam
+
+    def before_step(t):
+        for i, lam in tensors.items():
+            lam.fill_(schedule[i](t))
+
+    return before_step

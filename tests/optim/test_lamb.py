@@ -8,25 +8,27 @@ import math
 
 import pytest
 import torch
-from stepping import STEPS, lr_at, make_grads, make_params, run
+from stepping import STEPS, lr_at, make_grads, make_params, run, with_overrides
 from torch import nn
 
 import biasdecay.optim.lamb as lamb_module
 from biasdecay.optim import LAMB
 
-# Group settings: which parameters, and the options that differ from the defaults.
+# Group settings: which parameters, and the options that differ from the defaults. The default
+# layer_adaptation is "decayed": the trust ratio exactly where the step's weight decay is non-zero.
 CONFIGS = {
     "one-group-decay-trust": ([{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.01}], None),
-    "no-decay-no-trust": ([{"idx": [0, 1, 2, 3, 4, 5], "trust_ratio": False}], None),
+    "no-decay-no-trust": ([{"idx": [0, 1, 2, 3, 4, 5], "layer_adaptation": "none"}], None),
+    "all-without-decay": ([{"idx": [0, 1, 2, 3, 4, 5], "layer_adaptation": "all"}], None),
     "mixed-groups-clipped": (
         [
             {"idx": [0], "weight_decay": 0.01},
-            {"idx": [1, 2], "weight_decay": 0.0, "trust_ratio": True},
-            {"idx": [3], "weight_decay": 0.1, "trust_ratio": False, "lr": 0.02},
+            {"idx": [1, 2], "weight_decay": 0.0, "layer_adaptation": "all"},
+            {"idx": [3], "weight_decay": 0.1, "layer_adaptation": "none", "lr": 0.02},
             {
                 "idx": [4, 5],
                 "weight_decay": 0.0,
-                "trust_ratio": False,
+                "layer_adaptation": "all",
                 "bias_correction": False,
                 "betas": (0.8, 0.99),
                 "eps": 1e-3,
@@ -38,22 +40,37 @@ CONFIGS = {
         [{"idx": [0, 2, 4], "weight_decay": 0.05}, {"idx": [1, 3, 5], "weight_decay": 0.0}],
         1e6,
     ),
+    # Decay that switches on and off between steps through overrides (as adaptive β decay does):
+    # under "decayed" the trust ratio follows it; p2 starts at zero like a BN β.
+    "decayed-switching": (
+        [{"idx": [0, 1, 2], "weight_decay": 0.0}, {"idx": [3, 4, 5], "weight_decay": 0.02}],
+        None,
+    ),
+}
+# Per config: parameter index -> its override λ at step t (rewritten in place before the step).
+OVERRIDES = {
+    "decayed-switching": {
+        1: lambda t: 1.0 if t % 2 else 0.0,
+        2: lambda t: 0.0 if t < 3 else 1.0,
+        4: lambda t: 0.0 if t in (2, 5) else 0.5,
+    },
 }
 BASE = {
     "lr": 0.01,
     "betas": (0.9, 0.999),
     "eps": 1e-6,
     "weight_decay": 0.0,
-    "trust_ratio": True,
+    "layer_adaptation": "decayed",
     "bias_correction": True,
 }
 
 
-def reference_lamb(groups, max_grad_norm, grads_per_step):
+def reference_lamb(groups, max_grad_norm, grads_per_step, overrides=None):
     """LAMB written out per tensor in float64, sharing no code with the implementation.
 
     Returns the parameters after every step and how many steps were clipped.
     """
+    overrides = overrides or {}
     params = [p.detach().clone() for p in make_params()]
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
@@ -70,6 +87,8 @@ def reference_lamb(groups, max_grad_norm, grads_per_step):
             lr = lr_at(h["lr"], t)
             for i in spec["idx"]:
                 g = grads[i]
+                decay = overrides[i](t) if i in overrides else h["weight_decay"]
+                adapted = {"all": True, "none": False, "decayed": decay != 0}[h["layer_adaptation"]]
                 m[i] = beta1 * m[i] + (1 - beta1) * g
                 v[i] = beta2 * v[i] + (1 - beta2) * g * g
                 if h["bias_correction"]:
@@ -77,10 +96,10 @@ def reference_lamb(groups, max_grad_norm, grads_per_step):
                     v_hat = v[i] / (1 - beta2**t)
                 else:
                     m_hat, v_hat = m[i], v[i]
-                u = m_hat / (v_hat.sqrt() + h["eps"]) + h["weight_decay"] * params[i]
+                u = m_hat / (v_hat.sqrt() + h["eps"]) + decay * params[i]
                 p_norm = float(params[i].norm())
                 u_norm = float(u.norm())
-                r = p_norm / u_norm if h["trust_ratio"] and p_norm > 0 and u_norm > 0 else 1.0
+                r = p_norm / u_norm if adapted and p_norm > 0 and u_norm > 0 else 1.0
                 params[i] = params[i] - lr * r * u
         history.append([p.clone() for p in params])
     return history, clipped
@@ -99,11 +118,12 @@ def build(groups, max_grad_norm, params, foreach):
 def test_matches_hand_written_reference(config, foreach):
     groups, max_grad_norm = CONFIGS[config]
     grads = make_grads(scale=1.0)
-    expected, clipped = reference_lamb(groups, max_grad_norm, grads)
+    expected, clipped = reference_lamb(groups, max_grad_norm, grads, OVERRIDES.get(config))
     if config == "mixed-groups-clipped":
         assert clipped == STEPS  # the clipping branch is really exercised
     params = make_params()
-    got = run(build(groups, max_grad_norm, params, foreach), params, grads)
+    optimizer = build(groups, max_grad_norm, params, foreach)
+    got = run(optimizer, params, grads, with_overrides(optimizer, params, OVERRIDES.get(config)))
     for step, (want_step, got_step) in enumerate(zip(expected, got, strict=True)):
         for i, (want, have) in enumerate(zip(want_step, got_step, strict=True)):
             torch.testing.assert_close(
@@ -123,10 +143,11 @@ def test_foreach_matches_single_tensor(config, dtype):
     for foreach in (False, True):
         params = make_params(dtype)
         optimizer = build(groups, max_grad_norm, params, foreach)
-        # An override on two tensors, to cover the per-tensor decay path of both.
+        before_step = with_overrides(optimizer, params, OVERRIDES.get(config))
+        # Overrides on two more tensors, to cover the per-tensor decay path of both.
         optimizer.decay_overrides[params[0]] = torch.tensor(0.3, dtype=dtype)
-        optimizer.decay_overrides[params[2]] = torch.tensor(0.1, dtype=dtype)
-        results.append(run(optimizer, params, grads)[-1])
+        optimizer.decay_overrides[params[5]] = torch.tensor(0.0, dtype=dtype)
+        results.append(run(optimizer, params, grads, before_step)[-1])
     tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
     for single, multi in zip(*results, strict=True):
         torch.testing.assert_close(multi, single, **tol)
@@ -146,14 +167,37 @@ def test_foreach_default_follows_the_measured_table(monkeypatch):
     assert lamb_module._FOREACH_IS_FASTER["cuda"] is True
 
 
-def test_trust_ratio_is_independent_of_weight_decay():
-    # With λ = 0 the trust ratio must still act: the step on θ is η‖θ‖ in norm at every step.
-    param = nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
-    optimizer = LAMB([param], lr=0.1, weight_decay=0.0)
-    param.grad = torch.tensor([1e-3, -2e-3], dtype=torch.float64)
-    before = param.detach().clone()
-    optimizer.step()
-    assert float((param.detach() - before).norm()) == pytest.approx(0.1 * 5.0, rel=1e-12)
+def test_all_adapts_without_weight_decay_and_decayed_does_not():
+    # With λ = 0, "all" still applies the ratio (the step is η‖θ‖ in norm); "decayed" and "none"
+    # take the plain Adam step η·m̂/(√v̂ + ε), whose first value is η·sign(g) elementwise.
+    steps = {}
+    for mode in ("all", "decayed", "none"):
+        param = nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+        optimizer = LAMB([param], lr=0.1, weight_decay=0.0, eps=0.0, layer_adaptation=mode)
+        param.grad = torch.tensor([1e-3, -2e-3], dtype=torch.float64)
+        before = param.detach().clone()
+        optimizer.step()
+        steps[mode] = param.detach() - before
+    assert float(steps["all"].norm()) == pytest.approx(0.1 * 5.0, rel=1e-12)
+    for mode in ("decayed", "none"):
+        torch.testing.assert_close(steps[mode], torch.tensor([-0.1, 0.1], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_a_zero_initialised_beta_grows_only_without_the_ratio(foreach):
+    # The mechanism design.md §4 names: with the ratio on, β starting at 0 takes one plain step,
+    # then grows by at most a factor (1 + η) per step; without it, it grows by about η per step.
+    norms = {}
+    for mode in ("all", "decayed"):
+        beta = nn.Parameter(torch.zeros(8, dtype=torch.float64))
+        optimizer = LAMB([beta], lr=0.01, layer_adaptation=mode, foreach=foreach)
+        for _ in range(50):
+            beta.grad = torch.full_like(beta, -1e-3)
+            optimizer.step()
+        norms[mode] = float(beta.detach().norm())
+    first_step = 0.01 * math.sqrt(8)
+    assert norms["all"] <= first_step * 1.01**49 * (1 + 1e-9)
+    assert norms["decayed"] == pytest.approx(50 * first_step, rel=1e-3)
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
@@ -192,12 +236,15 @@ def test_step_never_synchronises_with_the_host(foreach, monkeypatch):
     optimizer = LAMB(
         [
             {"params": params[:3], "weight_decay": 0.01},
-            {"params": params[3:], "trust_ratio": False},
+            {"params": params[3:5], "layer_adaptation": "none"},
+            {"params": params[5:], "layer_adaptation": "all"},
         ],
         max_grad_norm=0.5,
         foreach=foreach,
     )
+    # Under "decayed", overrides decide the ratio on the device: one on, one off.
     optimizer.decay_overrides[params[1]] = torch.tensor(0.2)
+    optimizer.decay_overrides[params[2]] = torch.tensor(0.0)
     for p in params:
         p.grad = torch.randn_like(p)
 
@@ -319,7 +366,9 @@ def test_bad_override_is_refused_clearly():
         ({"betas": (0.9, -0.1)}, r"betas\[1\] must be in \[0, 1\)"),
         ({"betas": (0.9,)}, r"betas must be a pair"),
         ({"max_grad_norm": 0.0}, r"max_grad_norm must be in \(0, inf\)"),
-        ({"trust_ratio": 1}, r"trust_ratio must be a bool"),
+        ({"layer_adaptation": "sometimes"}, r"layer_adaptation must be one of 'decayed', 'all'"),
+        ({"layer_adaptation": True}, r"layer_adaptation must be one of"),
+        ({"bias_correction": 1}, r"bias_correction must be a bool"),
     ],
 )
 def test_bad_hyperparameters_raise(kwargs, match):
@@ -331,6 +380,8 @@ def test_bad_group_hyperparameter_raises():
     params = make_params()
     with pytest.raises(ValueError, match=r"weight_decay must be in \[0, inf\)"):
         LAMB([{"params": params[:2]}, {"params": params[2:], "weight_decay": -1.0}])
+    with pytest.raises(ValueError, match="trust_ratio was replaced by layer_adaptation"):
+        LAMB([{"params": params[:2]}, {"params": params[2:], "trust_ratio": True}])
 
 
 def test_tensor_lr_is_refused():

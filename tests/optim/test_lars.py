@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from stepping import lr_at, make_grads, make_params, run
+from stepping import lr_at, make_grads, make_params, run, with_overrides
 from torch import nn
 
 import biasdecay.optim.lars as lars_module
@@ -19,37 +19,60 @@ BASE = {
     "trust_coefficient": 0.02,
     "eps": 1e-8,
     "nesterov": False,
-    "trust_ratio": True,
+    "layer_adaptation": "decayed",  # the local rate exactly where the step's decay is non-zero
 }
 ALL = [0, 1, 2, 3, 4, 5]
 CONFIGS = {
     "decay-trust": [{"idx": ALL, "weight_decay": 5e-3}],
     "nesterov-decay-trust": [{"idx": ALL, "weight_decay": 5e-3, "nesterov": True}],
     "no-momentum": [{"idx": ALL, "weight_decay": 1e-2, "momentum": 0.0}],
-    "no-decay-no-trust": [{"idx": ALL, "trust_ratio": False}],
+    "no-decay-no-trust": [{"idx": ALL, "layer_adaptation": "none"}],
+    "decayed-without-decay": [{"idx": ALL}],  # nothing decays, so nothing is adapted
     "mixed-groups": [
         {"idx": [0], "weight_decay": 5e-4, "nesterov": True},
-        {"idx": [1, 2], "weight_decay": 0.0},
-        {"idx": [3], "weight_decay": 1e-2, "trust_ratio": False, "nesterov": True, "lr": 0.05},
+        {"idx": [1, 2], "weight_decay": 0.0, "layer_adaptation": "all"},
+        {
+            "idx": [3],
+            "weight_decay": 1e-2,
+            "layer_adaptation": "none",
+            "nesterov": True,
+            "lr": 0.05,
+        },
         {"idx": [4, 5], "weight_decay": 1e-3, "momentum": 0.0, "trust_coefficient": 0.1},
     ],
+    # Decay switched on and off between steps through overrides; the local rate follows it.
+    "decayed-switching": [
+        {"idx": [0, 1, 2], "weight_decay": 0.0},
+        {"idx": [3, 4, 5], "weight_decay": 2e-3, "nesterov": True},
+    ],
+}
+# Per config: parameter index -> its override λ at step t (rewritten in place before the step).
+OVERRIDES = {
+    "decayed-switching": {
+        1: lambda t: 0.1 if t % 2 else 0.0,
+        2: lambda t: 0.0 if t < 3 else 0.1,
+        4: lambda t: 0.0 if t in (2, 5) else 0.05,
+    },
 }
 
 
-def reference_lars(groups, grads_per_step):
+def reference_lars(groups, grads_per_step, overrides=None):
     """LARS written out per tensor in float64, sharing no code with the implementation."""
+    overrides = overrides or {}
     params = [p.detach().clone() for p in make_params()]
     buffers: list[torch.Tensor | None] = [None] * len(params)
     history = []
     for t, grads in enumerate(grads_per_step, start=1):
         for spec in groups:
             h = {**BASE, **spec}
-            lr, mu, wd = lr_at(h["lr"], t), h["momentum"], h["weight_decay"]
+            lr, mu = lr_at(h["lr"], t), h["momentum"]
             for i in spec["idx"]:
                 g, p = grads[i], params[i]
+                wd = overrides[i](t) if i in overrides else h["weight_decay"]
+                adapted = {"all": True, "none": False, "decayed": wd != 0}[h["layer_adaptation"]]
                 d = g + wd * p
                 p_norm, g_norm = float(p.norm()), float(g.norm())
-                if h["trust_ratio"] and p_norm > 0 and g_norm > 0:
+                if adapted and p_norm > 0 and g_norm > 0:
                     r = h["trust_coefficient"] * p_norm / (g_norm + wd * p_norm + h["eps"])
                 else:
                     r = 1.0
@@ -81,9 +104,10 @@ def build(groups, params, foreach):
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_matches_hand_written_reference(config, foreach):
     grads = make_grads()
-    expected = reference_lars(CONFIGS[config], grads)
+    expected = reference_lars(CONFIGS[config], grads, OVERRIDES.get(config))
     params = make_params()
-    got = run(build(CONFIGS[config], params, foreach), params, grads)
+    optimizer = build(CONFIGS[config], params, foreach)
+    got = run(optimizer, params, grads, with_overrides(optimizer, params, OVERRIDES.get(config)))
     for step, (want_step, got_step) in enumerate(zip(expected, got, strict=True)):
         for i, (want, have) in enumerate(zip(want_step, got_step, strict=True)):
             torch.testing.assert_close(
@@ -103,7 +127,7 @@ def test_without_trust_ratio_it_is_torch_sgd(nesterov, foreach):
     params_b = make_params()
     lars = LARS(
         params_b, lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=nesterov,
-        trust_ratio=False, foreach=foreach,
+        layer_adaptation="none", foreach=foreach,
     )  # fmt: skip
     got = run(lars, params_b, grads)[-1]
     for a, b in zip(want, got, strict=True):
@@ -118,9 +142,10 @@ def test_foreach_matches_single_tensor(config, dtype):
     for foreach in (False, True):
         params = make_params(dtype)
         optimizer = build(CONFIGS[config], params, foreach)
+        before_step = with_overrides(optimizer, params, OVERRIDES.get(config))
         optimizer.decay_overrides[params[0]] = torch.tensor(0.3, dtype=dtype)
-        optimizer.decay_overrides[params[2]] = torch.tensor(0.1, dtype=dtype)
-        results.append(run(optimizer, params, grads)[-1])
+        optimizer.decay_overrides[params[5]] = torch.tensor(0.0, dtype=dtype)
+        results.append(run(optimizer, params, grads, before_step)[-1])
     tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
     for single, multi in zip(*results, strict=True):
         torch.testing.assert_close(multi, single, **tol)
@@ -140,9 +165,11 @@ def test_foreach_default_follows_the_measured_table(monkeypatch):
     assert lars_module._FOREACH_IS_FASTER["cuda"] is True
 
 
-def test_trust_ratio_acts_without_weight_decay():
+def test_all_adapts_without_weight_decay():
     param = nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
-    optimizer = LARS([param], lr=1.0, momentum=0.0, trust_coefficient=0.01, eps=0.0)
+    optimizer = LARS(
+        [param], lr=1.0, momentum=0.0, trust_coefficient=0.01, eps=0.0, layer_adaptation="all"
+    )
     param.grad = torch.tensor([30.0, -40.0], dtype=torch.float64)
     before = param.detach().clone()
     optimizer.step()
@@ -185,7 +212,7 @@ def test_step_never_synchronises_with_the_host(nesterov, foreach, monkeypatch):
     optimizer = LARS(
         [
             {"params": params[:3], "weight_decay": 0.01},
-            {"params": params[3:5], "trust_ratio": False},
+            {"params": params[3:5], "layer_adaptation": "none"},
             {"params": params[5:], "momentum": 0.0, "nesterov": False},
         ],
         lr=0.1,
@@ -193,6 +220,7 @@ def test_step_never_synchronises_with_the_host(nesterov, foreach, monkeypatch):
         foreach=foreach,
     )
     optimizer.decay_overrides[params[1]] = torch.tensor(0.2)
+    optimizer.decay_overrides[params[2]] = torch.tensor(0.0)  # "decayed": the rate is off here
     optimizer.decay_overrides[params[3]] = torch.tensor(0.2)
     for p in params:
         p.grad = torch.randn_like(p)
@@ -264,6 +292,7 @@ def test_decay_override_replaces_group_decay_and_is_read_every_step(foreach):
         ({"eps": -1.0}, r"eps must be in \[0, inf\)"),
         ({"trust_coefficient": 0.0}, r"trust_coefficient must be in \(0, inf\)"),
         ({"momentum": 0.0, "nesterov": True}, r"nesterov=True needs momentum in \(0, 1\)"),
+        ({"layer_adaptation": "some"}, r"layer_adaptation must be one of 'decayed', 'all'"),
     ],
 )
 def test_bad_hyperparameters_raise(kwargs, match):
@@ -275,6 +304,8 @@ def test_bad_group_hyperparameter_raises():
     params = make_params()
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
         LARS([{"params": params[:2]}, {"params": params[2:], "momentum": -0.5}], lr=0.1)
+    with pytest.raises(ValueError, match="trust_ratio was replaced by layer_adaptation"):
+        LARS([{"params": params, "trust_ratio": False}], lr=0.1)
 
 
 def test_sparse_gradients_raise():

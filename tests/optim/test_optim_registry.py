@@ -74,10 +74,10 @@ def test_param_groups_pass_through():
         {"params": list(model[0].parameters()), "weight_decay": 0.01},
         {"params": list(model[1].parameters()) + list(model[3].parameters())},
     ]
-    optimizer = build_optimizer("lamb", groups, max_grad_norm=1.0, trust_ratio=False)
+    optimizer = build_optimizer("lamb", groups, max_grad_norm=1.0, layer_adaptation="none")
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
     assert optimizer.max_grad_norm == 1.0
-    assert not optimizer.param_groups[1]["trust_ratio"]
+    assert optimizer.param_groups[1]["layer_adaptation"] == "none"
 
 
 def test_unknown_name_lists_the_valid_ones():

@@ -62,7 +62,7 @@ def test_defaults_are_the_papers_cifar_setting() -> None:
     opt = cfg.optimizer
     assert (opt.name, opt.lr, opt.base_lr, opt.base_batch_size) == ("lamb", None, 0.04, 8192)
     assert (opt.lr_scaling, opt.weight_decay, opt.betas) == ("sqrt", 0.01, (0.9, 0.999))
-    assert opt.trust_ratio is True and opt.max_grad_norm is None
+    assert opt.layer_adaptation == "decayed" and opt.max_grad_norm is None
     assert (cfg.policy.name, cfg.policy.beta, cfg.policy.threshold) == ("no_bias_decay", 1.0, 0.1)
     sched = cfg.schedule
     assert (sched.name, sched.warmup_fraction, sched.warmup_epochs) == ("polynomial", 0.3, 10.0)
@@ -246,6 +246,15 @@ def test_unknown_key_lists_keys_and_suggests(tmp_path: Path) -> None:
     assert "did you mean run.epochs?" in message
 
 
+def test_a_replaced_key_names_its_successor(tmp_path: Path) -> None:
+    for message in (
+        error_of(write(tmp_path, "[optimizer]\ntrust_ratio = true\n")),
+        error_of(overrides=["optimizer.trust_ratio=false"]),
+    ):
+        assert "optimizer.trust_ratio was replaced by optimizer.layer_adaptation" in message
+        assert '"all"' in message and '"none"' in message and '"decayed"' in message
+
+
 def test_section_must_be_a_table(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, 'model = "resnet18"\n'))
     assert "[model] must be a table" in message and "ghost_batch_size" in message
@@ -264,6 +273,7 @@ def test_section_must_be_a_table(tmp_path: Path) -> None:
         ("run.dtype=float16", ["float32", "float64"]),
         ("run.amp=fp16", ["auto", "bf16", "none"]),
         ("run.device=gpu", ["auto", "cpu", "cuda", "cuda:N"]),
+        ("optimizer.layer_adaptation=some", ["decayed", "all", "none"]),
     ],
 )
 def test_registry_names_are_checked(override: str, names: list[str]) -> None:

@@ -114,8 +114,25 @@ def group_summary(model: nn.Module, policy: DecayPolicy, weight_decay: float) ->
     return rows
 
 
-def format_group_summary(model: nn.Module, policy: DecayPolicy, weight_decay: float) -> str:
-    """The summary as a text table, headed by the policy, for training logs."""
+def format_group_summary(
+    model: nn.Module,
+    policy: DecayPolicy,
+    weight_decay: float,
+    layer_adaptation: str | None = None,
+) -> str:
+    """The summary as a text table, headed by the policy, for training logs.
+
+    Args:
+        model: the network.
+        policy: the decay policy.
+        weight_decay: the base coefficient λ_w.
+        layer_adaptation: the LAMB/LARS ``layer_adaptation`` (``"decayed"``, ``"all"``,
+            ``"none"``), shown per role as a "trust ratio" column; None for an optimiser
+            without one (the column is left out).
+
+    Returns:
+        The header line and the table.
+    """
     rows = []
     for row in group_summary(model, policy, weight_decay):
         if row.frozen:
@@ -126,6 +143,26 @@ def format_group_summary(model: nn.Module, policy: DecayPolicy, weight_decay: fl
             )
         else:
             treatment = f"{row.coefficient:g}"
-        rows.append([f"{row.role.label} ({row.role.value})", row.tensors, row.elements, treatment])
-    table = text_table(["role", "tensors", "elements", "weight decay"], rows)
-    return f"decay policy {policy.describe()}, base weight_decay {weight_decay:g}\n{table}"
+        line = [f"{row.role.label} ({row.role.value})", row.tensors, row.elements, treatment]
+        if layer_adaptation is not None:
+            line.append(_trust_ratio_text(row, layer_adaptation))
+        rows.append(line)
+    header = ["role", "tensors", "elements", "weight decay"]
+    title = f"decay policy {policy.describe()}, base weight_decay {weight_decay:g}"
+    if layer_adaptation is not None:
+        header.append("trust ratio")
+        title += f", layer_adaptation {layer_adaptation!r}"
+    return f"{title}\n{text_table(header, rows)}"
+
+
+def _trust_ratio_text(row: GroupRow, layer_adaptation: str) -> str:
+    """Whether a role's parameters take the LAMB/LARS trust ratio, in words."""
+    if row.frozen:
+        return "-"
+    if layer_adaptation == "all":
+        return "yes"
+    if layer_adaptation == "none":
+        return "no"
+    if row.coefficient is None:
+        return "where decayed"  # adaptive β decay: the ratio follows each step's decision
+    return "yes" if row.coefficient != 0 else "no"

@@ -3,7 +3,7 @@
 Example::
 
     from biasdecay.optim import LAMB, build_optimizer
-    opt = LAMB(param_groups, lr=0.04, weight_decay=0.01)      # trust ratio on in every group
+    opt = LAMB(param_groups, lr=0.04, weight_decay=0.01)      # trust ratio where λ != 0
     opt.decay_overrides[bn.bias] = torch.zeros(())            # per-parameter λ, read every step
     opt = build_optimizer("lars", model.parameters(), lr=1.0)
 
@@ -11,6 +11,7 @@ The functional forms live in their modules (``biasdecay.optim.lamb.lamb``, ``...
 in torch.optim: exporting them here would shadow the submodules of the same name.
 """
 
+from biasdecay.optim._common import LAYER_ADAPTATION
 from biasdecay.optim.lamb import LAMB
 from biasdecay.optim.lars import LARS
 from biasdecay.optim.registry import (
@@ -24,6 +25,7 @@ from biasdecay.optim.registry import (
 __all__ = [
     "LAMB",
     "LARS",
+    "LAYER_ADAPTATION",
     "OPTIMIZERS",
     "OptimizerSpec",
     "build_optimizer",

@@ -15,7 +15,10 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "LAYER_ADAPTATION",
     "DecayOverrides",
+    "adaptation_flags",
+    "check_layer_adaptation",
     "bucket_indices",
     "check_in_range",
     "check_lr",
@@ -28,6 +31,12 @@ __all__ = [
 
 #: What ``decay_overrides`` maps: a parameter to a 0-dim tensor that replaces its group's decay.
 DecayOverrides = dict[torch.nn.Parameter, Tensor]
+
+#: Which parameters get the layer-wise trust ratio, the values of ``layer_adaptation``:
+#: ``"decayed"``: exactly those whose weight decay at this step is non-zero (the convention of the
+#: public ResNet LAMB/LARS code: the LAMB authors' ImageNet code, apex FusedLAMB, tensorflow_addons'
+#: defaults, MLPerf LARS); ``"all"``: every parameter (optax, torch-optimizer); ``"none"``: none.
+LAYER_ADAPTATION = ("decayed", "all", "none")
 
 # Tensor types the ``torch._foreach_*`` kernels accept (subclasses may override ops per tensor).
 _FOREACH_TYPES = (Tensor, torch.nn.Parameter)
@@ -77,6 +86,49 @@ def check_in_range(
     below = v < high if high_open else v <= high
     if not (above and below):
         raise ValueError(f"{owner}: {name} must be in {interval}, got {value!r}")
+
+
+def check_layer_adaptation(owner: str, group: Mapping[str, object]) -> None:
+    """Raise unless the group's ``layer_adaptation`` is one of :data:`LAYER_ADAPTATION`.
+
+    A group that still carries the boolean ``trust_ratio`` this option replaced is refused with a
+    message naming the new option, rather than silently ignored.
+    """
+    if "trust_ratio" in group:
+        raise ValueError(
+            f"{owner}: trust_ratio was replaced by layer_adaptation; use "
+            f"layer_adaptation='all' for trust_ratio=True on every parameter, 'none' for "
+            f"trust_ratio=False, or 'decayed' (the default: the ratio exactly where weight "
+            f"decay is non-zero)"
+        )
+    mode = group["layer_adaptation"]
+    if mode not in LAYER_ADAPTATION:
+        raise ValueError(
+            f"{owner}: layer_adaptation must be one of {', '.join(map(repr, LAYER_ADAPTATION))}, "
+            f"got {mode!r}"
+        )
+
+
+def adaptation_flags(
+    mode: str, weight_decay: float, overrides: Sequence[Tensor | None]
+) -> list[bool | Tensor]:
+    """Whether each parameter takes the trust ratio at this step, without a host sync.
+
+    Args:
+      mode: the group's ``layer_adaptation`` (see :data:`LAYER_ADAPTATION`).
+      weight_decay: the group's λ.
+      overrides: the per-parameter decay overrides (None where a parameter has none).
+
+    Returns:
+      Per parameter: a Python bool where the answer is known on the host, or a 0-dim bool
+      tensor ``λ ≠ 0`` where an override decides it on the device (adaptive β decay under
+      ``"decayed"``: the ratio follows that step's decay decision).
+    """
+    if mode == "all":
+        return [True] * len(overrides)
+    if mode == "none":
+        return [False] * len(overrides)
+    return [weight_decay != 0 if lam is None else lam != 0 for lam in overrides]
 
 
 def default_foreach(tensors: Iterable[Tensor], faster_by_device: Mapping[str, bool]) -> bool:

@@ -8,11 +8,13 @@ fixed as in design.md §4: the moment lines use (1 − β₁) and β₂, and the
     v   ← β₂ v + (1 − β₂) g ⊙ g
     m̂   = m / (1 − β₁ᵗ),  v̂ = v / (1 − β₂ᵗ)      (bias correction; m̂ = m, v̂ = v when off)
     u   = m̂ / (√v̂ + ε) + λ θ
-    r   = ‖θ‖ / ‖u‖   if trust_ratio and ‖θ‖ > 0 and ‖u‖ > 0,   else 1
+    r   = ‖θ‖ / ‖u‖   if θ is adapted and ‖θ‖ > 0 and ‖u‖ > 0,   else 1
     θ   ← θ − η r u
 
 Clipping (first line) is optional and global over every parameter of the optimiser. λ is the
-group's ``weight_decay`` unless ``decay_overrides`` holds a tensor for θ.
+group's ``weight_decay`` unless ``decay_overrides`` holds a tensor for θ. Which θ are adapted is
+the group's ``layer_adaptation``: ``"decayed"`` (default) exactly those with λ ≠ 0 at this step,
+``"all"`` every θ, ``"none"`` none (then LAMB is Adam with decoupled decay added to the direction).
 
 Implementation note (one pass over memory fewer than the formula): with
 ``s = √(1 − β₂ᵗ) / (1 − β₁ᵗ)`` and ``ε' = ε √(1 − β₂ᵗ)`` we have ``u = s·ũ`` where
@@ -32,8 +34,10 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from biasdecay.optim._common import (
     DecayOverrides,
+    adaptation_flags,
     bucket_indices,
     check_in_range,
+    check_layer_adaptation,
     check_lr,
     clip_coefficient,
     default_foreach,
@@ -62,12 +66,16 @@ class LAMB(Optimizer):
         m ← β₁ m + (1 − β₁) g,        v ← β₂ v + (1 − β₂) g²
         m̂ = m / (1 − β₁ᵗ),            v̂ = v / (1 − β₂ᵗ)
         u = m̂ / (√v̂ + ε) + λ θ
-        r = ‖θ‖ / ‖u‖  (1 if trust_ratio is off, or ‖θ‖ = 0, or ‖u‖ = 0)
+        r = ‖θ‖ / ‖u‖  (1 if θ is not adapted, or ‖θ‖ = 0, or ‖u‖ = 0)
         θ ← θ − η r u
 
-    ``trust_ratio`` and ``weight_decay`` are independent per-group settings: a group without decay
-    (e.g. BN parameters under no-bias-decay) still gets its layer-wise rate. A zero-initialised
-    BN β has ‖θ‖ = 0 and so takes a plain Adam step (r = 1) until it moves.
+    ``layer_adaptation`` says which θ get the ratio. Under ``"decayed"`` (the default, as in the
+    LAMB authors' ResNet code and apex FusedLAMB) a parameter is adapted exactly when its λ at
+    this step is non-zero, so BN parameters under no-bias-decay take plain Adam steps; with a
+    decay override (adaptive β decay) the ratio follows that step's decision, on the device.
+    Under ``"all"`` (optax, torch-optimizer) every parameter is adapted: a zero-initialised BN β
+    then takes one plain step (‖θ‖ = 0 gives r = 1) and afterwards grows by at most a factor
+    (1 + η) per step, so it stays near zero through a short run. ``"none"`` adapts nothing.
 
     Per-parameter decay: ``decay_overrides`` maps a parameter to a 0-dim tensor (its device and
     dtype) that replaces the group's ``weight_decay`` for it. The tensor is read at every step and
@@ -83,7 +91,8 @@ class LAMB(Optimizer):
       betas: (β₁, β₂), each in [0, 1).
       eps: ε added to √v̂ (>= 0).
       weight_decay: decoupled decay λ added to the Adam direction (>= 0).
-      trust_ratio: apply the layer-wise ratio r = ‖θ‖/‖u‖.
+      layer_adaptation: which parameters get the ratio r = ‖θ‖/‖u‖: ``"decayed"``,
+        ``"all"`` or ``"none"`` (see above and ``biasdecay.optim._common.LAYER_ADAPTATION``).
       bias_correction: divide the moments by (1 − βᵗ).
       max_grad_norm: if set (> 0), clip the global gradient norm of all parameters of this
         optimiser to it before the moments are updated.
@@ -103,7 +112,7 @@ class LAMB(Optimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
         *,
-        trust_ratio: bool = True,
+        layer_adaptation: str = "decayed",
         bias_correction: bool = True,
         max_grad_norm: float | None = None,
         foreach: bool | None = None,
@@ -113,7 +122,7 @@ class LAMB(Optimizer):
             "betas": betas,
             "eps": eps,
             "weight_decay": weight_decay,
-            "trust_ratio": trust_ratio,
+            "layer_adaptation": layer_adaptation,
             "bias_correction": bias_correction,
             "foreach": foreach,
         }
@@ -216,7 +225,7 @@ class LAMB(Optimizer):
                 beta2=beta2,
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
-                trust_ratio=group["trust_ratio"],
+                layer_adaptation=group["layer_adaptation"],
                 bias_correction=group["bias_correction"],
                 grad_scale=clip,
                 foreach=group["foreach"],
@@ -233,9 +242,11 @@ def _check_group(owner: str, group: dict[str, Any]) -> None:
     check_in_range(owner, "betas[1]", betas[1], 0.0, 1.0)
     check_in_range(owner, "eps", group["eps"], 0.0)
     check_in_range(owner, "weight_decay", group["weight_decay"], 0.0)
-    for flag in ("trust_ratio", "bias_correction"):
-        if not isinstance(group[flag], bool):
-            raise ValueError(f"{owner}: {flag} must be a bool, got {group[flag]!r}")
+    check_layer_adaptation(owner, group)
+    if not isinstance(group["bias_correction"], bool):
+        raise ValueError(
+            f"{owner}: bias_correction must be a bool, got {group['bias_correction']!r}"
+        )
     if group["foreach"] not in (None, True, False):
         raise ValueError(f"{owner}: foreach must be None, True or False, got {group['foreach']!r}")
 
@@ -263,7 +274,7 @@ def lamb(
     beta2: float,
     eps: float,
     weight_decay: float,
-    trust_ratio: bool,
+    layer_adaptation: str,
     bias_correction: bool,
     grad_scale: Tensor | None = None,
     foreach: bool | None = None,
@@ -274,7 +285,8 @@ def lamb(
       params, grads, exp_avgs, exp_avg_sqs: matching lists of tensors (θ, g, m, v).
       steps: the 1-based number of this update for each parameter (t in 1 − βᵗ).
       decay_overrides: per parameter, a 0-dim tensor replacing ``weight_decay``, or None.
-      lr, beta1, beta2, eps, weight_decay, trust_ratio, bias_correction: as in :class:`LAMB`.
+      lr, beta1, beta2, eps, weight_decay, layer_adaptation, bias_correction: as in
+        :class:`LAMB`.
       grad_scale: a 0-dim tensor every gradient is multiplied by first (global clipping).
       foreach: path to use; None picks the measured default for the tensors' device.
     """
@@ -293,7 +305,7 @@ def lamb(
         beta2=beta2,
         eps=eps,
         weight_decay=weight_decay,
-        trust_ratio=trust_ratio,
+        adapted=adaptation_flags(layer_adaptation, weight_decay, decay_overrides),
         bias_correction=bias_correction,
         grad_scale=grad_scale,
     )
@@ -312,7 +324,7 @@ def _single_tensor_lamb(
     beta2: float,
     eps: float,
     weight_decay: float,
-    trust_ratio: bool,
+    adapted: list[bool | Tensor],
     bias_correction: bool,
     grad_scale: Tensor | None,
 ) -> None:
@@ -331,16 +343,19 @@ def _single_tensor_lamb(
             [update], [param], [decay_overrides[i]], weight_decay, 1.0 / scale, foreach=False
         )
 
-        if trust_ratio:
+        # ‖θ‖/‖ũ‖ applied to ũ equals r·u; the fallback r = 1 applied to u is s applied to ũ.
+        if adapted[i] is False:
+            # The same arithmetic as a "no" decided on the device, so that a decay override of
+            # 0 gives bit-for-bit what a group decay of 0 gives (adaptive β decay at R = ∞).
+            coefficient = param.new_full((), scale)
+        else:
             param_norm = l2_norm(param)
             update_norm = l2_norm(update)
-            # ‖θ‖/‖ũ‖ applied to ũ equals r·u; the fallback r = 1 applied to u is s applied to ũ.
-            coefficient = torch.where(
-                (param_norm > 0) & (update_norm > 0), param_norm / update_norm, scale
-            )
-            param.addcmul_(update, coefficient, value=-lr)
-        else:
-            param.add_(update, alpha=-lr * scale)
+            use_ratio = (param_norm > 0) & (update_norm > 0)
+            if adapted[i] is not True:  # a device-side decision (a decay override)
+                use_ratio = use_ratio & adapted[i]
+            coefficient = torch.where(use_ratio, param_norm / update_norm, scale)
+        param.addcmul_(update, coefficient, value=-lr)
 
 
 def _multi_tensor_lamb(
@@ -356,7 +371,7 @@ def _multi_tensor_lamb(
     beta2: float,
     eps: float,
     weight_decay: float,
-    trust_ratio: bool,
+    adapted: list[bool | Tensor],
     bias_correction: bool,
     grad_scale: Tensor | None,
 ) -> None:
@@ -388,12 +403,23 @@ def _multi_tensor_lamb(
             updates, bucket_params, bucket_overrides, weight_decay, 1.0 / scale, foreach=True
         )
 
-        if trust_ratio:
-            param_norms = torch.stack(torch._foreach_norm(bucket_params))
-            update_norms = torch.stack(torch._foreach_norm(updates))
-            coefficients = torch.where(
-                (param_norms > 0) & (update_norms > 0), param_norms / update_norms, scale
-            )
-            torch._foreach_addcmul_(bucket_params, updates, coefficients.unbind(0), value=-lr)
-        else:
-            torch._foreach_add_(bucket_params, updates, alpha=-lr * scale)
+        flags = [adapted[i] for i in idx]
+        ratio = [k for k, flag in enumerate(flags) if flag is not False]
+        # Unadapted tensors take s (r = 1) through the same arithmetic as adapted ones, as in
+        # the single-tensor path: a decay override of 0 then equals a group decay of 0 bitwise.
+        plain = first.new_full((), scale)
+        coefficients: list[Tensor] = [plain] * len(idx)
+        if ratio:
+            param_norms = torch.stack(torch._foreach_norm([bucket_params[k] for k in ratio]))
+            update_norms = torch.stack(torch._foreach_norm([updates[k] for k in ratio]))
+            use_ratio = (param_norms > 0) & (update_norms > 0)
+            if any(flags[k] is not True for k in ratio):  # device-side decisions (overrides)
+                # A fill kernel stands for the host's True: no host-to-device copy, no sync.
+                yes = use_ratio.new_ones(())
+                use_ratio = use_ratio & torch.stack(
+                    [yes if flags[k] is True else flags[k] for k in ratio]
+                )
+            ratios = torch.where(use_ratio, param_norms / update_norms, scale).unbind(0)
+            for k, value in zip(ratio, ratios, strict=True):
+                coefficients[k] = value
+        torch._foreach_addcmul_(bucket_params, updates, coefficients, value=-lr)

@@ -3,14 +3,16 @@ r"""LARS: SGD with momentum and a layer-wise local learning rate (You et al., 20
 For each parameter tensor θ with gradient g (λ: weight decay, μ: momentum, η: learning rate)::
 
     d  = g + λ θ
-    r  = κ ‖θ‖ / (‖g‖ + λ ‖θ‖ + ε)   if trust_ratio and ‖θ‖ > 0 and ‖g‖ > 0,   else 1
+    r  = κ ‖θ‖ / (‖g‖ + λ ‖θ‖ + ε)   if θ is adapted and ‖θ‖ > 0 and ‖g‖ > 0,   else 1
     b  ← μ b + r d                    (first step: b = r d; no buffer when μ = 0: b = r d)
     θ  ← θ − η (r d + μ b)            with nesterov
     θ  ← θ − η b                      otherwise
 
 κ is ``trust_coefficient``. λ is the group's ``weight_decay`` unless ``decay_overrides`` holds a
-tensor for θ. Decay and the trust ratio are independent switches: a BN group with λ = 0 keeps its
-local rate, and a group with ``trust_ratio=False`` is exactly SGD with momentum and L2 decay.
+tensor for θ. Which θ are adapted is the group's ``layer_adaptation``: ``"decayed"`` (default)
+exactly those with λ ≠ 0 at this step (as MLPerf's ResNet-50 LARS, which skips BN parameters and
+biases from both), ``"all"`` every θ, ``"none"`` none, which is exactly SGD with momentum and L2
+decay.
 
 Implementation note: d is never stored. r·d enters the buffer as r·g + (rλ)·θ and the parameter
 as θ(1 − ηrλ) − ηr·g, which saves a temporary the size of θ (and on CPU the page faults of
@@ -29,8 +31,10 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from biasdecay.optim._common import (
     DecayOverrides,
+    adaptation_flags,
     bucket_indices,
     check_in_range,
+    check_layer_adaptation,
     check_lr,
     default_foreach,
     gather_overrides,
@@ -53,12 +57,14 @@ class LARS(Optimizer):
     Update, per parameter tensor θ with gradient g::
 
         d = g + λ θ
-        r = κ ‖θ‖ / (‖g‖ + λ ‖θ‖ + ε)     (r = 1 if trust_ratio is off, ‖θ‖ = 0 or ‖g‖ = 0)
+        r = κ ‖θ‖ / (‖g‖ + λ ‖θ‖ + ε)     (r = 1 if θ is not adapted, ‖θ‖ = 0 or ‖g‖ = 0)
         b ← μ b + r d                     (b = r d at the first step, and always when μ = 0)
         θ ← θ − η (r d + μ b)  if nesterov,   θ ← θ − η b  otherwise
 
     with κ = ``trust_coefficient``, μ = ``momentum``, λ = ``weight_decay`` and η = ``lr``.
-    Decay and the trust ratio are independent per-group switches.
+    ``layer_adaptation`` says which θ get the local rate: ``"decayed"`` (default) exactly those
+    whose λ at this step is non-zero (with a decay override, as under adaptive β decay, the rate
+    follows that step's decision on the device), ``"all"`` every θ, ``"none"`` none.
 
     Per-parameter decay: ``decay_overrides`` maps a parameter to a 0-dim tensor (its device and
     dtype) that replaces the group's ``weight_decay`` for it in both d and r. It is read at every
@@ -74,7 +80,8 @@ class LARS(Optimizer):
       trust_coefficient: κ (> 0), the paper's η of the local rate (0.001 in You et al.).
       eps: ε (>= 0) keeping the local rate finite.
       nesterov: Nesterov momentum (needs momentum > 0).
-      trust_ratio: apply the local rate r.
+      layer_adaptation: which parameters get the local rate r: ``"decayed"``, ``"all"`` or
+        ``"none"`` (see above).
       foreach: True for the ``torch._foreach_*`` path, False for the per-tensor loop, None for
         the measured default of the parameters' device (see ``_FOREACH_IS_FASTER``).
 
@@ -93,7 +100,7 @@ class LARS(Optimizer):
         trust_coefficient: float = 0.001,
         eps: float = 1e-8,
         nesterov: bool = False,
-        trust_ratio: bool = True,
+        layer_adaptation: str = "decayed",
         foreach: bool | None = None,
     ) -> None:
         defaults = {
@@ -103,7 +110,7 @@ class LARS(Optimizer):
             "trust_coefficient": trust_coefficient,
             "eps": eps,
             "nesterov": nesterov,
-            "trust_ratio": trust_ratio,
+            "layer_adaptation": layer_adaptation,
             "foreach": foreach,
         }
         _check_group("LARS", defaults)
@@ -172,7 +179,7 @@ class LARS(Optimizer):
                 trust_coefficient=group["trust_coefficient"],
                 eps=group["eps"],
                 nesterov=group["nesterov"],
-                trust_ratio=group["trust_ratio"],
+                layer_adaptation=group["layer_adaptation"],
                 foreach=group["foreach"],
             )
             if group["momentum"] != 0:
@@ -187,9 +194,9 @@ def _check_group(owner: str, group: dict[str, Any]) -> None:
     check_in_range(owner, "weight_decay", group["weight_decay"], 0.0)
     check_in_range(owner, "trust_coefficient", group["trust_coefficient"], 0.0, low_open=True)
     check_in_range(owner, "eps", group["eps"], 0.0)
-    for flag in ("nesterov", "trust_ratio"):
-        if not isinstance(group[flag], bool):
-            raise ValueError(f"{owner}: {flag} must be a bool, got {group[flag]!r}")
+    check_layer_adaptation(owner, group)
+    if not isinstance(group["nesterov"], bool):
+        raise ValueError(f"{owner}: nesterov must be a bool, got {group['nesterov']!r}")
     if group["nesterov"] and group["momentum"] == 0:
         raise ValueError(f"{owner}: nesterov=True needs momentum in (0, 1), got momentum=0")
     if group["foreach"] not in (None, True, False):
@@ -208,7 +215,7 @@ def lars(
     trust_coefficient: float,
     eps: float,
     nesterov: bool,
-    trust_ratio: bool,
+    layer_adaptation: str,
     foreach: bool | None = None,
 ) -> None:
     """Functional LARS: update ``params`` in place and fill/update ``momentum_buffers``.
@@ -218,7 +225,7 @@ def lars(
       momentum_buffers: the buffers b, None where a parameter has none yet; new buffers are
         written into this list (it is ignored when ``momentum`` is 0).
       decay_overrides: per parameter, a 0-dim tensor replacing ``weight_decay``, or None.
-      lr, momentum, weight_decay, trust_coefficient, eps, nesterov, trust_ratio: as in
+      lr, momentum, weight_decay, trust_coefficient, eps, nesterov, layer_adaptation: as in
         :class:`LARS`.
       foreach: path to use; None picks the measured default for the tensors' device.
     """
@@ -236,7 +243,7 @@ def lars(
         trust_coefficient=trust_coefficient,
         eps=eps,
         nesterov=nesterov,
-        trust_ratio=trust_ratio,
+        layer_adaptation=layer_adaptation,
     )
 
 
@@ -286,7 +293,7 @@ def _bucket_scalars(
     weight_decay: float,
     trust_coefficient: float,
     eps: float,
-    trust_ratio: bool,
+    layer_adaptation: str,
     foreach: bool,
 ) -> _BucketScalars:
     """r, r·λ and 1 − η·r·λ for every tensor of one bucket."""
@@ -295,8 +302,11 @@ def _bucket_scalars(
         # A fill kernel, not torch.tensor(): a host-to-device copy could block the host.
         group_decay = params[0].new_full((), weight_decay)
         decays = torch.stack([group_decay if lam is None else lam for lam in overrides])
-    rates: Coefficient = 1.0
-    if trust_ratio:
+    adapted = adaptation_flags(layer_adaptation, weight_decay, overrides)
+    # r = 1 of unadapted tensors is a tensor too (a fill kernel), so that they go through the same
+    # arithmetic as adapted ones: a decay override of 0 then equals a group decay of 0 bitwise.
+    rates: Coefficient = params[0].new_ones(len(params))
+    if any(flag is not False for flag in adapted):
         if foreach:
             param_norms, grad_norms = torch._foreach_norm(params), torch._foreach_norm(grads)
         else:
@@ -305,6 +315,12 @@ def _bucket_scalars(
         rates = _local_rates(
             torch.stack(param_norms), torch.stack(grad_norms), decays, trust_coefficient, eps
         )
+        if not all(flag is True for flag in adapted):
+            # Some tensors are not adapted, or an override decides on the device: r = 1 there.
+            # Fill kernels stand for the host's bools, so nothing is copied to the device.
+            yes, no = rates.new_ones((), dtype=torch.bool), rates.new_zeros((), dtype=torch.bool)
+            mask = torch.stack([yes if f is True else no if f is False else f for f in adapted])
+            rates = torch.where(mask, rates, 1.0)
     rate_decays = rates * decays
     return _BucketScalars(
         rates=rates,
@@ -335,7 +351,7 @@ def _single_tensor_lars(
     trust_coefficient: float,
     eps: float,
     nesterov: bool,
-    trust_ratio: bool,
+    layer_adaptation: str,
 ) -> None:
     for idx in bucket_indices(params, [None] * len(params)):
         scalars = _bucket_scalars(
@@ -346,7 +362,7 @@ def _single_tensor_lars(
             weight_decay=weight_decay,
             trust_coefficient=trust_coefficient,
             eps=eps,
-            trust_ratio=trust_ratio,
+            layer_adaptation=layer_adaptation,
             foreach=False,
         )
         rates, rate_decays, shrinks = (
@@ -409,7 +425,7 @@ def _multi_tensor_lars(
     trust_coefficient: float,
     eps: float,
     nesterov: bool,
-    trust_ratio: bool,
+    layer_adaptation: str,
 ) -> None:
     for idx in bucket_indices(params, [None] * len(params)):
         bucket_params = [params[i] for i in idx]
@@ -422,7 +438,7 @@ def _multi_tensor_lars(
             weight_decay=weight_decay,
             trust_coefficient=trust_coefficient,
             eps=eps,
-            trust_ratio=trust_ratio,
+            layer_adaptation=layer_adaptation,
             foreach=True,
         )
         everyone = list(range(len(idx)))

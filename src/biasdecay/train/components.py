@@ -167,16 +167,25 @@ def _optimizer_options(cfg: TrainConfig) -> dict:
         return {
             "betas": tuple(opt.betas),
             "eps": opt.eps,
-            "trust_ratio": opt.trust_ratio,
+            "layer_adaptation": layer_adaptation(cfg),
             "max_grad_norm": opt.max_grad_norm,
         }
     if opt.name == "lars":
-        return {"momentum": opt.momentum, "nesterov": opt.nesterov, "trust_ratio": opt.trust_ratio}
+        return {
+            "momentum": opt.momentum,
+            "nesterov": opt.nesterov,
+            "layer_adaptation": layer_adaptation(cfg),
+        }
     if opt.name == "sgd":
         return {"momentum": opt.momentum, "nesterov": opt.nesterov}
     if opt.name == "adamw":
         return {"betas": tuple(opt.betas), "eps": opt.eps}
     return {}
+
+
+def layer_adaptation(cfg: TrainConfig) -> str | None:
+    """The run's ``layer_adaptation``, or None for an optimiser without a trust ratio."""
+    return cfg.optimizer.layer_adaptation if cfg.optimizer.name in ("lamb", "lars") else None
 
 
 def build_policy(cfg: TrainConfig) -> DecayPolicy:

@@ -40,7 +40,7 @@ else:  # Python 3.10: the same parser, from PyPI (a dependency on 3.10 only)
 from biasdecay.data import AUGMENTATIONS, dataset_names
 from biasdecay.decay import policy_names
 from biasdecay.nn.models import model_names
-from biasdecay.optim import optimizer_names
+from biasdecay.optim import LAYER_ADAPTATION, optimizer_names
 from biasdecay.schedules import SCHEDULES, scale_lr
 from biasdecay.sharpness.suite import measure_names
 
@@ -121,7 +121,9 @@ class OptimizerConfig:
     momentum: float = 0.9  # SGD, LARS
     betas: tuple[float, float] = (0.9, 0.999)  # LAMB, AdamW (Appendix A.1)
     eps: float = 1e-6
-    trust_ratio: bool = True  # LAMB/LARS layer-wise scaling; never tied to weight_decay
+    # LAMB/LARS: which parameters get the trust ratio: "decayed" (those whose weight decay is
+    # non-zero at the step, as the public ResNet LAMB/LARS code), "all", "none" (design.md §4).
+    layer_adaptation: str = "decayed"
     nesterov: bool = False
     max_grad_norm: float | None = None  # None: no clipping
 
@@ -222,7 +224,19 @@ def _unknown_section(section: str, source: str) -> ConfigError:
     )
 
 
+# Keys a config may still carry from an earlier version: key -> what replaced it and how.
+_REPLACED_KEYS = {
+    "optimizer.trust_ratio": (
+        "optimizer.trust_ratio was replaced by optimizer.layer_adaptation: write "
+        'layer_adaptation = "all" for trust_ratio = true on every parameter, "none" for false, '
+        'or "decayed" (the default: the ratio exactly where weight decay is non-zero)'
+    ),
+}
+
+
 def _unknown_key(section: str, key: str, source: str) -> ConfigError:
+    if f"{section}.{key}" in _REPLACED_KEYS:
+        return ConfigError(f"{source}: {_REPLACED_KEYS[f'{section}.{key}']}")
     valid = list(_FIELD_TYPES[section])
     owners = _sections_with_key(key)
     if owners:  # the right key in the wrong section beats a near spelling in this one
@@ -417,6 +431,7 @@ def _check_optimizer(o: OptimizerConfig) -> list[str]:
         *_number("optimizer.betas[1]", o.betas[1], ge=0, lt=1),
         *_number("optimizer.eps", o.eps, gt=0),
         *_number("optimizer.max_grad_norm", o.max_grad_norm, gt=0),
+        *_choice("optimizer.layer_adaptation", o.layer_adaptation, LAYER_ADAPTATION),
     ]
 
 

@@ -270,6 +270,10 @@ class Trainer:
         self.metrics = MetricsWriter(self.run_dir, enabled=main, tensorboard=cfg.run.tensorboard)
         self.metrics.truncate_after(self.step)  # records past the resumed step (or any) go
         if not resume and main:
+            groups_summary = format_group_summary(
+                self.model, self.policy, cfg.optimizer.weight_decay, C.layer_adaptation(cfg)
+            )
+            self.log(groups_summary)
             write_run_info(
                 self.run_dir,
                 config_toml=dump_toml(cfg),
@@ -278,9 +282,7 @@ class Trainer:
                     "batch_plan": vars(self.plan),
                     "synthetic_data": self.synthetic,
                 },
-                groups_summary=format_group_summary(
-                    self.model, self.policy, cfg.optimizer.weight_decay
-                ),
+                groups_summary=groups_summary,
             )
         self.log(
             f"train: {self.spec.describe()}; {cfg.optimizer.name} under {self.policy.describe()}; "
