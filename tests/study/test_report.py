@@ -62,6 +62,8 @@ def _fabricate(run_dir: Path, rng: random.Random, *, diverged: bool = False) -> 
             "kind": "measures",
             "step": 6,
             "epoch": 2,
+            "split": "train",
+            "samples": 64,
             "connectivity": {
                 "total": rng.uniform(0.1, 1),
                 "table2": {
@@ -141,6 +143,9 @@ def test_measures_table_numbers_equal_the_run_files(tmp_path) -> None:
             f"{m['fisher-rao']['value']:.2e}",
         ]
         assert cells[1:7] == expected
+    # The data the measures saw is stated from the records, beside each table that shows them.
+    assert table.count("64 training images (a fixed un-augmented subset)") == 1
+    assert "test images" not in table
 
 
 def test_seeds_are_pooled_as_mean_and_std(tmp_path) -> None:

@@ -274,6 +274,7 @@ def test_section_must_be_a_table(tmp_path: Path) -> None:
         ("run.amp=fp16", ["auto", "bf16", "none"]),
         ("run.device=gpu", ["auto", "cpu", "cuda", "cuda:N"]),
         ("optimizer.layer_adaptation=some", ["decayed", "all", "none"]),
+        ("run.measure_split=val", ["train", "test"]),
     ],
 )
 def test_registry_names_are_checked(override: str, names: list[str]) -> None:

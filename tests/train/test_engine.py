@@ -158,6 +158,30 @@ def test_sharpness_tracking_and_measures_are_logged(tmp_path) -> None:
     measured = [r for r in records if r["kind"] == "measures"]
     assert [r["epoch"] for r in measured] == [0, 1] and [r["step"] for r in measured] == [0, 11]
     assert measured[1]["connectivity"]["n_samples"] >= 64
+    assert all(r["split"] == "train" and r["samples"] == 64 for r in measured)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_measures_see_a_fixed_unaugmented_subset_of_their_split(tmp_path, split) -> None:
+    """The oracle: C of the trained network on the seeded subset drawn by hand, no augmentation."""
+    import biasdecay as bd
+    from biasdecay.data import DeviceLoader, load_dataset, subset
+
+    cfg = config(
+        tmp_path, split, "run.epochs=0.2", "run.measure_epochs=[1]",
+        "run.measures=[\"connectivity\"]", "run.measure_samples=40", "run.seed=3",
+        f'run.measure_split="{split}"', "run.dtype=float64",
+    )  # fmt: skip
+    trainer = Trainer(cfg, log=lambda _m: None)
+    trainer.fit()  # 3 steps, then the measures of the last (first) epoch
+    records = [json.loads(line) for line in (tmp_path / split / "metrics.jsonl").open()]
+    (record,) = [r for r in records if r["kind"] == "measures"]
+    assert (record["split"], record["samples"]) == (split, 40)
+
+    chosen = subset(load_dataset("digits", split), 40, seed=3)
+    batches = list(DeviceLoader(chosen, 256, shuffle=False, dtype=torch.float64))  # no augment
+    want = bd.connectivity_sharpness(trainer.model, batches).total
+    assert record["connectivity"]["total"] == pytest.approx(want, rel=1e-12)
 
 
 def test_bias_decay_policy_reaches_the_optimiser(tmp_path) -> None:

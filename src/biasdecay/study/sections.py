@@ -56,6 +56,24 @@ class Context:
         name = agg.scaled.dataset if agg else "?"
         return f"{_DATA_TITLES.get(name, name)} ({self.plan.preset.name})"
 
+    def measured_on(self) -> str:
+        """What the runs' full measures saw, from their records, e.g. '256 training images'.
+
+        Runs written before measures recorded their split measured the test split's first
+        images; they read as such.
+        """
+        seen = set()
+        for agg in self.aggregates.values():
+            for result in agg.finished:
+                record = result.measures or {}
+                split = record.get("split", "test")
+                samples = record.get("samples", self.plan.preset.measure_samples)
+                seen.add((split, samples))
+        if not seen:
+            return "no finished run's measures"
+        words = {"train": "training images (a fixed un-augmented subset)", "test": "test images"}
+        return " / ".join(f"{n} {words.get(split, split)}" for split, n in sorted(seen))
+
     def plot(self, draw: Callable[..., Path], name: str, *args: Any, **kwargs: Any) -> str | None:
         """Draw a PNG under ``OUT/plots``; the markdown image link, or None if plotting failed."""
         try:
@@ -180,6 +198,7 @@ def table1(ctx: Context) -> Section:
             rows.append(row)
         headers = ["batch", "wd 0: ours", "wd 0: paper", "wd 0.005: ours", "wd 0.005: paper"]
         s.blocks.append(f"**{title}**\n\n" + md_table(headers, rows))
+    s.blocks.append(f"Sharpness measured on {ctx.measured_on()}, BatchNorm in eval mode.")
     for wd in (0.0, 0.005):
         small, large = stats[("accuracy", 512, wd)], stats[("accuracy", 8192, wd)]
         s.claims.append(
@@ -261,7 +280,10 @@ def figure1(ctx: Context) -> Section:
                     xs, ys, labels = points[title]
                     xs.append(value), ys.append(acc), labels.append(label)
         rows.append(row)
-    s.blocks.append(md_table(["run", "test accuracy", "Tr(H)", "‖θ‖²_FR", "C_m"], rows))
+    s.blocks.append(
+        f"Measured on {ctx.measured_on()}, BatchNorm in eval mode.\n\n"
+        + md_table(["run", "test accuracy", "Tr(H)", "‖θ‖²_FR", "C_m"], rows)
+    )
     from biasdecay.study.plots import ScatterPanel, sharpness_scatter
 
     panels, fits = [], {}
@@ -354,7 +376,7 @@ def table2(ctx: Context) -> Section:
         ]
     )
     s.blocks.append(
-        f"Per-sample C (eq. 4) on {ctx.plan.preset.measure_samples} test images, "
+        f"Per-sample C (eq. 4) on {ctx.measured_on()}, BatchNorm in eval mode, "
         f"{ctx.ours('cifar10')}, batch {batch_text(batch)}; paper: CIFAR-10, 8k (its accuracies "
         "from Table 3).\n\n"
         + md_table(["", "no bias decay: ours", "paper", "β decay (1.0): ours", "paper"], rows)
@@ -581,7 +603,7 @@ def measures(ctx: Context) -> Section:
         )
         rows.append(row)
     s.blocks.append(
-        f"On {ctx.plan.preset.measure_samples} test images, BatchNorm in eval mode; Tr(H) by "
+        f"On {ctx.measured_on()}, BatchNorm in eval mode; Tr(H) by "
         f"Hutch++ with {ctx.plan.preset.measure_matvecs} matvecs, λmax by Lanczos "
         f"({ctx.plan.preset.measure_lanczos_iters} iterations).\n\n"
         + md_table(["run", "test accuracy"] + [c for c, _, _ in columns] + ["time C / Tr(H)"], rows)
@@ -626,7 +648,7 @@ def invariance(ctx: Context) -> Section:
         "Tr(H) rescaled",
         "ΔTr/Tr",
     ]
-    s.blocks.append(md_table(headers, rows))
+    s.blocks.append(f"On {ctx.measured_on()}.\n\n" + md_table(headers, rows))
     s.claims.append(
         Claim(
             "C is invariant under the rescaling ρ (Theorem 3.1).",

@@ -82,6 +82,30 @@ def load_data(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
     return train, test
 
 
+def measure_batches(
+    cfg: TrainConfig, train: ImageDataset, test: ImageDataset, plan: BatchPlan, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed data of a run's full measures: ``run.measure_samples`` images of its split.
+
+    Drawn once per run from its seed, un-augmented, on one process (measures run on rank 0),
+    in the run's dtype, padding and memory format, so every measure of the run sees the same
+    images. The default split is the training set: the paper's measures are properties of the
+    training loss (eq. 3-4).
+    """
+    source = train if cfg.run.measure_split == "train" else test
+    chosen = subset(source, min(cfg.run.measure_samples, len(source)), seed=cfg.run.seed)
+    loader = DeviceLoader(
+        chosen,
+        max(plan.micro, 256),
+        shuffle=False,
+        device=device,
+        pad_to=pad_size(cfg, train),
+        dtype=_DTYPES[cfg.run.dtype],
+        channels_last=use_channels_last(cfg, device),
+    )
+    return list(loader)
+
+
 def model_spec(cfg: TrainConfig, data: ImageDataset) -> ModelSpec:
     return ModelSpec(
         name=cfg.model.name,

@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_RUN_MEASURES",
     "DTYPES",
     "LR_SCALING_RULES",
+    "MEASURE_SPLITS",
     "NONE_WORDS",
     "SECTIONS",
     "ConfigError",
@@ -71,6 +72,10 @@ __all__ = [
 LR_SCALING_RULES = ("sqrt", "linear", "none")
 DTYPES = ("float32", "float64")
 AMP_MODES = ("auto", "bf16", "none")
+# Which data the full measures see: "train" (the default) is a fixed, un-augmented subset of the
+# training split, as the paper defines C, C_m, Tr(H) and the Fisher-Rao norm on the training loss
+# (eq. 3-4: D is the ERM training set); "test" the same draw from the test split.
+MEASURE_SPLITS = ("train", "test")
 # Spellings of None in TOML files and overrides (TOML itself has no null).
 NONE_WORDS = frozenset({"none", "None", "null"})
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -176,6 +181,7 @@ class RunConfig:
     track_every: int = 0  # sharpness tracking every k steps (0: off)
     measure_epochs: list[int] = field(default_factory=list)  # full measures at these epochs
     measure_samples: int = 512
+    measure_split: str = "train"  # "train" or "test" (MEASURE_SPLITS): the data of those measures
     measures: list[str] = field(default_factory=lambda: list(DEFAULT_RUN_MEASURES))
     measure_matvecs: int = 30  # Hutch++ budget of Tr(H) in those measures
     measure_lanczos_iters: int = 20  # Lanczos iterations of λmax in those measures
@@ -473,6 +479,7 @@ def _check_run(r: RunConfig) -> list[str]:
         *_number("run.divergence_loss", r.divergence_loss, gt=0, allow_inf=True),
         *_number("run.track_every", r.track_every, ge=0),
         *_number("run.measure_samples", r.measure_samples, ge=1),
+        *_choice("run.measure_split", r.measure_split, MEASURE_SPLITS),
         *_number("run.measure_matvecs", r.measure_matvecs, ge=1),
         *_number("run.measure_lanczos_iters", r.measure_lanczos_iters, ge=1),
         *_number("run.max_steps", r.max_steps, ge=1),

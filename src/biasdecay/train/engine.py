@@ -84,6 +84,8 @@ class Trainer:
         self.run_dir = Path(cfg.run.out)
         self.plan = C.plan_batches(cfg, self.ctx)
         train, test = C.load_data(cfg)
+        self._splits = (train, test)  # the measures draw their fixed subset from these
+        self._measure_data: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.synthetic = train.synthetic
         self.spec = C.model_spec(cfg, train)
         self.train_loader, self.eval_loader = C.make_loaders(cfg, train, test, self.plan, self.ctx)
@@ -237,11 +239,11 @@ class Trainer:
         if self.ctx.is_main:
             from biasdecay.sharpness.suite import MeasureOptions, run_measures
 
-            batches = []
-            for x, y in self.eval_loader:
-                batches.append((x, y))
-                if sum(b[0].shape[0] for b in batches) >= self.cfg.run.measure_samples:
-                    break
+            if self._measure_data is None:  # drawn once: every measure sees the same images
+                self._measure_data = C.measure_batches(
+                    self.cfg, *self._splits, self.plan, self.ctx.device
+                )
+            batches = self._measure_data
             run = self.cfg.run
             options = MeasureOptions(
                 hessian_matvecs=run.measure_matvecs,
@@ -249,7 +251,16 @@ class Trainer:
                 seed=run.seed,
             )
             results = run_measures(self.model, batches, run.measures, options)
-            self.metrics.log({"kind": "measures", "step": self.step, "epoch": epoch, **results})
+            self.metrics.log(
+                {
+                    "kind": "measures",
+                    "step": self.step,
+                    "epoch": epoch,
+                    "split": run.measure_split,
+                    "samples": sum(x.shape[0] for x, _ in batches),
+                    **results,
+                }
+            )
         barrier(self.ctx)
 
     # ------------------------------------------------------------------ the run
