@@ -120,6 +120,24 @@ def test_the_invariance_measure_reports_c_unchanged_and_the_trace_moved() -> Non
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_the_invariance_check_reuses_the_measures_run_before_it() -> None:
+    from biasdecay.sharpness.suite import MeasureOptions, run_measures
+
+    model = conv_net().eval()
+    torch.manual_seed(2)
+    data = [(torch.randn(6, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (6,)))]
+    options = MeasureOptions(hessian_matvecs=8)
+    alone = run_measures(model, data, ["invariance"], options)["invariance"]
+    together = run_measures(model, data, ["connectivity", "hessian-trace", "invariance"], options)
+    reused = together["invariance"]
+    assert alone["reused"] == [] and reused["reused"] == ["connectivity", "hessian-trace"]
+    assert reused["original"]["connectivity"] == together["connectivity"]["total"]
+    assert reused["original"]["hessian_trace"]["value"] == together["hessian-trace"]["value"]
+    # Reusing changes no number: the same data, options and probe seed.
+    for key in ("connectivity_relative_change", "hessian_trace_relative_change"):
+        assert reused[key] == pytest.approx(alone[key], rel=1e-12)
+
+
 def test_the_invariance_measure_needs_a_rescalable_pair() -> None:
     from biasdecay.sharpness.suite import run_measures
 

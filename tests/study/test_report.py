@@ -29,14 +29,25 @@ TITLES = {
     "invariance": "## Invariance",
     "evolution": "## Figures 2-4",
     "adaptive": "## Adaptive β decay",
+    "adaptation": "## Layer adaptation",
+    "training": "## Training: loss curves and plateaus",
 }
-PLOTS = {"figure1": "_scatter.png", "evolution": "_evolution.png", "adaptive": "_decisions.png"}
+PLOTS = {
+    "figure1": "_scatter.png",
+    "evolution": "_evolution.png",
+    "adaptive": "_decisions.png",
+    "adaptation": "_beta.png",
+    "training": "_training.png",
+}
 
 
 def _fabricate(run_dir: Path, rng: random.Random, *, diverged: bool = False) -> dict:
     """A finished (or diverged) run directory with every kind of record a report reads."""
     run_dir.mkdir(parents=True)
     with MetricsWriter(run_dir) as metrics:
+        for step in range(1, 11):  # 10 steps of training, the last 20% on a plateau
+            accuracy = min(0.9, 0.5 + 0.1 * step) + rng.uniform(-0.002, 0.002)
+            metrics.log({"kind": "train", "step": step, "loss": 2.0 / step, "accuracy": accuracy})
         for step in (2, 4, 6):
             layers = {
                 name: {
@@ -107,7 +118,7 @@ def test_every_section_and_plot_comes_from_the_run_files(tmp_path, study) -> Non
     }
     path, text = write_report(tmp_path)
     assert path.read_text() == text and not list(tmp_path.glob(".report.md.*"))
-    for section in plan.study.sections:
+    for section in (*plan.study.sections, "training"):
         assert TITLES[section] in text
         if section in PLOTS:
             assert list((tmp_path / "plots").glob(f"*{PLOTS[section]}")), section
@@ -182,3 +193,39 @@ def test_unfinished_runs_read_as_not_run(tmp_path) -> None:
 def test_report_of_a_directory_without_a_study_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="not a study sweep directory"):
         write_report(tmp_path)
+
+
+def _fabricate_tracked(run_dir: Path, beta_first: float, beta_last: float, rising: bool) -> None:
+    """A finished run whose β norm grows from ``beta_first`` (step 2) to ``beta_last``."""
+    run_dir.mkdir(parents=True)
+    with MetricsWriter(run_dir) as metrics:
+        for step in range(1, 21):
+            accuracy = 0.5 + 0.02 * step if rising else min(0.8, 0.5 + 0.1 * step)
+            metrics.log({"kind": "train", "step": step, "loss": 1.0, "accuracy": accuracy})
+        for step, beta in ((1, 0.0), (2, beta_first), (20, beta_last)):
+            layers = {
+                name: {"c_gamma": 1.0, "c_beta": beta, "gamma_norm": 1.0, "beta_norm": beta,
+                       "r": beta}
+                for name in LAYERS
+            }  # fmt: skip
+            metrics.log({"kind": "sharpness", "step": step, "layers": layers, "beta_decayed": {}})
+    write_summary(run_dir, {"status": "finished", "test_accuracy": 0.8, "steps": 20})
+
+
+def test_adaptation_says_which_convention_lets_beta_grow_and_which_runs_plateau(tmp_path) -> None:
+    plan = make_plan("adaptation", "smoke", seeds=3)
+    save_plan(plan, tmp_path)
+    for run in plan.runs:
+        grows = run.setting.layer_adaptation == "decayed"
+        last = 0.01 * (1000 + run.seed) if grows else 0.01 * (1.2 + 0.01 * run.seed)
+        rising = run.setting.policy == "beta_frozen"  # these runs are still learning
+        _fabricate_tracked(tmp_path / run.name, 0.01, last, rising)
+    _, text = write_report(tmp_path)
+    section = text.split("## Layer adaptation")[1].split("\n## ")[0]
+    assert "Figure 2 (β growing from zero under no bias decay) is reproduced by: `decayed`" in text
+    assert re.search(r"\*\*agrees\*\*: Under no bias decay β grows .* 'decayed'", section)
+    assert re.search(r"\*\*disagrees\*\*: Under no bias decay β grows .* 'all'", section)
+    training = text.split("## Training: loss curves and plateaus")[1].split("\n## ")[0]
+    # 6 of the 8 settings are flat over their last 20% (3 seeds each); β frozen ones rise.
+    assert "18 of 24 finished runs end on a plateau" in training
+    assert list((tmp_path / "plots").glob("adaptation_beta.png"))

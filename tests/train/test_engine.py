@@ -148,8 +148,8 @@ def test_sharpness_tracking_and_measures_are_logged(tmp_path) -> None:
     trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").open()]
     tracked = [r for r in records if r["kind"] == "sharpness"]
-    assert [r["step"] for r in tracked] == [5, 10]
-    first = tracked[0]
+    assert [r["step"] for r in tracked] == [1, 2, 5, 10]  # initialisation, first update, every 5
+    first = tracked[2]
     layers = trainer.controller.layer_names
     assert list(first["layers"]) == layers and all(first["beta_decayed"].values())  # R = 0
     layer = first["layers"][layers[0]]

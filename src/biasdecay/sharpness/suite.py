@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,19 +36,22 @@ class MeasureOptions:
     progress: bool = False
 
 
-def _connectivity(model, data, o: MeasureOptions) -> dict[str, Any]:
+def _connectivity(model, data, o: MeasureOptions, earlier: Mapping[str, Any]) -> dict[str, Any]:
+    del earlier  # needs no earlier result
     report = connectivity_sharpness(model, data, progress_bar=o.progress)
     return {**report.to_dict(), "bias_utilization": bias_utilization(report, model)}
 
 
-def _connectivity_m(model, data, o: MeasureOptions) -> dict[str, Any]:
+def _connectivity_m(model, data, o: MeasureOptions, earlier: Mapping[str, Any]) -> dict[str, Any]:
+    del earlier  # needs no earlier result
     report = connectivity_sharpness(
         model, data, per_sample=False, train_mode=o.minibatch_train_mode, progress_bar=o.progress
     )
     return {**report.to_dict(), "bias_utilization": bias_utilization(report, model)}
 
 
-def _trace(model, data, o: MeasureOptions) -> dict[str, Any]:
+def _trace(model, data, o: MeasureOptions, earlier: Mapping[str, Any]) -> dict[str, Any]:
+    del earlier  # needs no earlier result
     est = hessian_trace(
         model,
         data,
@@ -60,18 +63,20 @@ def _trace(model, data, o: MeasureOptions) -> dict[str, Any]:
     return _plain(est)
 
 
-def _max_eig(model, data, o: MeasureOptions) -> dict[str, Any]:
+def _max_eig(model, data, o: MeasureOptions, earlier: Mapping[str, Any]) -> dict[str, Any]:
+    del earlier  # needs no earlier result
     est = hessian_max_eigenvalue(
         model, data, max_iter=o.lanczos_iters, tol=o.lanczos_tol, seed=o.seed, progress=o.progress
     )
     return _plain(est)
 
 
-def _fisher_rao(model, data, o: MeasureOptions) -> dict[str, Any]:
+def _fisher_rao(model, data, o: MeasureOptions, earlier: Mapping[str, Any]) -> dict[str, Any]:
+    del earlier  # needs no earlier result
     return _plain(fisher_rao_norm(model, data, labels=o.fisher_labels, progress=o.progress))
 
 
-def _invariance(model, data, o: MeasureOptions) -> dict[str, Any]:
+def _invariance(model, data, o: MeasureOptions, earlier: Mapping[str, Any]) -> dict[str, Any]:
     """C and Tr(H) of the model and of a function-equal rescaled copy (eq. 9, Theorem 3.1).
 
     The first rescalable layer pair (in forward order) has unit 0 multiplied by c on its way in
@@ -101,15 +106,26 @@ def _invariance(model, data, o: MeasureOptions) -> dict[str, Any]:
         "factor": o.rescale_factor,
         "output_max_abs_change": change,
     }
+    reused = []
     for label, net in (("original", model), ("rescaled", rescaled)):
-        result[label] = {
-            "connectivity": connectivity_sharpness(net, data).total,
-            "hessian_trace": _plain(
+        # The original's C and Tr(H) are the "connectivity" and "hessian-trace" measures of the
+        # same call when those ran (same data, options and probe seed): reuse, not recompute.
+        if label == "original" and "connectivity" in earlier:
+            c = earlier["connectivity"]["total"]
+            reused.append("connectivity")
+        else:
+            c = connectivity_sharpness(net, data).total
+        if label == "original" and "hessian-trace" in earlier:
+            trace = {k: v for k, v in earlier["hessian-trace"].items() if k != "seconds"}
+            reused.append("hessian-trace")
+        else:
+            trace = _plain(
                 hessian_trace(
                     net, data, n_matvecs=o.hessian_matvecs, method=o.trace_method, seed=o.seed
                 )
-            ),
-        }
+            )
+        result[label] = {"connectivity": c, "hessian_trace": trace}
+    result["reused"] = reused
     before, after = result["original"], result["rescaled"]
     result["connectivity_relative_change"] = _relative(
         before["connectivity"], after["connectivity"]
@@ -133,7 +149,11 @@ def _plain(result: Any) -> dict[str, Any]:
     }
 
 
-MEASURES: dict[str, Callable[[nn.Module, Iterable, MeasureOptions], dict[str, Any]]] = {
+# A measure's function gets the results of the measures run before it in the same call, so a
+# later one can reuse them (the invariance check reuses C and Tr(H) of the original network).
+MEASURES: dict[
+    str, Callable[[nn.Module, Iterable, MeasureOptions, Mapping[str, Any]], dict[str, Any]]
+] = {
     "connectivity": _connectivity,  # per-sample C (eq. 4), eval mode
     "connectivity-m": _connectivity_m,  # mini-batch C_m
     "hessian-trace": _trace,
@@ -186,6 +206,6 @@ def run_measures(
         if on_start is not None:
             on_start(name)
         start = time.perf_counter()
-        result = MEASURES[name](model, data, options)
+        result = MEASURES[name](model, data, options, results)
         results[name] = {**result, "seconds": time.perf_counter() - start}
     return results

@@ -1,8 +1,9 @@
 """Claims of the paper, tested against our numbers: what we measured and whether it agrees.
 
-A comparison between two settings is only called a disagreement when the difference is larger
-than its noise: with several seeds, the standard error of the difference of the means; with one
-seed there is no noise estimate, and the verdict says so.
+A comparison between two settings is called agrees or disagrees only when the difference of the
+means is more than twice its standard error over seeds (:data:`NOISE_FACTOR`); otherwise it is
+inconclusive. With one seed there is no noise estimate, so no comparison is ever more than
+inconclusive, and the verdict says so.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from biasdecay.study.results import Stat
 
-__all__ = ["Claim", "compare", "verdict_text"]
+__all__ = ["NOISE_FACTOR", "Claim", "compare", "compare_to", "standard_error", "verdict_text"]
 
 
 @dataclass(frozen=True)
@@ -27,27 +28,49 @@ class Claim:
         return f"- **{self.verdict}**: {self.claim} Measured: {self.measured}"
 
 
+#: A difference counts only beyond this many standard errors of the difference of the means.
+NOISE_FACTOR = 2.0
+
+
+def standard_error(a: Stat, b: Stat) -> float | None:
+    """The standard error of ``a.mean - b.mean`` over seeds; None without several seeds of each."""
+    if a.std is None or b.std is None:
+        return None
+    return math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
+
+
 def compare(a: Stat | None, b: Stat | None) -> str:
     """Whether ``a > b``: ``agrees``, ``disagrees``, ``inconclusive`` or ``not tested``.
 
-    ``inconclusive`` when the means are equal, or both have several seeds and |a - b| is within
-    one standard error of the difference; ``not tested`` when either is missing (run not done,
-    or diverged).
+    ``agrees`` / ``disagrees`` only when both have several seeds and |a - b| is more than
+    :data:`NOISE_FACTOR` standard errors of the difference; ``inconclusive`` otherwise (equal
+    means, a difference within the noise, or a single seed with no noise estimate); ``not
+    tested`` when either is missing (run not done, or diverged).
     """
     if a is None or b is None:
         return "not tested"
     diff = a.mean - b.mean
-    if diff == 0:
+    se = standard_error(a, b)
+    if se is None or diff == 0 or abs(diff) <= NOISE_FACTOR * se:
         return "inconclusive"
-    if a.std is not None and b.std is not None:
-        se = math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
-        if abs(diff) <= se:
-            return "inconclusive"
+    return "agrees" if diff > 0 else "disagrees"
+
+
+def compare_to(stat: Stat | None, value: float) -> str:
+    """Whether ``stat``'s mean is above a fixed ``value``, beyond :data:`NOISE_FACTOR` SE.
+
+    The standard error is the seeds' std/√n; one seed is ``inconclusive``.
+    """
+    if stat is None:
+        return "not tested"
+    diff = stat.mean - value
+    if stat.std is None or diff == 0 or abs(diff) <= NOISE_FACTOR * stat.std / math.sqrt(stat.n):
+        return "inconclusive"
     return "agrees" if diff > 0 else "disagrees"
 
 
 def verdict_text(verdict: str, seeds: int) -> str:
-    """The verdict with its basis, e.g. ``agrees (1 seed, no noise estimate)``."""
+    """The verdict with its basis, e.g. ``inconclusive (1 seed, no noise estimate)``."""
     if verdict == "not tested" or seeds > 1:
         return verdict
     return f"{verdict} (1 seed, no noise estimate)"

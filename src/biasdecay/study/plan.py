@@ -81,6 +81,7 @@ def _overrides(
         f"optimizer.name={setting.optimizer}",
         f"optimizer.lr={setting.peak_lr!r}",
         f"optimizer.weight_decay={setting.weight_decay!r}",
+        f"optimizer.layer_adaptation={setting.layer_adaptation}",
         f"policy.name={setting.policy}",
         f"schedule.name={setting.schedule}",
         f"run.epochs={scaled.epochs!r}",

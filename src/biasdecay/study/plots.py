@@ -220,6 +220,7 @@ def curve_grid(
     title: str,
     x_label: str = "step",
     log_y: Mapping[str, bool] | None = None,
+    legend_title: str = "layer depth: first → last",
 ) -> Path:
     """Per-layer curves: one row per quantity, one column per run or policy.
 
@@ -238,6 +239,7 @@ def curve_grid(
         x_label: label of the shared x quantity, shown under the bottom row.
         log_y: rows to draw on a log y scale (``{row: True}``); non-positive values are
             skipped there.
+        legend_title: what the series are (their colour runs first → last along viridis).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -315,14 +317,14 @@ def curve_grid(
             loc="upper left",
             bbox_to_anchor=(1.0, 0.95),
             fontsize=8,
-            title="layer depth: first → last",
+            title=legend_title,
             title_fontsize=8,
         )
     elif len(series_order) > _MAX_LEGEND_SERIES:
         sm = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap)
         cbar = fig.colorbar(sm, ax=axes, shrink=0.6, aspect=30)
         cbar.set_ticks([0.0, 1.0], labels=["first", "last"])
-        cbar.set_label("layer depth: first → last")
+        cbar.set_label(legend_title)
     fig.suptitle(title)
     return _save(fig, path)
 

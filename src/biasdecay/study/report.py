@@ -99,7 +99,8 @@ def write_report(out: str | Path, plan: StudyPlan | None = None) -> tuple[Path, 
         _status_line(ctx),
     ]
     claims = []
-    for name in plan.study.sections:
+    # Every study ends with its runs' training curves, so a reader can see they were trained.
+    for name in (*plan.study.sections, "training"):
         section = SECTIONS[name](ctx)
         lines += ["", f"## {section.title}", ""]
         for block in section.blocks:

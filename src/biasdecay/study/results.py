@@ -20,7 +20,15 @@ from biasdecay.study.specs import Setting
 from biasdecay.study.sweep import run_state
 from biasdecay.train.tracking import read_metrics
 
-__all__ = ["Aggregate", "RunResult", "Stat", "collect"]
+__all__ = [
+    "PLATEAU_TOLERANCE",
+    "Aggregate",
+    "RunResult",
+    "Stat",
+    "collect",
+    "final_train_accuracy",
+    "plateau_change",
+]
 
 
 @dataclass
@@ -32,6 +40,7 @@ class RunResult:
     summary: dict[str, Any] | None = None
     measures: dict[str, Any] | None = None  # the last "measures" record
     tracking: list[dict[str, Any]] = field(default_factory=list)  # "sharpness" records
+    train: list[dict[str, Any]] = field(default_factory=list)  # "train" records (loss, accuracy)
 
     @property
     def accuracy(self) -> float | None:
@@ -49,7 +58,8 @@ def _read_run(run: PlannedRun, out: Path) -> RunResult:
     records = read_metrics(run_dir)
     measures = [r for r in records if r.get("kind") == "measures"]
     tracking = [r for r in records if r.get("kind") == "sharpness"]
-    return RunResult(run, state, summary, measures[-1] if measures else None, tracking)
+    train = [r for r in records if r.get("kind") == "train"]
+    return RunResult(run, state, summary, measures[-1] if measures else None, tracking, train)
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class Stat:
     mean: float
     std: float | None  # None with a single value
     n: int
+    values: tuple[float, ...] = ()  # one per seed, in seed order
 
 
 @dataclass
@@ -95,7 +106,7 @@ class Aggregate:
         if not values:
             return None
         std = statistics.stdev(values) if len(values) > 1 else None
-        return Stat(statistics.fmean(values), std, len(values))
+        return Stat(statistics.fmean(values), std, len(values), tuple(values))
 
 
 def collect(plan: StudyPlan, out: str | Path) -> dict[str, Aggregate]:
@@ -121,6 +132,36 @@ def measure_value(name: str, *path: str) -> Callable[[RunResult], float | None]:
         return float(value) if isinstance(value, (int, float)) else None
 
     return read
+
+
+#: A run is on a plateau when its train accuracy moves by less than this over its last 20%.
+PLATEAU_TOLERANCE = 0.01
+
+
+def _window_mean(records: list[dict[str, Any]], key: str, start: float, end: float) -> float | None:
+    """Mean of ``key`` over the train records whose step lies in (start·T, end·T]."""
+    if not records:
+        return None
+    last = records[-1]["step"]
+    values = [r[key] for r in records if start * last < r["step"] <= end * last and key in r]
+    return statistics.fmean(values) if values else None
+
+
+def plateau_change(result: RunResult) -> float | None:
+    """How much train accuracy moved over the last 20% of training, from the run's train records.
+
+    The train records average the mini-batches since the previous record, so one record is
+    noisy; the change is the mean over the last tenth of the steps minus the mean over the
+    tenth that ends at 80%, the two ends of the last fifth. None when either window is empty.
+    """
+    early = _window_mean(result.train, "accuracy", 0.7, 0.8)
+    late = _window_mean(result.train, "accuracy", 0.9, 1.0)
+    return None if early is None or late is None else late - early
+
+
+def final_train_accuracy(result: RunResult) -> float | None:
+    """Train accuracy (augmented mini-batches, train mode) over the last tenth of the steps."""
+    return _window_mean(result.train, "accuracy", 0.9, 1.0)
 
 
 def accuracy(result: RunResult) -> float | None:

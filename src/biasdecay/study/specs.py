@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from biasdecay.optim import LAYER_ADAPTATION
+
 __all__ = [
     "PAPER_DATA",
     "STUDIES",
@@ -75,6 +77,8 @@ class Setting:
         weight_decay: λ_w of the non-normalisation weights.
         lr: fixed peak learning rate; None: 0.04·sqrt(batch / base batch) (Appendix A.2).
         schedule: ``polynomial`` (LAMB, Appendix A.1) or ``cosine`` (SGD, 10-epoch warm-up).
+        layer_adaptation: which parameters LAMB gives the trust ratio (``optimizer.
+            layer_adaptation``; the paper does not say, design.md §4).
     """
 
     dataset: str
@@ -86,10 +90,15 @@ class Setting:
     weight_decay: float = 0.01
     lr: float | None = None
     schedule: str = "polynomial"
+    layer_adaptation: str = "decayed"
 
     def __post_init__(self) -> None:
         if self.dataset not in PAPER_DATA:
             raise ValueError(f"unknown paper data set {self.dataset!r}; valid: {list(PAPER_DATA)}")
+        if self.layer_adaptation not in LAYER_ADAPTATION:
+            raise ValueError(
+                f"unknown layer_adaptation {self.layer_adaptation!r}; valid: {LAYER_ADAPTATION}"
+            )
         if self.coefficient is not None and self.policy not in _COEFFICIENT_FIELD:
             raise ValueError(f"policy {self.policy!r} takes no coefficient")
 
@@ -109,9 +118,11 @@ class Setting:
     def key(self) -> str:
         """A unique, readable name (run directories are named after it)."""
         policy = self.policy if self.coefficient is None else f"{self.policy}{self.coefficient:g}"
+        # The default convention adds nothing, so its runs keep their names.
+        adaptation = "" if self.layer_adaptation == "decayed" else f"-la{self.layer_adaptation}"
         return (
             f"{self.dataset}-{self.model}-{self.optimizer}-b{self.batch}-wd{self.weight_decay:g}"
-            f"-lr{self.peak_lr:.4g}-{policy}"
+            f"-lr{self.peak_lr:.4g}-{policy}{adaptation}"
         )
 
     @property
@@ -274,6 +285,24 @@ def _build() -> dict[str, Study]:
             "Table 5: adaptive β decay, ResNet-50-D on ImageNet with LAMB",
             _adaptive_row("imagenet", "resnet50d", (1024,), 32768),
             sections=("table5", "adaptive"),
+            track=True,
+        ),
+        Study(
+            "adaptation",
+            "Layer adaptation: which parameters take LAMB's trust ratio, and whether β grows "
+            "from zero as in Figure 2 (ResNet-18, CIFAR-10, 8k)",
+            tuple(
+                replace(resnet8k, policy=policy, coefficient=coefficient, layer_adaptation=mode)
+                for mode in ("decayed", "all")
+                for policy, coefficient in (
+                    ("no_bias_decay", None),
+                    ("beta_decay", 1.0),
+                    ("adaptive_beta_decay", 1.0),
+                    ("beta_frozen", None),
+                )
+            ),
+            measures=("connectivity",),
+            sections=("adaptation", "adaptive"),
             track=True,
         ),
         Study(

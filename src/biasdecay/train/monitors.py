@@ -46,8 +46,13 @@ class SharpnessTracker:
                     self.layers.append((name, index[g], index[b]))
 
     def due(self, step: int) -> bool:
-        """Whether step ``step`` (1-based, counted after the update) is recorded."""
-        return self.every > 0 and step % self.every == 0
+        """Whether step ``step`` (1-based, counted after the update) is recorded.
+
+        Steps 1 and 2 always are (when tracking is on): a record holds the parameters before
+        its step's update, so these two are the network at initialisation and after its first
+        update, where the paper's curves start and against which growth is measured.
+        """
+        return self.every > 0 and (step <= 2 or step % self.every == 0)
 
     @torch.no_grad()
     def record(self, step: int) -> dict[str, Any]:
