@@ -125,7 +125,7 @@ def test_scaled_batches_keep_their_share_of_the_training_set(preset) -> None:
 
 def test_the_cpu_preset_keeps_the_papers_steps_per_epoch() -> None:
     scaled = get_preset("cpu").scale(Setting("cifar10", "resnet18", 8192))
-    assert (scaled.dataset, scaled.train_size, scaled.batch) == ("fashion-mnist", 10_240, 1664)
+    assert (scaled.dataset, scaled.train_size, scaled.batch) == ("fashion-mnist", 2_048, 320)
     assert steps_per_epoch(scaled) == 50_000 // 8192 == 6
     paper = get_preset("paper").scale(Setting("imagenet", "resnet50d", 32768))
     assert (paper.dataset, paper.batch, paper.epochs, paper.width) == ("imagenet", 32768, 90, 1.0)

@@ -101,6 +101,9 @@ def _micro_batch(batch: int, cap: int | None) -> int | None:
 
 
 _FASHION_SIZE = {"fashion-mnist": 60_000}
+# The smallest CIFAR stand-in that keeps the paper's batch sizes apart once rounded to whole
+# ghost batches of 32: 512 -> 32, 2k -> 96, 8k -> 320 (1.6%, 4.7%, 15.6% of it per step).
+_CPU_TRAIN_SIZE: dict[str, int | None] = {"cifar10": 2_048, "cifar100": 2_048, "imagenet": 20_480}
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -139,20 +142,39 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "cpu",
-            "real Fashion-MNIST on a few CPU cores: a 10,240-image training subset (20,480 for "
-            "ImageNet's runs), eighth-width models, 12 epochs (4 for ImageNet's runs), batch "
-            "sizes kept in proportion to the data set",
+            "real Fashion-MNIST on a few CPU cores, for findings: a 2,048-image training subset "
+            "(20,480 for ImageNet's runs), eighth-width models, 60 epochs (4 for ImageNet's "
+            "runs: 360 steps at 8k, 30% of the paper's 1,220), batch sizes kept in proportion to "
+            "the data set",
             datasets={"cifar10": "fashion-mnist", "cifar100": None, "imagenet": "fashion-mnist"},
-            train_size={"cifar10": 10_240, "cifar100": 10_240, "imagenet": 20_480},
+            train_size=_CPU_TRAIN_SIZE,
             full_size=_FASHION_SIZE,
-            epochs={"cifar10": 12, "cifar100": 12, "imagenet": 4},
+            epochs={"cifar10": 60, "cifar100": 60, "imagenet": 4},
             width=0.125,
             micro_batch_cap=512,
             measure_samples=256,
             measure_matvecs=12,
             measure_lanczos_iters=10,
             track_records=40,
-            eval_points=4,  # each eval of the 10k test images costs a sixth of an epoch
+            eval_points=4,  # each eval of the 10k test images costs about 5 epochs of 2,048
+        ),
+        Preset(
+            "quick",
+            "the main job's scale: the cpu preset's data and models for a third of its epochs "
+            "(20; 120 steps at 8k) and smaller measure budgets, so a study with 3 seeds takes "
+            "minutes on 2 cores; its runs are not trained to a plateau (the report's training "
+            "section shows how far they got)",
+            datasets={"cifar10": "fashion-mnist", "cifar100": None, "imagenet": "fashion-mnist"},
+            train_size=_CPU_TRAIN_SIZE,
+            full_size=_FASHION_SIZE,
+            epochs={"cifar10": 20, "cifar100": 20, "imagenet": 2},
+            width=0.125,
+            micro_batch_cap=512,
+            measure_samples=128,
+            measure_matvecs=8,
+            measure_lanczos_iters=8,
+            track_records=30,
+            eval_points=2,
         ),
         Preset(
             "smoke",
