@@ -75,7 +75,9 @@ grid file (STUDY ending in .toml):
 
 SWEEP_EPILOG = """\
 examples:
-  biasdecay sweep main --preset cpu --out runs/study-main
+  biasdecay sweep main --preset quick --seeds 3 --jobs 2 --out runs/study-main
+  biasdecay sweep main --preset quick --seeds 3 --first-seed 3 --out runs/study-main-replica
+  biasdecay sweep adaptation --preset cpu --seeds 3 --out runs/adaptation
   biasdecay sweep table4 --preset fashion --out runs/table4 --seeds 3
   biasdecay sweep table3 --preset paper --out runs/table3 --jobs 4 --devices 0,1,2,3 \\
       --data-root cifar10=~/data/cifar-10-batches-py --data-root cifar100=~/data/cifar-100-python \\
@@ -280,10 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("study", metavar="STUDY", help="a study name (below) or a grid TOML file")
     sw.add_argument("--out", required=True, help="sweep directory; run NAME goes to OUT/NAME")
     sw.add_argument(
-        "--preset", default=None, help="scale of a study: paper, fashion or cpu (required)"
+        "--preset",
+        default=None,
+        help="scale of a study (required): one of the presets listed above",
     )
     sw.add_argument(
         "--seeds", type=int, default=1, help="seeds per setting; reports show mean ± std"
+    )
+    sw.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds are FIRST .. FIRST+SEEDS-1 (default 0): replicate a study on fresh seeds "
+        "in another --out",
     )
     sw.add_argument(
         "--data-root",

@@ -169,3 +169,16 @@ def test_an_extra_epochs_override_moves_the_final_measures_with_it() -> None:
     assert plan.runs[0].scaled.epochs == 200
     with pytest.raises(ValueError, match="run.epochs must be a number"):
         make_plan("main", "cpu", extra=("run.epochs=many",))
+
+
+def test_first_seed_replicates_a_study_on_fresh_seeds(tmp_path) -> None:
+    plan = make_plan("main", "smoke", seeds=2, first_seed=3)
+    assert sorted({r.seed for r in plan.runs}) == [3, 4]
+    assert all(r.name.endswith(("-s3", "-s4")) for r in plan.runs)
+    save_plan(plan, tmp_path)
+    again = load_plan(tmp_path)
+    assert (again.seeds, again.first_seed) == (2, 3)
+    with pytest.raises(ValueError, match="first_seed 3, not 0"):
+        save_plan(make_plan("main", "smoke", seeds=2), tmp_path)
+    with pytest.raises(ValueError, match="first seed must be >= 0"):
+        make_plan("main", "smoke", first_seed=-1)

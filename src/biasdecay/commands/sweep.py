@@ -29,9 +29,10 @@ def run(args: argparse.Namespace) -> int:
     is_grid = args.study.endswith(".toml") or Path(args.study).is_file()
     plan = None
     if is_grid:
-        if args.preset or args.seeds != 1 or args.data_root:
+        if args.preset or args.seeds != 1 or args.first_seed or args.data_root:
             raise UsageError(
-                "--preset, --seeds and --data-root apply to studies; a grid file sets its runs "
+                "--preset, --seeds, --first-seed and --data-root apply to studies; a grid file "
+                "sets its runs "
                 "itself (put them in its `set` lists)"
             )
         base, runs = load_grid(args.study)
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             args.study,
             args.preset,
             seeds=args.seeds,
+            first_seed=args.first_seed,
             data_roots=_data_roots(args.data_root),
             extra=tuple(args.set or ()),
         )

@@ -49,12 +49,14 @@ class StudyPlan:
     extra: tuple[str, ...] = ()
     runs: tuple[PlannedRun, ...] = ()
     skipped: tuple[Setting, ...] = ()  # settings whose data set has no stand-in at this preset
+    first_seed: int = 0  # seeds are first_seed .. first_seed + seeds - 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "study": self.study.name,
             "preset": self.preset.name,
             "seeds": self.seeds,
+            "first_seed": self.first_seed,
             "data_roots": self.data_roots,
             "extra": list(self.extra),
         }
@@ -114,6 +116,7 @@ def make_plan(
     preset: str | Preset,
     *,
     seeds: int = 1,
+    first_seed: int = 0,
     data_roots: Mapping[str, str] | None = None,
     extra: Sequence[str] = (),
 ) -> StudyPlan:
@@ -122,7 +125,9 @@ def make_plan(
     Args:
         study: a study name or object.
         preset: a preset name or object.
-        seeds: runs per setting (seeds 0 .. seeds-1); reports show mean ± std.
+        seeds: runs per setting (seeds ``first_seed`` .. ``first_seed + seeds - 1``); reports
+            show mean ± std.
+        first_seed: the first seed (another value replicates a study on fresh seeds).
         data_roots: data set name -> directory, for data sets without a default location.
         extra: ``section.key=value`` overrides applied to every run after the plan's own
             (e.g. ``run.compile=true``).
@@ -137,6 +142,8 @@ def make_plan(
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if first_seed < 0:
+        raise ValueError(f"the first seed must be >= 0, got {first_seed}")
     data_roots = dict(data_roots or {})
     epochs = _extra_epochs(extra)
     runs, skipped = [], []
@@ -149,7 +156,7 @@ def make_plan(
             scaled = replace(
                 scaled, epochs=epochs, warmup_epochs=scaled.warmup_epochs * epochs / scaled.epochs
             )
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             overrides = _overrides(
                 setting, scaled, preset, study, seed, data_roots.get(scaled.dataset)
             )
@@ -160,7 +167,9 @@ def make_plan(
             }
             spec = RunSpec(f"{setting.key}-s{seed}", (*overrides, *extra), labels)
             runs.append(PlannedRun(setting, scaled, seed, spec))
-    return StudyPlan(study, preset, seeds, data_roots, tuple(extra), tuple(runs), tuple(skipped))
+    return StudyPlan(
+        study, preset, seeds, data_roots, tuple(extra), tuple(runs), tuple(skipped), first_seed
+    )
 
 
 def _extra_epochs(extra: Sequence[str]) -> float | None:
@@ -188,8 +197,8 @@ def save_plan(plan: StudyPlan, out: str | Path) -> None:
     path = out / PLAN_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        for key in ("study", "preset"):
-            if old.get(key) != plan.to_dict()[key]:
+        for key in ("study", "preset", "first_seed"):
+            if old.get(key, 0 if key == "first_seed" else None) != plan.to_dict()[key]:
                 raise ValueError(
                     f"{out} holds a sweep of {key} {old.get(key)!r}, not "
                     f"{plan.to_dict()[key]!r}; choose another --out (or delete {path})"
@@ -219,6 +228,7 @@ def load_plan(out: str | Path) -> StudyPlan:
         data["study"],
         data["preset"],
         seeds=int(data.get("seeds", 1)),
+        first_seed=int(data.get("first_seed", 0)),
         data_roots=data.get("data_roots") or {},
         extra=tuple(data.get("extra") or ()),
     )

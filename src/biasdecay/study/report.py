@@ -46,6 +46,11 @@ def scale_text(plan: StudyPlan, ctx: Context) -> str:
         f"Preset **{preset.name}**: {preset.description}. Batch sizes keep their share of the "
         "training set (the paper's 8k is 16% of CIFAR's 50k images per step), so the number of "
         f"steps per epoch matches the paper's. Seeds per setting: {plan.seeds}"
+        + (
+            f" (seeds {plan.first_seed}-{plan.first_seed + plan.seeds - 1})"
+            if plan.first_seed
+            else ""
+        )
         + (" (mean ± sample std)." if plan.seeds > 1 else " (no noise estimate).")
         + "\n\n"
         + md_table(

@@ -752,20 +752,20 @@ def evolution(ctx: Context) -> Section:
     grid: dict[str, dict[str, dict[str, list[tuple[float, float]]]]] = {r: {} for r in rows}
     final: dict[str, dict[str, dict[str, float]]] = {}
     for agg, result in tracked:
-        column = agg.setting.policy_text
+        column = _policy_label(agg)
         for row, key in rows.items():
             series: dict[str, list[tuple[float, float]]] = {}
             for record in result.tracking:
                 for layer, values in record["layers"].items():
                     series.setdefault(layer, []).append((record["step"], values[key]))
             grid[row][column] = series
-        final[agg.setting.policy] = result.tracking[-1]["layers"]
+        final[column] = result.tracking[-1]["layers"]
     s.blocks.append(
         md_table(
             ["run", "test accuracy", "C(β) at the end", "C(γ) at the end"],
             [
                 [
-                    f"{agg.setting.policy_text} ({batch_text(agg.setting.batch)}, ours "
+                    f"{_policy_label(agg)} ({batch_text(agg.setting.batch)}, ours "
                     f"{agg.scaled.batch})",
                     acc_cell(agg),
                     *(
@@ -789,8 +789,8 @@ def evolution(ctx: Context) -> Section:
     if image:
         s.blocks.append(image)
     pairs = {
-        _POLICY_NAMES.get(p, p): [(v["gamma_norm"], v["c_gamma"]) for v in layers.values()]
-        for p, layers in final.items()
+        label: [(v["gamma_norm"], v["c_gamma"]) for v in layers.values()]
+        for label, layers in final.items()
     }
     image = ctx.plot(
         paired_scatter,
@@ -855,6 +855,14 @@ def evolution(ctx: Context) -> Section:
     return s
 
 
+def _policy_label(agg: Aggregate) -> str:
+    """The policy, and the layer adaptation when it is not the default."""
+    label = agg.setting.policy_text
+    if agg.setting.layer_adaptation != "decayed":
+        label += f", trust ratio: {agg.setting.layer_adaptation}"
+    return label
+
+
 def _final_layer_sum(key: str) -> Callable[[RunResult], float | None]:
     """A reader of Σ_l ``key`` at a run's last tracking record (None without records)."""
 
@@ -864,15 +872,6 @@ def _final_layer_sum(key: str) -> Callable[[RunResult], float | None]:
         return float(sum(v[key] for v in result.tracking[-1]["layers"].values()))
 
     return read
-
-
-_POLICY_NAMES = {
-    "no_bias_decay": "no bias decay",
-    "beta_decay": "β decay",
-    "gamma_decay": "γ decay",
-    "all_decay": "all decay",
-    "adaptive_beta_decay": "adaptive β decay",
-}
 
 
 def adaptive(ctx: Context) -> Section:
@@ -978,8 +977,12 @@ def training(ctx: Context) -> Section:
     for agg in ctx.aggregates.values():
         label = setting_label(agg)
         for row, key in (("training loss", "loss"), ("train accuracy", "accuracy")):
+            # x is the share of the run's steps, so that batch sizes of very different step
+            # counts share one axis.
             grid[row][label] = {
-                f"seed {r.run.seed}": [(rec["step"], rec[key]) for rec in r.train if key in rec]
+                f"seed {r.run.seed}": [
+                    (rec["step"] / r.train[-1]["step"], rec[key]) for rec in r.train if key in rec
+                ]
                 for r in agg.results
                 if r.train
             }
@@ -1021,6 +1024,7 @@ def training(ctx: Context) -> Section:
             f"{ctx.plan.study.name}_training.png",
             grid,
             title=f"Training loss and accuracy per run ({ctx.plan.preset.name} preset)",
+            x_label="share of training (step / steps)",
             log_y={"training loss": True},
             legend_title="seed",
         )

@@ -302,7 +302,8 @@ def _build() -> dict[str, Study]:
                 )
             ),
             measures=("connectivity",),
-            sections=("adaptation", "adaptive"),
+            # Its decayed-convention runs include Table 2's pair and Figure 2's and 3a's.
+            sections=("adaptation", "table2", "evolution", "adaptive"),
             track=True,
         ),
         Study(
