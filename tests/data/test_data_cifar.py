@@ -120,3 +120,41 @@ def test_cifar_bad_data_shape(tmp_path):
     dump(directory / "test_batch", content)
     with pytest.raises(DataError, match="N x 3072 uint8"):
         load_dataset("cifar10", "test", root=directory, expect_standard_size=False)
+
+
+class _Payload:
+    """What a poisoned batch file would hold: an object whose unpickling runs a command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("where", ["data", "labels", "top"])
+def test_a_batch_file_with_code_is_refused_and_runs_nothing(tmp_path, where):
+    directory = make_cifar10(tmp_path)
+    marker = tmp_path / "the-payload-ran"
+    poisoned = batch(2, b"labels", 10, 100)
+    if where == "data":
+        poisoned[b"data"] = _Payload(marker)
+    elif where == "labels":
+        poisoned[b"labels"] = [0, _Payload(marker)]
+    dump(directory / "test_batch", _Payload(marker) if where == "top" else poisoned)
+    with pytest.raises(DataError, match=r"names the global (posix|os)\.system.*refused"):
+        load_dataset("cifar10", "test", root=tmp_path, expect_standard_size=False)
+    assert not marker.exists()
+    # The same loader reads the untouched training files.
+    assert len(load_dataset("cifar10", "train", root=tmp_path, expect_standard_size=False)) == 15
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_arrays_load_whatever_the_pickle_protocol(tmp_path, protocol):
+    directory = make_cifar10(tmp_path)
+    with (directory / "test_batch").open("wb") as handle:  # the originals are protocol 2
+        pickle.dump(batch(2, b"labels", 10, 100), handle, protocol=protocol)
+    test = load_dataset("cifar10", "test", root=tmp_path, expect_standard_size=False)
+    assert len(test) == 2

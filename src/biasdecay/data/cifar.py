@@ -90,13 +90,44 @@ def _resolve_directory(layout: CifarLayout, root: str | Path | None) -> Path:
     )
 
 
+# The only globals a CIFAR pickle may name: the pieces numpy uses to rebuild an ndarray (the
+# b"data" array), under numpy 1's and numpy 2's module names, and bytes' own encoding. Anything else (os.system,
+# builtins.eval, any class with a __reduce__) is refused before it can run: the standard
+# "restricting globals" recipe of the pickle documentation.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        # How Python 3's pickle protocols 0-2 write bytes (encoding text back to bytes; a
+        # stdlib codec lookup, no user code).
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, bytes, str, numbers and numpy arrays, nothing else."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"the file names the global {module}.{name}, which a CIFAR batch never does; "
+                "refused without running it (only numpy arrays and plain containers are read)"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"missing {path}. {_DOWNLOAD_HINT}")
     try:
         with path.open("rb") as handle:
             # the files were written by Python 2: keys and strings come back as bytes
-            content = pickle.load(handle, encoding="bytes")
+            content = _CifarUnpickler(handle, encoding="bytes").load()
     except Exception as error:  # pickle raises many types on corrupt input
         raise DataError(
             f"{path}: not a readable CIFAR pickle ({type(error).__name__}: {error}). "
