@@ -91,9 +91,9 @@ def _resolve_directory(layout: CifarLayout, root: str | Path | None) -> Path:
 
 
 # The only globals a CIFAR pickle may name: the pieces numpy uses to rebuild an ndarray (the
-# b"data" array), under numpy 1's and numpy 2's module names, and bytes' own encoding. Anything else (os.system,
-# builtins.eval, any class with a __reduce__) is refused before it can run: the standard
-# "restricting globals" recipe of the pickle documentation.
+# b"data" array), under numpy 1's and numpy 2's module names, and bytes' own encoding. Anything
+# else (os.system, builtins.eval, any class with a __reduce__) is refused before it can run: the
+# standard "restricting globals" recipe of the pickle documentation.
 _ALLOWED_GLOBALS = frozenset(
     {
         ("numpy.core.multiarray", "_reconstruct"),
