@@ -108,6 +108,39 @@ def test_divergence_is_recorded_and_the_last_good_checkpoint_kept(tmp_path) -> N
         )
 
 
+@pytest.mark.parametrize(
+    "checkpoint_every",
+    [
+        0,  # epoch-end checkpoints, loss logged rarely: NaN parameters long before a log record
+        5,  # a checkpoint due at the steps where the run blows up
+    ],
+)
+def test_a_diverged_run_keeps_only_finite_checkpoints_and_says_which(
+    tmp_path, checkpoint_every
+) -> None:
+    lines: list[str] = []
+    cfg = config(
+        tmp_path, "nan", "optimizer.lr=1e6", "run.epochs=3", "run.batch_size=64",
+        "policy.name=no_bias_decay", f"run.checkpoint_every={checkpoint_every}",
+        "run.log_every=100",
+    )  # fmt: skip
+    summary = Trainer(cfg, log=lines.append).fit()
+    assert summary["status"] == "diverged"
+    saved = sorted((tmp_path / "nan" / "checkpoints").glob("step-*.pt"))
+    for path in saved:
+        state = torch.load(path, weights_only=True)
+        assert all(
+            torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+        ), path.name
+    message = next(line for line in lines if "DIVERGED" in line)
+    if saved:
+        assert f"the last good checkpoint is {saved[-1].name}" in message
+    else:
+        assert "no checkpoint was saved before it" in message
+    records = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").open()]
+    assert not any(r["kind"] == "eval" for r in records), "evaluated non-finite weights"
+
+
 def test_bad_splits_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="does not divide the per-rank batch 128"):
         Trainer(config(tmp_path, "x", "run.micro_batch_size=48"), log=lambda _m: None)

@@ -133,8 +133,14 @@ class Trainer:
         }
 
     def save(self, epoch: int, batch_in_epoch: int) -> None:
+        """Checkpoint the run; refuses (raises :class:`Diverged`) when a parameter is not finite.
+
+        The finiteness check runs here, at every save and only there, so no checkpoint ever
+        holds NaN or inf and the training step itself never waits for the host.
+        """
         if self.step == self._saved_step:  # e.g. a checkpoint step that is also the last step
             return
+        self._check_finite()
         self._saved_step = self.step
         if self.ctx.is_main:
             path = save_training_checkpoint(
@@ -326,7 +332,6 @@ class Trainer:
                     if self.step % cfg.run.log_every == 0 or self.step == stop_at:
                         self._log_train(epoch, totals)
                     if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
-                        self._check_finite()
                         self.save(epoch, batch + 1)
                     if self.on_step is not None:
                         self.on_step(self, self.step)
@@ -352,7 +357,12 @@ class Trainer:
                 if last_epoch in cfg.run.measure_epochs and last_epoch not in self._measured:
                     self._measure(last_epoch)  # the loop ends before the last epoch's hook
         except Diverged as exc:
-            self.log(f"train: DIVERGED at step {self.step}: {exc}; last good checkpoint kept")
+            kept = list_checkpoints(self.run_dir)
+            if kept:
+                where = f"the last good checkpoint is {kept[-1].name} (every kept one is finite)"
+            else:
+                where = "no checkpoint was saved before it, so there is nothing to resume from"
+            self.log(f"train: DIVERGED at step {self.step}: {exc}; {where}")
             summary.update(status="diverged", diverged_at=self.step, reason=str(exc))
             self.metrics.log({"kind": "event", "step": self.step, "event": "diverged"})
         finally:
@@ -382,6 +392,7 @@ class Trainer:
 
     def _end_of_epoch(self, epoch: int) -> None:
         cfg = self.cfg
+        self._check_finite()  # evaluating or measuring NaN weights would print numbers for them
         if cfg.run.eval_every and epoch % cfg.run.eval_every == 0 and self.step < self.total_steps:
             result = self.evaluate()
             self.metrics.log({"kind": "eval", "step": self.step, "epoch": epoch, **result})
