@@ -225,3 +225,17 @@ def test_bias_decay_policy_reaches_the_optimiser(tmp_path) -> None:
         "conv_weight": 0.01, "linear_weight": 0.01, "linear_bias": 0.1,
         "norm_scale": 0.0, "norm_shift": 0.1,
     }  # fmt: skip
+
+
+def test_python_random_is_seeded_from_the_run_seed(tmp_path) -> None:
+    import random
+
+    from biasdecay.train.checkpoint import capture_rng_state
+
+    states = []
+    for name, noise in (("a", 1), ("b", 2)):
+        random.seed(noise)  # whatever the process did before
+        Trainer(config(tmp_path, name, "run.seed=7"), log=lambda _m: None)
+        states.append(capture_rng_state()["python"])
+    assert torch.equal(states[0]["state"], states[1]["state"])
+    assert states[0]["gauss_next"] == states[1]["gauss_next"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -176,6 +177,8 @@ def make_loaders(
 def build_model(cfg: TrainConfig, spec: ModelSpec, ctx: DistContext) -> nn.Module:
     """The network on its device and dtype, with ghost BN when configured."""
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+    # Python's generator too, so that two identical runs checkpoint identical RNG states.
+    random.seed(cfg.run.seed)
     model = spec.build()
     if cfg.model.ghost_batch_size:
         model = convert_to_ghost_batchnorm(model, cfg.model.ghost_batch_size)
