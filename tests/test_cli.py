@@ -69,6 +69,7 @@ def test_train_then_measure_prints_table2_and_writes_json(trained, tmp_path, cap
         (["measure", "--checkpoint", "x.pt", "--data", "cifar11"], "valid names: cifar10"),
         (["measure", "--model", "resnet19", "--data", "digits"], "valid models: mlp"),
         (["measure", "--checkpoint", "missing.pt", "--data", "digits"], "missing.pt does not"),
+        (["measure", "--checkpoint", "x.pt", "--width", "0.5"], "without --model it would be"),
         (["train", "--data", "digits", "--lr", "-1"], "optimizer.lr must be a finite number > 0"),
         (["train", "--set", "run.epoch=2"], "did you mean run.epochs?"),
         (["train", "--set", "run.epochs=two"], "run.epochs"),

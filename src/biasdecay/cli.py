@@ -167,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--width",
         type=float,
-        default=1.0,
-        help="width multiplier of --model (0.25 = ResNet-18 with 16 base channels)",
+        default=None,
+        help="width multiplier of --model (default 1; 0.25 = ResNet-18 with 16 base channels); "
+        "only with --model: a biasdecay checkpoint carries its own",
     )
     _add_data_args(m)
     m.add_argument(

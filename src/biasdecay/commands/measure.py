@@ -31,8 +31,14 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None and args.model is None:
         raise UsageError("give --checkpoint PATH (and --model NAME if it is a bare state_dict)")
 
+    if args.width is not None and args.model is None:
+        raise UsageError(
+            "--width sets the width of --model; without --model it would be ignored (a "
+            "checkpoint saved by biasdecay records its own width): drop --width, or add --model"
+        )
     test = load_dataset(args.data, split=args.split, root=args.data_root)
-    spec = model_spec_for(args.model, test, args.width) if args.model is not None else None
+    width = 1.0 if args.width is None else args.width
+    spec = model_spec_for(args.model, test, width) if args.model is not None else None
     if args.checkpoint is not None:
         model, spec, meta = load_model(args.checkpoint, spec)
     else:  # freshly initialised network: allowed, and said so in the output
