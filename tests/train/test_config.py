@@ -539,9 +539,10 @@ def test_dataclass_fields_match_the_engine_contract() -> None:
     }
     assert names["model"] == ["name", "width", "ghost_batch_size"]
     assert names["policy"] == ["name", "beta", "gamma", "bias", "threshold", "decay_biases"]
-    assert names["run"][-6:] == [
+    assert names["run"][-7:] == [
         "measure_epochs",
         "measure_samples",
+        "measure_split",
         "measures",
         "measure_matvecs",
         "measure_lanczos_iters",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from biasdecay.study.plan import StudyPlan, load_plan
+from biasdecay.study.presets import total_steps
 from biasdecay.study.results import collect
 from biasdecay.study.sections import SECTIONS, Context, md_table
 from biasdecay.study.specs import PAPER_DATA, batch_text
@@ -28,8 +29,10 @@ def scale_text(plan: StudyPlan, ctx: Context) -> str:
         aggs = [a for a in ctx.aggregates.values() if a.setting.dataset == dataset]
         scaled = aggs[0].scaled
         paper = PAPER_DATA[dataset]
+        steps = {a.setting.batch: total_steps(a.scaled) for a in aggs}
         batches = ", ".join(
-            f"{batch_text(b)} → {s}"
+            f"{batch_text(b)} → {s} ({steps[b]:,} steps; paper "
+            f"{round(paper.epochs * paper.train_size / b):,})"
             for b, s in sorted({(a.setting.batch, a.scaled.batch) for a in aggs})
         )
         rows.append(
@@ -54,7 +57,14 @@ def scale_text(plan: StudyPlan, ctx: Context) -> str:
         + (" (mean ± sample std)." if plan.seeds > 1 else " (no noise estimate).")
         + "\n\n"
         + md_table(
-            ["paper data", "ours", "train images", "epochs", "width", "batch (paper → ours)"],
+            [
+                "paper data",
+                "ours",
+                "train images",
+                "epochs",
+                "width",
+                "batch (paper → ours) and steps",
+            ],
             rows,
         )
     )
