@@ -194,19 +194,37 @@ def _batch_header(agg: Aggregate | None, batch: int, extra: str = "") -> str:
     return f"{batch_text(batch)}{extra}{ours}"
 
 
-def _claim(text: str, a: Stat | None, b: Stat | None, measured: str, ctx: Context) -> Claim:
-    """A claim that ``a > b``, with the difference and its standard error in the measured text."""
-    return Claim(text, measured + _difference_text(a, b), verdict_text(compare(a, b), ctx.seeds))
+def _claim(
+    text: str,
+    a: Stat | None,
+    b: Stat | None,
+    measured: str,
+    ctx: Context,
+    *,
+    points: bool = False,
+) -> Claim:
+    """A claim that ``a > b``, with the difference and its standard error in the measured text.
+
+    ``points``: ``a`` and ``b`` are accuracies in [0, 1], and the difference is shown in
+    percentage points.
+    """
+    return Claim(
+        text, measured + _difference_text(a, b, points), verdict_text(compare(a, b), ctx.seeds)
+    )
 
 
-def _difference_text(a: Stat | None, b: Stat | None) -> str:
+def _difference_text(a: Stat | None, b: Stat | None, points: bool) -> str:
     if a is None or b is None:
         return ""
-    diff = a.mean - b.mean
+    scale, unit = (100.0, " points") if points else (1.0, "")
+    diff = scale * (a.mean - b.mean)
     se = standard_error(a, b)
     if se is None:
-        return f"; difference {diff:+.3g}, no standard error (1 seed)"
-    return f"; difference {diff:+.3g} ± {se:.2g} (1 SE; a verdict needs > {NOISE_FACTOR:g} SE)"
+        return f"; difference {diff:+.3g}{unit}, no standard error (1 seed)"
+    return (
+        f"; difference {diff:+.3g} ± {scale * se:.2g}{unit} (1 SE; a verdict needs > "
+        f"{NOISE_FACTOR:g} SE)"
+    )
 
 
 def _shifted(stat: Stat | None, delta: float) -> Stat | None:
@@ -255,6 +273,7 @@ def table1(ctx: Context) -> Section:
                 large,
                 f"{_acc_text(small)} (512) vs {_acc_text(large)} (8k)",
                 ctx,
+                points=True,
             )
         )
     for key, name in (("log_trace", "log Tr(H)"), ("log_lambda", "log λmax")):
@@ -514,6 +533,7 @@ def table3(ctx: Context) -> Section:
                 base,
                 f"{_acc_text(beta)} vs {_acc_text(base)} on {ctx.ours(d)}",
                 ctx,
+                points=True,
             )
         )
         others = [accs[(p, d)] for p, _ in _TABLE3_ROWS[1:-1]]
@@ -525,6 +545,7 @@ def table3(ctx: Context) -> Section:
                 best_other,
                 f"β decay {_acc_text(beta)} vs the best other option {_acc_text(best_other)}",
                 ctx,
+                points=True,
             )
         )
     return s
@@ -577,6 +598,7 @@ def _adaptive_claims(ctx: Context, d: str, present: Sequence, accs: dict) -> lis
             f"{_acc_text(accs[(small, 'no_bias_decay')])} ({batch_text(small)}) vs "
             f"{_acc_text(base)} ({batch_text(large)})",
             ctx,
+            points=True,
         )
     ]
     for policy, name in (
@@ -591,6 +613,7 @@ def _adaptive_claims(ctx: Context, d: str, present: Sequence, accs: dict) -> lis
                     base,
                     f"{_acc_text(accs[(large, policy)])} vs {_acc_text(base)}",
                     ctx,
+                    points=True,
                 )
             )
     adaptive, small_acc = accs.get((large, "adaptive_beta_decay")), accs[(small, "no_bias_decay")]
@@ -614,6 +637,7 @@ def _adaptive_claims(ctx: Context, d: str, present: Sequence, accs: dict) -> lis
                     accs[(large, "beta_decay")],
                     f"{_acc_text(adaptive)} vs {_acc_text(accs[(large, 'beta_decay')])}",
                     ctx,
+                    points=True,
                 )
             )
     return claims
