@@ -837,7 +837,7 @@ def evolution(ctx: Context) -> Section:
             ("C_m(γ_l)", "c_gamma"),
         )
         totals = {
-            (policy, k): agg.stat(_final_layer_sum(k))
+            (policy, k): agg.stat(_layer_sum_at(None, k))
             for policy, agg in (("base", base_agg), ("beta", beta_agg))
             for _, k in keys
         }
@@ -885,17 +885,6 @@ def _policy_label(agg: Aggregate) -> str:
     if agg.setting.layer_adaptation != "decayed":
         label += f", trust ratio: {agg.setting.layer_adaptation}"
     return label
-
-
-def _final_layer_sum(key: str) -> Callable[[RunResult], float | None]:
-    """A reader of Σ_l ``key`` at a run's last tracking record (None without records)."""
-
-    def read(result: RunResult) -> float | None:
-        if not result.tracking:
-            return None
-        return float(sum(v[key] for v in result.tracking[-1]["layers"].values()))
-
-    return read
 
 
 def adaptive(ctx: Context) -> Section:
