@@ -144,7 +144,7 @@ PRESETS: dict[str, Preset] = {
             "cpu",
             "real Fashion-MNIST on a few CPU cores, for findings: a 2,048-image training subset "
             "(20,480 for ImageNet's runs), eighth-width models, 60 epochs (4 for ImageNet's "
-            "runs: 360 steps at 8k, 30% of the paper's 1,220), batch sizes kept in proportion to "
+            "runs: 360 steps at 8k, 30% of the paper's 1,221), batch sizes kept in proportion to "
             "the data set",
             datasets={"cifar10": "fashion-mnist", "cifar100": None, "imagenet": "fashion-mnist"},
             train_size=_CPU_TRAIN_SIZE,
