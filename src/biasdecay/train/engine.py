@@ -103,6 +103,7 @@ class Trainer:
         self.net = self._wrap(self.model)
         self.step = 0
         self._saved_step = -1
+        self._finite_step = -1  # the last step whose parameters were checked finite
         self._measured: set[int] = set()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -420,9 +421,16 @@ class Trainer:
         )
 
     def _check_finite(self) -> None:
-        """Refuse to checkpoint non-finite parameters: the last good checkpoint stays."""
+        """Refuse to checkpoint non-finite parameters: the last good checkpoint stays.
+
+        Checked once per step at most: an epoch end that evaluates and then saves, or the final
+        evaluation and save, share one check (and one host sync).
+        """
+        if self.step == self._finite_step:
+            return
         finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()])
         ok = finite.all().to(torch.float64).reshape(1)
         all_reduce_sum(ok, self.ctx)
         if ok.item() < self.ctx.world_size:
             raise Diverged("non-finite parameters")
+        self._finite_step = self.step
