@@ -361,6 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Every library error raised on bad input says what is wrong and how to fix it.
         print(f"biasdecay {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a read-only or full disk, a path that is a file: one line, no trace
+        from biasdecay.commands.common import os_error_text
+
+        print(f"biasdecay {args.command}: error: {os_error_text(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"biasdecay {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -72,6 +72,70 @@ def measurement_batches(
     return list(loader)
 
 
+def os_error_text(exc: OSError) -> str:
+    """``"<path>: <cause>"`` for an OSError, without the errno noise of its default text."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else ""
+    return f"{where}: {cause}" if where else cause
+
+
+def writable_dir(path: str | Path, flag: str) -> Path:
+    """Create ``path`` if needed and prove it writable, before any work starts.
+
+    Args:
+        path: the directory a command will write into.
+        flag: how the user gave it (e.g. ``--out``), for the message.
+
+    Returns:
+        The path.
+
+    Raises:
+        UsageError: it is a file, or cannot be created or written (the cause is named).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(
+            f"{flag} {path} cannot be written ({os_error_text(exc)}); give a directory you can "
+            "write to"
+        ) from None
+    return path
+
+
+def writable_file(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work starts, a file path the command could not write at the end.
+
+    Args:
+        path: the file a command will write.
+        flag: how the user gave it (e.g. ``--json``), for the message.
+
+    Returns:
+        The path.
+
+    Raises:
+        UsageError: it is a directory, or its directory cannot be created or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(
+            f"{flag} {path} is a directory; give a file name, e.g. {path / 'out.json'}"
+        )
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is a file, so {path} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {existing} is not writable; give a path you can write")
+    return path
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON through a temporary file and a rename: never a half-written file."""
     path = Path(path)

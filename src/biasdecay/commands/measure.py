@@ -16,6 +16,7 @@ from biasdecay.commands.common import (
     pad_for,
     resolve_device,
     show_progress,
+    writable_file,
     write_json_atomic,
 )
 from biasdecay.data import load_dataset
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
             "--width sets the width of --model; without --model it would be ignored (a "
             "checkpoint saved by biasdecay records its own width): drop --width, or add --model"
         )
+    if args.json:  # before the measures, not after they have all been computed
+        writable_file(args.json, "--json")
     test = load_dataset(args.data, split=args.split, root=args.data_root)
     width = 1.0 if args.width is None else args.width
     spec = model_spec_for(args.model, test, width) if args.model is not None else None

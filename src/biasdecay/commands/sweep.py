@@ -23,9 +23,9 @@ def _data_roots(items: list[str] | None) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
-    if devices is not None and len(devices) < args.jobs:
-        raise UsageError(f"--jobs {args.jobs} needs at least {args.jobs} --devices")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: give the number of runs at a time, 1 or more")
+    devices = args.devices.split(",") if args.devices is not None else None
     is_grid = args.study.endswith(".toml") or Path(args.study).is_file()
     plan = None
     if is_grid:
@@ -59,17 +59,28 @@ def run(args: argparse.Namespace) -> int:
                 f"study {args.study} has no run at preset {args.preset}: its data sets have no "
                 "stand-in there; use --preset paper with the data"
             )
-        if not args.dry_run:
-            save_plan(plan, args.out)
         base, runs = None, [r.spec for r in plan.runs]
         print(
             f"sweep: study {plan.study.name} at preset {plan.preset.name}: {len(runs)} runs "
             f"({len(plan.study.settings) - len(plan.skipped)} settings x {plan.seeds} seed(s))"
         )
     outcomes = sweep(
-        runs, args.out, base_config=base, jobs=args.jobs, devices=devices, dry_run=args.dry_run
+        runs,
+        args.out,
+        base_config=base,
+        jobs=args.jobs,
+        devices=devices,
+        dry_run=args.dry_run,
+        # The plan is written only once every run is checked, so a refused sweep leaves nothing.
+        before_start=None if plan is None else (lambda: save_plan(plan, args.out)),
     )
     print(_counts(outcomes))
+    if any(o.state == "stopped" for o in outcomes):
+        print("sweep: stopped; run the same command again to resume (report not written)")
+        return 130
+    if any(o.state == "busy" for o in outcomes):
+        print("sweep: some runs are trained by another process; run the sweep again once they end")
+        return 1
     if plan is not None and not args.dry_run and not args.no_report:
         from biasdecay.study.report import write_report
 

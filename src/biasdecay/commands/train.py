@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from biasdecay.commands.common import UsageError, show_progress
+from biasdecay.commands.common import UsageError, show_progress, writable_dir
 
 # Shortcut flags and the config key each one sets.
 SHORTCUTS = {
@@ -44,9 +44,17 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from biasdecay.train.config import load_config
+    from biasdecay.train.config import (
+        NON_IDENTIFYING_KEYS,
+        config_differences,
+        format_differences,
+        load_config,
+    )
     from biasdecay.train.distributed import init_distributed, shutdown
     from biasdecay.train.engine import Trainer
+    from biasdecay.train.process import end_with_parent, stop_on_sigterm
+
+    end_with_parent()  # a run a sweep started ends with the sweep
 
     overrides = overrides_from(args)
     if args.resume:
@@ -58,9 +66,25 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.config:
             raise UsageError("--resume reads the run's own config.toml; do not also give --config")
+        recorded = load_config(run_dir / "config.toml", [f"run.out={_quote(str(run_dir))}"])
         cfg = load_config(run_dir / "config.toml", [*overrides, f"run.out={_quote(str(run_dir))}"])
+        changed = config_differences(recorded, cfg)
+        if changed:
+            keep = ", ".join(sorted(NON_IDENTIFYING_KEYS - {"run.out"}))
+            raise UsageError(
+                f"--resume {run_dir} would change what the run computes: "
+                f"{format_differences(changed, 'config.toml', 'asked')}. A resumed run stays the "
+                f"run its config.toml records (only {keep} may change); for other settings "
+                f"start a new run: biasdecay train --config {run_dir / 'config.toml'} --set ... "
+                "--out NEW_DIR"
+            )
     else:
         cfg = load_config(args.config, overrides)
+    writable_dir(cfg.run.out, "--out (run.out)")  # before the data and the model are built
+    stop_on_sigterm(
+        f"biasdecay train: stopped by SIGTERM; continue with `biasdecay train --resume "
+        f"{cfg.run.out}`"
+    )
     ctx = init_distributed(cfg.run.device)
     try:
         trainer = Trainer(cfg, ctx, progress=show_progress(args.progress))

@@ -78,7 +78,7 @@ def _overrides(
         "model.ghost_batch_size=32",
         f"data.name={scaled.dataset}",
         f"data.root={json.dumps(data_root) if data_root else 'none'}",
-        f"data.augment={'none' if scaled.dataset == 'imagenet' else 'cifar'}",
+        f"data.augment={scaled.augment or 'none'}",
         f"data.train_samples={'none' if full else scaled.train_size}",
         f"optimizer.name={setting.optimizer}",
         f"optimizer.lr={setting.peak_lr!r}",
@@ -201,7 +201,8 @@ def save_plan(plan: StudyPlan, out: str | Path) -> None:
             if old.get(key, 0 if key == "first_seed" else None) != plan.to_dict()[key]:
                 raise ValueError(
                     f"{out} holds a sweep of {key} {old.get(key)!r}, not "
-                    f"{plan.to_dict()[key]!r}; choose another --out (or delete {path})"
+                    f"{plan.to_dict()[key]!r}: one directory holds one study; choose another "
+                    "--out"
                 )
     atomic_write_text(path, json.dumps(plan.to_dict(), indent=2) + "\n")
 

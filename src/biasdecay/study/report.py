@@ -10,15 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from biasdecay.study.plan import StudyPlan, load_plan
-from biasdecay.study.presets import total_steps
+from biasdecay.study.presets import ScaledRun, total_steps
 from biasdecay.study.results import collect
-from biasdecay.study.sections import SECTIONS, Context, md_table
+from biasdecay.study.sections import PLOTS_DIR, SECTIONS, Context, md_table
 from biasdecay.study.specs import PAPER_DATA, batch_text
 from biasdecay.train.tracking import atomic_write_text
 
 __all__ = ["REPORT_FILE", "scale_text", "write_report"]
 
 REPORT_FILE = "report.md"
+
+
+def _augment_text(scaled: ScaledRun, dataset: str) -> str:
+    """The run's augmentation beside the paper's, e.g. ``none (paper: crop + flip)``."""
+    if scaled.dataset == "imagenet":
+        return "ImageNet's pipeline"  # it augments as it decodes, as the paper's
+    paper = "random-resized crop + flip" if dataset == "imagenet" else "crop + flip"
+    ours = {"cifar": "crop + flip", "flip": "flip", None: "none"}.get(
+        scaled.augment, str(scaled.augment)
+    )
+    return ours if ours == paper else f"{ours} (paper: {paper})"
 
 
 def scale_text(plan: StudyPlan, ctx: Context) -> str:
@@ -42,6 +53,7 @@ def scale_text(plan: StudyPlan, ctx: Context) -> str:
                 f"{scaled.train_size:,}",
                 f"{scaled.epochs:g} (paper {paper.epochs})",
                 f"{scaled.width:g}",
+                _augment_text(scaled, dataset),
                 batches,
             ]
         )
@@ -63,11 +75,14 @@ def scale_text(plan: StudyPlan, ctx: Context) -> str:
                 "train images",
                 "epochs",
                 "width",
+                "augmentation",
                 "batch (paper → ours) and steps",
             ],
             rows,
         )
     )
+    if preset.augment_note:
+        text += f"\n\n{preset.augment_note}."
     if plan.skipped:
         missing = sorted({PAPER_DATA[s.dataset].title for s in plan.skipped})
         text += (
@@ -87,6 +102,12 @@ def _status_line(ctx: Context) -> str:
     return f"Runs: {total} ({parts})."
 
 
+def _remove_temporaries(out: Path) -> None:
+    """Half-written figures and reports of an earlier, killed report: they are redrawn now."""
+    for stale in [*(out / PLOTS_DIR).glob(".*.tmp"), *out.glob(f".{REPORT_FILE}.*.tmp")]:
+        stale.unlink(missing_ok=True)
+
+
 def write_report(out: str | Path, plan: StudyPlan | None = None) -> tuple[Path, str]:
     """Write ``OUT/report.md`` (and ``OUT/plots/*.png``) for the study sweep in ``out``.
 
@@ -102,6 +123,7 @@ def write_report(out: str | Path, plan: StudyPlan | None = None) -> tuple[Path, 
     """
     out = Path(out)
     plan = plan or load_plan(out)
+    _remove_temporaries(out)
     ctx = Context(plan, out, collect(plan, out))
     lines = [
         f"# {plan.study.title}",

@@ -36,7 +36,9 @@ from biasdecay.study.results import (
 from biasdecay.study.specs import PAPER_DATA, Setting, batch_text
 from biasdecay.train.config import PolicyConfig
 
-__all__ = ["SECTIONS", "Context", "Section"]
+__all__ = ["PLOTS_DIR", "SECTIONS", "Context", "Section"]
+
+PLOTS_DIR = "plots"  # a report's figures, in the sweep directory
 
 
 # --------------------------------------------------------------------------------- context
@@ -93,7 +95,7 @@ class Context:
     def plot(self, draw: Callable[..., Path], name: str, *args: Any, **kwargs: Any) -> str | None:
         """Draw a PNG under ``OUT/plots``; the markdown image link, or None if plotting failed."""
         try:
-            path = draw(*args, path=self.out / "plots" / name, **kwargs)
+            path = draw(*args, path=self.out / PLOTS_DIR / name, **kwargs)
         except ImportError as err:
             note = f"plots skipped: {err}"
             if note not in self.plot_notes:

@@ -60,7 +60,10 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "NON_IDENTIFYING_KEYS",
     "check_config",
+    "config_differences",
+    "format_differences",
     "config_from_dict",
     "config_to_dict",
     "dump_toml",
@@ -82,6 +85,12 @@ _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _DEVICES_TEXT = "auto, cpu, cuda, cuda:N (N = GPU index)"
 # What `run.measure_epochs` measure unless `run.measures` says otherwise.
 DEFAULT_RUN_MEASURES = ("connectivity", "connectivity-m", "hessian-trace", "fisher-rao")
+# Settings that say where a run lives or executes, not what it computes: a resume, or a sweep
+# that finds the run's directory, may give other values than its config.toml. Every other
+# setting identifies the run, so a result is always tied to the settings that made it.
+NON_IDENTIFYING_KEYS = frozenset(
+    {"run.out", "run.device", "run.compile", "run.tensorboard", "run.max_steps", "data.root"}
+)
 _COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -615,6 +624,36 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         ConfigError: as :func:`config_from_dict`.
     """
     return config_from_dict(config_to_dict(cfg), source="config")
+
+
+def config_differences(
+    old: TrainConfig, new: TrainConfig, *, ignore: frozenset[str] = NON_IDENTIFYING_KEYS
+) -> list[tuple[str, Any, Any]]:
+    """The settings in which two configurations differ, in section order.
+
+    Args:
+        old: e.g. the configuration a run directory's config.toml records.
+        new: e.g. the configuration a resume or a sweep would give it.
+        ignore: ``section.key`` names left out (by default those that do not change what a
+            run computes: :data:`NON_IDENTIFYING_KEYS`).
+
+    Returns:
+        ``(section.key, old value, new value)`` for every differing setting.
+    """
+    a, b = config_to_dict(old), config_to_dict(new)
+    return [
+        (f"{section}.{key}", value, b[section][key])
+        for section, table in a.items()
+        for key, value in table.items()
+        if f"{section}.{key}" not in ignore and value != b[section][key]
+    ]
+
+
+def format_differences(differences: Sequence[tuple[str, Any, Any]], old: str, new: str) -> str:
+    """``"run.epochs 2.0 (old) -> 5.0 (new), ..."`` for messages; ``old``/``new`` name the sides."""
+    return ", ".join(
+        f"{key} {_toml_value(a)} ({old}) -> {_toml_value(b)} ({new})" for key, a, b in differences
+    )
 
 
 def parse_override(text: str) -> tuple[str, str, str]:

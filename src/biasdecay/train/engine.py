@@ -34,7 +34,15 @@ from biasdecay.train.checkpoint import (
     restore_rng_state,
     save_training_checkpoint,
 )
-from biasdecay.train.config import TrainConfig, config_to_dict, dump_toml
+from biasdecay.train.config import (
+    ConfigError,
+    TrainConfig,
+    config_differences,
+    config_from_dict,
+    config_to_dict,
+    dump_toml,
+    format_differences,
+)
 from biasdecay.train.distributed import (
     DistContext,
     all_reduce_sum,
@@ -42,6 +50,7 @@ from biasdecay.train.distributed import (
     barrier,
 )
 from biasdecay.train.monitors import SharpnessTracker
+from biasdecay.train.process import RunLock
 from biasdecay.train.tracking import (
     MetricsWriter,
     Progress,
@@ -49,6 +58,18 @@ from biasdecay.train.tracking import (
     write_run_info,
     write_summary,
 )
+
+
+def _summary_status(run_dir: Path) -> str | None:
+    """The status in ``run_dir/summary.json``, or None when it is missing or unreadable."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class StorageError(OSError):
+    """The run directory could not be written; the message says what is kept and what to do."""
 
 
 class Diverged(RuntimeError):
@@ -165,6 +186,7 @@ class Trainer:
                 f"({why}). The newest loadable one is {path.name}; move {bad.name} out of "
                 f"{bad.parent} and resume again to continue from it."
             )
+        self._check_same_run(state.get("config"), path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -174,6 +196,24 @@ class Trainer:
         self.step = self._saved_step = int(state["step"])
         self.log(f"resume: {path} (step {self.step} of {self.total_steps})")
         return int(state["epoch"]), int(state["batch_in_epoch"])
+
+    def _check_same_run(self, saved: dict[str, Any] | None, path: Path) -> None:
+        """Refuse to continue a checkpoint under settings other than those that made it."""
+        if saved is None:
+            return
+        try:
+            made_by = config_from_dict(saved, source=str(path))
+        except ConfigError as err:
+            raise CheckpointError(
+                f"cannot resume from {path}: its settings do not load ({err})"
+            ) from None
+        differences = config_differences(made_by, self.cfg)
+        if differences:
+            raise CheckpointError(
+                f"cannot resume {self.run_dir}: {path.name} was made by other settings than "
+                f"this run's: {format_differences(differences, 'checkpoint', 'now')}. A resumed "
+                "run must be the run that was started; start a new one in another run.out"
+            )
 
     # ------------------------------------------------------------------ one step
     def _micro_batches(self, x: torch.Tensor, y: torch.Tensor):
@@ -272,13 +312,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
-        """Train to the end (or to ``run.max_steps`` more steps); returns the summary."""
+        """Train to the end (or to ``run.max_steps`` more steps); returns the summary.
+
+        Rank 0 holds the run directory's lock throughout, so a second trainer of the same
+        directory is refused (:class:`~biasdecay.train.process.RunDirectoryBusy`).
+        """
+        lock = RunLock(self.run_dir) if self.ctx.is_main else contextlib.nullcontext()
+        try:
+            with lock:
+                return self._fit(resume)
+        except StorageError:
+            raise
+        except OSError as exc:  # a full disk, a vanished or read-only directory
+            raise StorageError(self._storage_message(exc)) from exc
+
+    def _storage_message(self, exc: OSError) -> str:
+        cause = exc.strerror or str(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        kept = list_checkpoints(self.run_dir) if self.run_dir.is_dir() else []
+        if kept:
+            state = f"the last checkpoint, {kept[-1].name}, is kept and the run resumes from it"
+        else:
+            state = "no checkpoint was kept, so the run would start again"
+        return (
+            f"run {self.run_dir} could not write its files ({where}{cause}); {state}. Fix the "
+            f"cause (e.g. free disk space), then `biasdecay train --resume {self.run_dir}`"
+        )
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         cfg, main = self.cfg, self.ctx.is_main
-        if not resume and list_checkpoints(self.run_dir):
-            raise ValueError(
-                f"run directory {self.run_dir} already holds checkpoints of a run: continue it "
-                f"with --resume {self.run_dir}, or choose another run.out (--out)"
-            )
+        if not resume:
+            self._refuse_to_overwrite()
         epoch, skip = self.restore() if resume else (0, 0)
         if resume and self.step >= self.total_steps:
             done = self._finished_summary()
@@ -286,7 +350,13 @@ class Trainer:
                 self.log(f"resume: {self.run_dir} already finished ({self.step} steps)")
                 return done
         self.metrics = MetricsWriter(self.run_dir, enabled=main, tensorboard=cfg.run.tensorboard)
-        self.metrics.truncate_after(self.step)  # records past the resumed step (or any) go
+        # A resume drops the records past its step (they are about to be made again), and at
+        # the last step also that step's final evaluation and measures, which are redone; a
+        # fresh start drops every record an earlier attempt left.
+        self.metrics.truncate_after(
+            self.step if resume else -1,
+            redo=("eval", "measures") if resume and self.step >= self.total_steps else (),
+        )
         if not resume and main:
             groups_summary = format_group_summary(
                 self.model, self.policy, cfg.optimizer.weight_decay, C.layer_adaptation(cfg)
@@ -380,6 +450,24 @@ class Trainer:
             write_summary(self.run_dir, summary)
         self.metrics.close()
         return summary
+
+    def _refuse_to_overwrite(self) -> None:
+        """A fresh start never replaces a run's checkpoints or a run that ended."""
+        if list_checkpoints(self.run_dir):
+            raise ValueError(
+                f"run directory {self.run_dir} already holds checkpoints of a run: continue it "
+                f"with --resume {self.run_dir}, or choose another run.out (--out)"
+            )
+        ended = ["model.pt"] if (self.run_dir / "model.pt").is_file() else []
+        status = _summary_status(self.run_dir)
+        if status in ("finished", "diverged"):
+            ended.insert(0, f"summary.json says {status}")
+        if ended:
+            raise ValueError(
+                f"run directory {self.run_dir} holds a run that ended ({' and '.join(ended)}), "
+                "and a run that ended is never overwritten: choose another run.out (--out), or "
+                f"delete {self.run_dir} to train it again"
+            )
 
     def _finished_summary(self) -> dict[str, Any] | None:
         """The run's final summary when it finished and its model was saved, else None."""

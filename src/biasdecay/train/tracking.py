@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -209,7 +209,7 @@ class MetricsWriter:
         for name, value in _numeric_fields(fields):
             self._tb.add_scalar(f"{kind}/{name}", value, global_step=step)
 
-    def truncate_after(self, step: int) -> int:
+    def truncate_after(self, step: int, *, redo: Collection[str] = ()) -> int:
         """Drop the records of steps after ``step`` (called when resuming from that step).
 
         The steps after the checkpoint are about to be run again; without this they would
@@ -217,7 +217,9 @@ class MetricsWriter:
         The file is rewritten atomically.
 
         Args:
-            step: the step of the checkpoint the run resumes from.
+            step: the step of the checkpoint the run resumes from (-1: drop every record).
+            redo: kinds whose records *at* ``step`` go too, because the resumed run makes them
+                again (a run resumed at its last step redoes its final ``eval``).
 
         Returns:
             How many lines were dropped.
@@ -237,7 +239,8 @@ class MetricsWriter:
                     dropped += line.strip() != ""
                     continue
                 record_step = record.get("step") if isinstance(record, dict) else None
-                if isinstance(record_step, int) and record_step > step:
+                redone = record_step == step and record.get("kind") in redo
+                if isinstance(record_step, int) and (record_step > step or redone):
                     dropped += 1
                 else:
                     kept.append(line if line.endswith("\n") else line + "\n")
