@@ -26,3 +26,13 @@ def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "C per-sample, hooks (ours)" in done.stdout and "x fwd+bwd" in done.stdout
+
+
+def test_robustness_tally_runs_its_cases_and_counts_them() -> None:
+    script = BENCHMARKS[0].parent / "robustness_tally.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--cases", "2", "--kills", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok  unknown key" in done.stdout and "tally: 2/2 bad inputs refused" in done.stdout

@@ -116,8 +116,13 @@ def test_every_section_and_plot_comes_from_the_run_files(tmp_path, study) -> Non
     files = {
         r.name: _fabricate(tmp_path / r.name, rng, diverged=r.name == diverged) for r in plan.runs
     }
+    # What a report killed mid-write leaves behind: half-written figures and report.
+    (tmp_path / "plots").mkdir()
+    for leftover in (tmp_path / "plots" / ".x.png.0a1b.tmp", tmp_path / ".report.md.q1.tmp"):
+        leftover.write_bytes(b"half")
     path, text = write_report(tmp_path)
     assert path.read_text() == text and not list(tmp_path.glob(".report.md.*"))
+    assert not list((tmp_path / "plots").glob("*.tmp"))
     for section in (*plan.study.sections, "training"):
         assert TITLES[section] in text
         if section in PLOTS:

@@ -80,7 +80,7 @@ def os_error_text(exc: OSError) -> str:
 
 
 def writable_dir(path: str | Path, flag: str) -> Path:
-    """Create ``path`` if needed and prove it writable, before any work starts.
+    """Prove, before any work starts, that ``path`` can be created or written; create nothing.
 
     Args:
         path: the directory a command will write into.
@@ -90,14 +90,18 @@ def writable_dir(path: str | Path, flag: str) -> Path:
         The path.
 
     Raises:
-        UsageError: it is a file, or cannot be created or written (the cause is named).
+        UsageError: it is a file, lies below a file, or cannot be written (the cause is named).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file; give a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path} cannot be written: {existing} is a file")
+    try:  # a real write: permissions alone miss read-only file systems for root
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

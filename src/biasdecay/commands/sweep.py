@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         base, runs = load_grid(args.study)
         runs = [_with_extra(r, args.set) for r in runs]
     else:
-        from biasdecay.study.plan import make_plan, save_plan
+        from biasdecay.study.plan import check_plan, make_plan, save_plan
         from biasdecay.study.presets import preset_names
 
         if args.preset is None:
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 f"study {args.study} has no run at preset {args.preset}: its data sets have no "
                 "stand-in there; use --preset paper with the data"
             )
+        check_plan(plan, args.out)  # another study's directory is named as such
         base, runs = None, [r.spec for r in plan.runs]
         print(
             f"sweep: study {plan.study.name} at preset {plan.preset.name}: {len(runs)} runs "

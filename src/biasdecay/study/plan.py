@@ -19,7 +19,7 @@ from biasdecay.study.specs import Setting, Study, get_study
 from biasdecay.study.sweep import RunSpec
 from biasdecay.train.tracking import atomic_write_text
 
-__all__ = ["PlannedRun", "StudyPlan", "load_plan", "make_plan", "save_plan"]
+__all__ = ["PlannedRun", "StudyPlan", "check_plan", "load_plan", "make_plan", "save_plan"]
 
 PLAN_FILE = "study.json"
 
@@ -187,11 +187,11 @@ def _extra_epochs(extra: Sequence[str]) -> float | None:
     return epochs
 
 
-def save_plan(plan: StudyPlan, out: str | Path) -> None:
-    """Write ``OUT/study.json``; refuse when OUT already holds a different study or preset.
+def check_plan(plan: StudyPlan, out: str | Path) -> None:
+    """Refuse, writing nothing, when ``OUT`` already holds another study, preset or first seed.
 
     Raises:
-        ValueError: ``OUT`` holds a sweep of another study, preset or seed count.
+        ValueError: ``OUT`` holds a sweep of another study, preset or first seed.
     """
     out = Path(out)
     path = out / PLAN_FILE
@@ -204,7 +204,16 @@ def save_plan(plan: StudyPlan, out: str | Path) -> None:
                     f"{plan.to_dict()[key]!r}: one directory holds one study; choose another "
                     "--out"
                 )
-    atomic_write_text(path, json.dumps(plan.to_dict(), indent=2) + "\n")
+
+
+def save_plan(plan: StudyPlan, out: str | Path) -> None:
+    """Write ``OUT/study.json`` (after :func:`check_plan`).
+
+    Raises:
+        ValueError: ``OUT`` holds a sweep of another study, preset or first seed.
+    """
+    check_plan(plan, out)
+    atomic_write_text(Path(out) / PLAN_FILE, json.dumps(plan.to_dict(), indent=2) + "\n")
 
 
 def load_plan(out: str | Path) -> StudyPlan:

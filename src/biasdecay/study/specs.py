@@ -254,7 +254,7 @@ def _build() -> dict[str, Study]:
                 replace(resnet8k, policy="all_decay"),
             ),
             measures=("connectivity",),
-            sections=("evolution",),
+            sections=("evolution", "table2"),  # its first two settings are Table 2's
             track=True,
         ),
         Study(

@@ -32,7 +32,7 @@ from biasdecay.schedules import (
     polynomial_warmup_decay,
     warmup_steps_from_epochs,
 )
-from biasdecay.train.config import TrainConfig, peak_lr
+from biasdecay.train.config import ConfigError, TrainConfig, peak_lr
 from biasdecay.train.distributed import DistContext
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -118,10 +118,27 @@ def model_spec(cfg: TrainConfig, data: ImageDataset) -> ModelSpec:
 
 
 def pad_size(cfg: TrainConfig, data: ImageDataset) -> int | None:
-    """``data.pad_to`` when set, else what the model needs (32 for VGG on 28x28 data)."""
-    if cfg.data.pad_to:
-        return cfg.data.pad_to
-    need = min_image_size(cfg.model.name)
+    """``data.pad_to`` when set, else what the model needs (32 for VGG on 28x28 data).
+
+    Raises:
+        ConfigError: ``data.pad_to`` is smaller than the images or than the model's input.
+    """
+    pad_to, need = cfg.data.pad_to, min_image_size(cfg.model.name)
+    if pad_to:
+        side = data.image_size
+        if pad_to < side:
+            raise ConfigError(
+                f"data.pad_to = {pad_to} is smaller than the {side}x{side} images of "
+                f"{cfg.data.name} (padding only adds pixels): set data.pad_to >= {side}, or "
+                "none to pad only when the model needs it"
+            )
+        if pad_to < need:
+            raise ConfigError(
+                f"data.pad_to = {pad_to} is too small for {cfg.model.name}, which needs inputs "
+                f"of at least {need}x{need}: set data.pad_to = {need}, or none to pad "
+                "automatically"
+            )
+        return pad_to
     return need if data.image_size < need else None
 
 

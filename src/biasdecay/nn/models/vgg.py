@@ -32,8 +32,9 @@ def min_input_size(config: Sequence[int | str]) -> int:
 def _too_small(height: int, width: int, min_size: int) -> ValueError:
     return ValueError(
         f"VGG needs inputs of at least {min_size}x{min_size} (one halving per max-pool), got "
-        f"{height}x{width}; pad the inputs to {min_size}x{min_size} with the data loader's pad "
-        "option (28x28 MNIST-like images need 2 pixels on each side)"
+        f"{height}x{width}; pad the inputs to {min_size}x{min_size} (`biasdecay train`: "
+        f"data.pad_to = {min_size}, or none to pad automatically; in code: DeviceLoader's "
+        "pad_to). 28x28 MNIST-like images need 2 pixels on each side"
     )
 
 
