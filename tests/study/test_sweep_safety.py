@@ -176,3 +176,20 @@ def test_stopping_the_sweep_stops_its_run(tmp_path, how) -> None:
         assert index["runs"][0]["state"] == "stopped"
     log = (tmp_path / "nbd" / "train.log").read_text()
     assert "stopped by SIGTERM" in log and log.count("finished:") == 0
+
+
+def test_a_report_refuses_runs_its_plan_did_not_make(tmp_path) -> None:
+    from biasdecay.study.plan import make_plan, save_plan
+    from biasdecay.study.report import write_report
+    from biasdecay.train.config import dump_toml, load_config
+
+    plan = make_plan("table2", "smoke")
+    save_plan(plan, tmp_path)
+    run = plan.runs[0]
+    cfg = load_config(None, [*run.spec.overrides, "run.epochs=7"])  # not what the plan says
+    (tmp_path / run.name).mkdir()
+    (tmp_path / run.name / "config.toml").write_text(dump_toml(cfg))
+    with pytest.raises(
+        ValueError, match=r"(?s)do not match study.json: .*run.epochs 7.0 \(on disk\) -> 2.0"
+    ):
+        write_report(tmp_path)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from biasdecay.study.plan import StudyPlan, load_plan
+from biasdecay.study.plan import PLAN_FILE, StudyPlan, load_plan
 from biasdecay.study.presets import ScaledRun, total_steps
 from biasdecay.study.results import collect
 from biasdecay.study.sections import PLOTS_DIR, SECTIONS, Context, md_table
 from biasdecay.study.specs import PAPER_DATA, batch_text
+from biasdecay.study.sweep import SweepError, check_runs
 from biasdecay.train.tracking import atomic_write_text
 
 __all__ = ["REPORT_FILE", "scale_text", "write_report"]
@@ -119,11 +120,19 @@ def write_report(out: str | Path, plan: StudyPlan | None = None) -> tuple[Path, 
         The report's path and its markdown text.
 
     Raises:
-        ValueError: ``out`` is not a study sweep directory.
+        ValueError: ``out`` is not a study sweep directory, or one of its run directories was
+            made by other settings than its plan (``study.json``) gives that run.
     """
     out = Path(out)
     plan = plan or load_plan(out)
     _remove_temporaries(out)
+    # A run directory made by other settings than the plan's would be mislabelled: refuse it.
+    try:
+        check_runs([r.spec for r in plan.runs], out, require_config=False)
+    except SweepError as err:
+        raise ValueError(
+            f"no report of {out}, whose runs do not match {PLAN_FILE}: {err}"
+        ) from None
     ctx = Context(plan, out, collect(plan, out))
     lines = [
         f"# {plan.study.title}",

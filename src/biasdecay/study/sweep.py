@@ -167,7 +167,11 @@ def _planned_config(run: RunSpec, run_dir: Path, base_config: str | Path | None)
 
 
 def check_runs(
-    runs: Sequence[RunSpec], out: str | Path, base_config: str | Path | None = None
+    runs: Sequence[RunSpec],
+    out: str | Path,
+    base_config: str | Path | None = None,
+    *,
+    require_config: bool = True,
 ) -> dict[str, TrainConfig]:
     """Build and check every run's configuration, and match it to any directory already there.
 
@@ -175,6 +179,8 @@ def check_runs(
         runs: the planned runs.
         out: the sweep directory.
         base_config: TOML file the overrides apply to (None: the built-in defaults).
+        require_config: refuse a directory holding a result but no ``config.toml`` (a report
+            of fabricated run files passes False).
 
     Returns:
         Run name -> its full configuration.
@@ -207,7 +213,8 @@ def check_runs(
         run_dir = out / run.name
         recorded = run_dir / "config.toml"
         if not recorded.is_file():
-            if (run_dir / "summary.json").is_file() or (run_dir / "model.pt").is_file():
+            ended = (run_dir / "summary.json").is_file() or (run_dir / "model.pt").is_file()
+            if ended and require_config:
                 mismatched.append(
                     f"{run_dir}: holds a result but no config.toml, so what made it cannot "
                     "be checked"
