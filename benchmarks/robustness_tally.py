@@ -5,10 +5,12 @@ scikit-learn's digits (always installed), and is checked for what a user must ge
 
 * **bad input**: exit status 2, one ``error:`` line naming the problem (the expected words),
   no traceback, and nothing written where the case says so;
-* **kills**: ``biasdecay train`` killed with SIGKILL at random steps and resumed each time ends
-  bitwise equal to an uninterrupted run; a sweep killed (SIGKILL or SIGTERM, its PID alone)
-  leaves no trainer running, and the next sweep resumes its run to the same result; a resume
-  after the final checkpoint writes its final records once.
+* **kills and disks**: ``biasdecay train`` killed with SIGKILL at random steps and resumed each
+  time ends bitwise equal to an uninterrupted run; a sweep killed (SIGKILL or SIGTERM, its PID
+  alone) leaves no trainer running, and the next sweep resumes its run to the same result; a resume
+  after the final checkpoint writes its final records once; a disk that fills at the final
+  checkpoint (a small tmpfs, when run as root) stops the run with one message naming the kept
+  checkpoint, and the run resumes from it once there is room.
 
 Prints one row per case, then the totals; docs/robustness.md keeps the output with the machine.
 
@@ -317,6 +319,49 @@ def kill_sweep(root: Path, reference: Path, how: signal.Signals) -> tuple[bool, 
     )
 
 
+FULL_DISK = [  # 33 steps; 2.2 MB checkpoints at steps 11, 22 and 33: the third one does not fit
+    *TINY, "--set", "model.name=resnet18", "--set", "model.width=0.125", "--set",
+    "run.epochs=3",
+]  # fmt: skip
+
+
+def full_disk(root: Path) -> tuple[bool | None, str]:
+    """A disk that fills up at the final checkpoint: one message, the last one kept, resumable."""
+    if os.geteuid() != 0:
+        return None, "skipped: mounting a small tmpfs needs root"
+    mount = root / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5500k", "none", str(mount)]).returncode:
+        return None, "skipped: this machine cannot mount a tmpfs"
+    try:
+        run = mount / "run"
+        first = biasdecay(["train", "--no-progress", *FULL_DISK, "--out", str(run)], root)
+        message = first.stderr.strip().splitlines()[-1] if first.stderr.strip() else ""
+        kept = sorted(p.name for p in (run / "checkpoints").glob("*.pt"))
+        ok = (
+            first.returncode == 2
+            and "No space left on device" in message
+            and "step-000000022.pt, is kept" in message
+            and "Traceback" not in first.stderr
+            and kept[-1:] == ["step-000000022.pt"]
+        )
+        subprocess.run(["mount", "-o", "remount,size=20m", str(mount)], check=True)
+        again = biasdecay(["train", "--no-progress", "--resume", str(run)], root)
+        reference = biasdecay(["train", "--no-progress", *FULL_DISK, "--out", "roomy"], root)
+        evals = [r["step"] for r in _records(run) if r.get("kind") == "eval"]
+        ok = ok and again.returncode == 0 and reference.returncode == 0
+        ok = ok and len(evals) == len(set(evals))
+        ok = ok and _equal(root / "roomy" / "model.pt", run / "model.pt")
+        return ok, (
+            "disk full at the final checkpoint: one message naming it, step 22 kept; resumed "
+            "once freed, bitwise equal, no record twice"
+            if ok
+            else f"NOT as expected: {message[:160]!r}"
+        )
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=8, help="SIGKILLs of one training run")
@@ -344,6 +389,11 @@ def main() -> int:
             kill_ok += n >= 0
             survived += max(n, 0)
             print(f"{'ok ' if n >= 0 else 'FAIL'} {'train killed':28s} {what}", flush=True)
+            ok, what = full_disk(root)
+            if ok is not None:
+                kill_total += 1
+                kill_ok += ok
+            print(f"{'ok ' if ok else 'skip' if ok is None else 'FAIL'} {'full disk':28s} {what}")
             for how in (signal.SIGKILL, signal.SIGTERM):
                 ok, what = kill_sweep(root, reference, how)
                 kill_total += 1
@@ -352,8 +402,8 @@ def main() -> int:
                 print(f"{'ok ' if ok else 'FAIL'} {'sweep ' + how.name:28s} {what}", flush=True)
     print(
         f"\ntally: {passed}/{len(cases)} bad inputs refused with one error message and nothing "
-        f"written; {kill_ok}/{kill_total} kill scenarios ({survived} kills) survived with nothing "
-        f"lost ({time.perf_counter() - start:.0f} s)"
+        f"written; {kill_ok}/{kill_total} kill and disk scenarios ({survived} kills) survived "
+        f"with nothing lost ({time.perf_counter() - start:.0f} s)"
     )
     return 0 if passed == len(cases) and kill_ok == kill_total else 1
 

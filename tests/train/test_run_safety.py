@@ -160,3 +160,38 @@ def test_a_bad_pad_is_refused_with_nothing_written(tmp_path, capsys, model, pad,
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 5.5 MB tmpfs (root only): two 2.2 MB checkpoints fit, a third does not."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=5500k", "none", str(mount)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_real_full_disk_at_the_final_save_keeps_the_last_checkpoint(small_disk) -> None:
+    import subprocess
+
+    out = small_disk / "run"
+    big = ("model.name=resnet18", "model.width=0.125", "run.epochs=3")  # 33 steps
+    with pytest.raises(StorageError) as info:
+        Trainer(config(out, *big, "run.measure_epochs=[]"), log=quiet).fit()
+    message = str(info.value)
+    assert "step-000000033.pt: No space left on device" in message
+    assert "step-000000022.pt, is kept" in message
+    assert not list(out.rglob("*.tmp"))  # the half-written file went
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    summary = Trainer(config(out, *big, "run.measure_epochs=[]"), log=quiet).fit(resume=True)
+    assert summary["status"] == "finished" and summary["steps"] == 33

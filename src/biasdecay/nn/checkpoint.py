@@ -12,6 +12,7 @@ leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -58,16 +59,28 @@ class ModelSpec:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file and a rename (never half-written)."""
+    """``torch.save`` to ``path`` through a temporary file and a rename (never half-written).
+
+    Raises:
+        OSError: the file could not be written (a full disk: ``ENOSPC``), with its path.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Serialised in memory first: torch's writer turns a failed write (a full disk) into a
+    # RuntimeError about stream positions, while writing the bytes here raises the OSError
+    # that names the cause.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

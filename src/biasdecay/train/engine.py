@@ -325,19 +325,25 @@ class Trainer:
             raise
         except OSError as exc:  # a full disk, a vanished or read-only directory
             raise StorageError(self._storage_message(exc)) from exc
+        finally:  # however the run ends, its files are closed (and its disk can be unmounted)
+            if getattr(self, "metrics", None) is not None:
+                self.metrics.close()
 
     def _storage_message(self, exc: OSError) -> str:
         cause = exc.strerror or str(exc)
         where = f"{exc.filename}: " if exc.filename else ""
         kept = list_checkpoints(self.run_dir) if self.run_dir.is_dir() else []
         if kept:
-            state = f"the last checkpoint, {kept[-1].name}, is kept and the run resumes from it"
+            state = (
+                f"the last checkpoint, {kept[-1].name}, is kept. Fix the cause (e.g. free disk "
+                f"space), then continue from it: `biasdecay train --resume {self.run_dir}`"
+            )
         else:
-            state = "no checkpoint was kept, so the run would start again"
-        return (
-            f"run {self.run_dir} could not write its files ({where}{cause}); {state}. Fix the "
-            f"cause (e.g. free disk space), then `biasdecay train --resume {self.run_dir}`"
-        )
+            state = (
+                "no checkpoint was kept. Fix the cause (e.g. free disk space), then start the "
+                "run again with the same command"
+            )
+        return f"run {self.run_dir} could not write its files ({where}{cause}); {state}"
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         cfg, main = self.cfg, self.ctx.is_main
