@@ -1,23 +1,32 @@
 """Parameter roles: which part of the network a parameter plays (conv weight, BN shift, ...).
 
-Roles are decided by the *type* of the module that owns the parameter (``isinstance``), never by
-its name or number of dimensions: a BatchNorm γ and β are both 1-D and their names depend on the
-model's author, so neither clue can tell them apart reliably.
+Roles are decided by the *type* of the module that owns the parameter (its class hierarchy),
+never by its name or number of dimensions: a BatchNorm γ and β are both 1-D and their names
+depend on the model's author, so neither clue can tell them apart reliably. The same table says,
+for exact classes only, which standard operation they compute: what the connectivity fast path's
+closed-form formulas and reparameterisation's rescalings rely on.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from torch import nn
 
 __all__ = [
+    "FAMILIES",
+    "OPS",
+    "ModuleType",
     "Role",
-    "param_roles",
-    "param_owners",
-    "register_norm_type",
-    "norm_types",
     "is_norm_module",
+    "module_type",
+    "norm_types",
+    "op_of",
+    "param_owners",
+    "param_roles",
+    "register_module_type",
+    "register_norm_type",
 ]
 
 
@@ -48,22 +57,90 @@ _LABELS = {
     Role.OTHER: "other",
 }
 
-# Normalisation layers whose `weight` is γ and `bias` is β. Extended by register_norm_type
-# (ghost batch norm registers itself) so user-defined norms get the right roles too.
-_NORM_TYPES: list[type[nn.Module]] = [
-    nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm*
-    nn.GroupNorm,
-    nn.LayerNorm,
-]
-_CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
-_LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear)
+
+@dataclass(frozen=True)
+class ModuleType:
+    """What the library knows about a module class.
+
+    Attributes:
+        family: ``"conv"``, ``"linear"`` or ``"norm"``: the roles of its ``weight`` and ``bias``
+            (for a norm, ``weight`` is γ and ``bias`` is β).
+        op: the standard operation the *exact* class computes (one of :data:`OPS`), or None
+            when it is not known to compute one. The closed-form per-sample formulas of the
+            connectivity fast path and the function-preserving rescalings of reparameterisation
+            rely on it.
+    """
+
+    family: str
+    op: str | None = None
+
+
+# The one module-type table: roles, the per-sample fast path and reparameterisation read it.
+# Roles follow the class hierarchy (a subclass of nn.Conv2d has conv roles); an op belongs to the
+# exact class only, so a subclass with its own forward (weight standardisation, say) never gets
+# the formulas by accident; it joins with register_module_type.
+OPS = (
+    "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose", "batch_norm",
+    "instance_norm", "group_norm", "layer_norm",
+)  # fmt: skip
+FAMILIES = ("conv", "linear", "norm")
+_MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
+    nn.Linear: ModuleType("linear", "linear"),
+    nn.Bilinear: ModuleType("linear", "bilinear"),
+    nn.Conv1d: ModuleType("conv", "conv1d"),
+    nn.Conv2d: ModuleType("conv", "conv2d"),
+    nn.Conv3d: ModuleType("conv", "conv3d"),
+    **{
+        cls: ModuleType("conv", "conv_transpose")
+        for cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    },
+    nn.modules.conv._ConvNd: ModuleType("conv"),  # roles of other convs (lazy ones, subclasses)
+    **{
+        cls: ModuleType("norm", "batch_norm")
+        for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    },
+    **{
+        cls: ModuleType("norm", "instance_norm")
+        for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+    },
+    nn.modules.batchnorm._NormBase: ModuleType("norm"),  # roles of other norms (lazy ones)
+    nn.GroupNorm: ModuleType("norm", "group_norm"),
+    nn.LayerNorm: ModuleType("norm", "layer_norm"),
+}
+
+
+def register_module_type(
+    cls: type[nn.Module], family: str, op: str | None = None
+) -> type[nn.Module]:
+    """Declare what a module class is: its parameters' roles and, optionally, its operation.
+
+    Give an ``op`` only when the class computes exactly that standard operation in eval mode
+    (e.g. a BatchNorm subclass that changes only its training statistics). The connectivity
+    guard still checks every batch, so a wrong declaration is caught, not trusted.
+
+    Args:
+        cls: the module class.
+        family: ``"conv"``, ``"linear"`` or ``"norm"``.
+        op: one of :data:`OPS`, or None.
+
+    Returns:
+        ``cls`` unchanged.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_module_type expects an nn.Module subclass, got {cls!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    if op is not None and op not in OPS:
+        raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)} or None")
+    _MODULE_TYPES[cls] = ModuleType(family, op)
+    return cls
 
 
 def register_norm_type(cls: type[nn.Module]) -> type[nn.Module]:
     """Declare a module class as a normalisation layer (``weight`` = γ, ``bias`` = β).
 
     Usable as a class decorator. Subclasses of BatchNorm/GroupNorm/LayerNorm need no
-    registration.
+    registration for their roles.
 
     Args:
         cls: the module class.
@@ -73,38 +150,57 @@ def register_norm_type(cls: type[nn.Module]) -> type[nn.Module]:
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"register_norm_type expects an nn.Module subclass, got {cls!r}")
-    if cls not in _NORM_TYPES:
-        _NORM_TYPES.append(cls)
+    if cls not in _MODULE_TYPES:
+        register_module_type(cls, "norm")
     return cls
+
+
+def module_type(module: nn.Module, *, exact: bool = False) -> ModuleType | None:
+    """The table's entry for ``module``'s class, or None.
+
+    Args:
+        module: any module.
+        exact: look up the exact class only (what an op needs); otherwise the nearest
+            registered class in its hierarchy (what roles need).
+    """
+    if exact:
+        return _MODULE_TYPES.get(type(module))
+    for cls in type(module).__mro__:
+        if cls in _MODULE_TYPES:
+            return _MODULE_TYPES[cls]
+    return None
+
+
+def op_of(module: nn.Module) -> str | None:
+    """The standard operation ``module``'s exact class computes (:data:`OPS`), or None."""
+    entry = module_type(module, exact=True)
+    return entry.op if entry is not None else None
 
 
 def norm_types() -> tuple[type[nn.Module], ...]:
     """The module classes currently treated as normalisation layers."""
-    return tuple(_NORM_TYPES)
+    return tuple(cls for cls, entry in _MODULE_TYPES.items() if entry.family == "norm")
 
 
 def is_norm_module(module: nn.Module) -> bool:
     """Whether ``module`` is a normalisation layer (BatchNorm, GroupNorm, LayerNorm, registered)."""
-    return isinstance(module, tuple(_NORM_TYPES))
+    entry = module_type(module)
+    return entry is not None and entry.family == "norm"
+
+
+_ROLES = {
+    "conv": (Role.CONV_WEIGHT, Role.CONV_BIAS),
+    "linear": (Role.LINEAR_WEIGHT, Role.LINEAR_BIAS),
+    "norm": (Role.NORM_SCALE, Role.NORM_SHIFT),
+}
 
 
 def _role_of(module: nn.Module, local_name: str) -> Role:
-    if is_norm_module(module):
-        if local_name == "weight":
-            return Role.NORM_SCALE
-        if local_name == "bias":
-            return Role.NORM_SHIFT
-    elif isinstance(module, _CONV_TYPES):
-        if local_name == "weight":
-            return Role.CONV_WEIGHT
-        if local_name == "bias":
-            return Role.CONV_BIAS
-    elif isinstance(module, _LINEAR_TYPES):
-        if local_name == "weight":
-            return Role.LINEAR_WEIGHT
-        if local_name == "bias":
-            return Role.LINEAR_BIAS
-    return Role.OTHER
+    entry = module_type(module)
+    if entry is None or local_name not in ("weight", "bias"):
+        return Role.OTHER
+    weight, bias = _ROLES[entry.family]
+    return weight if local_name == "weight" else bias
 
 
 def param_roles(model: nn.Module) -> dict[str, Role]:

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from biasdecay.roles import register_module_type
+
 __all__ = [
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
@@ -206,6 +208,12 @@ class GhostBatchNorm2d(_GhostBatchNorm):
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+
+
+# In eval mode ghost batch norm is BatchNorm with running statistics: the exact per-sample
+# formulas of batch norm apply (and the connectivity guard checks that they do).
+for _cls in (GhostBatchNorm1d, GhostBatchNorm2d):
+    register_module_type(_cls, "norm", "batch_norm")
 
 
 # --------------------------------------------------------------------------- folding

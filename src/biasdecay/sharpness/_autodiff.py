@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -22,11 +23,86 @@ def resolve_loss(loss_fn: LossFn | None) -> LossFn:
     return mean_cross_entropy if loss_fn is None else loss_fn
 
 
+def check_batch_mean(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Refuse a ``loss_fn`` that does not average over the batch (one host sync).
+
+    Every measure is defined on the batch-*mean* loss (eq. 3-4); a summed loss would make C
+    (on the hook path), C_m, Tr(H) and λmax the batch size times too large, without a sign. The
+    check splits the batch in two and asks whether the loss of the whole is the size-weighted
+    mean of the parts', which a mean passes and a sum fails.
+
+    Raises:
+        ValueError: the loss is not a scalar, or is not the batch mean.
+    """
+    with torch.no_grad():
+        value = loss_fn(outputs, targets)
+        if value.ndim != 0:
+            raise ValueError(
+                f"loss_fn returned shape {tuple(value.shape)}; it must return the mean loss of "
+                "the batch, a scalar (reduction='mean')"
+            )
+        n = outputs.shape[0]
+        if n < 2:
+            return
+        first, rest = loss_fn(outputs[:1], targets[:1]), loss_fn(outputs[1:], targets[1:])
+        mean, total = ((first + (n - 1) * rest) / n).item(), (first + rest).item()
+        whole = value.item()
+    if not math.isclose(whole, mean, rel_tol=1e-4, abs_tol=1e-12):
+        what = (
+            " (it is their sum: reduction='sum'?)"
+            if math.isclose(whole, total, rel_tol=1e-4)
+            else ""
+        )
+        raise ValueError(
+            f"loss_fn does not average over the batch: on {n} samples it gives {whole:.6g}, "
+            f"but the size-weighted mean of its values on sample 1 and on the other {n - 1} is "
+            f"{mean:.6g}{what}. C, C_m, Tr(H) and λmax are defined on the batch-mean loss "
+            "(eq. 3-4): use reduction='mean'"
+        )
+
+
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of the model's first parameter (CPU/float32 if it has none)."""
     for p in model.parameters():
         return p.device, p.dtype
     return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _composite_weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return v * (g / torch.norm_except_dim(v, 2, dim))
+
+
+@contextlib.contextmanager
+def exact_higher_order() -> Iterator[None]:
+    """Within this context, ops whose higher derivatives torch gets wrong use a composite form.
+
+    ``torch._weight_norm`` (behind ``nn.utils.parametrizations.weight_norm`` and the older
+    ``nn.utils.weight_norm``) runs a fused kernel whose double backward is wrong: the Hessian it
+    gives is not even symmetric (torch 2.13 on the CPU; ``tests/sharpness/test_exactness_zoo.py``
+    shows it against the composite v·g/‖v‖ written out by hand), and it has no forward-mode
+    derivative at all. Here it is replaced by that composite: the same function,
+    differentiable to any order. Not thread-safe: the Hessian and Fisher measures run inside it.
+    """
+    fused = torch._weight_norm
+    torch._weight_norm = _composite_weight_norm
+    try:
+        yield
+    finally:
+        torch._weight_norm = fused
+
+
+def eager_module(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile``d model wraps; any other model as it is.
+
+    The measures hook into layers and differentiate per sample, which compiled graphs would
+    trace again and again (a recompilation per hook call). The wrapped module has the same
+    parameters and computes the same function eagerly, and its parameter names lack the
+    ``_orig_mod.`` prefix, so reports name them as the user's model does.
+    """
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return inner
+    return model
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -13,25 +13,46 @@ per-sample quantities:
 * Norm layers (BatchNorm with running statistics, GroupNorm, LayerNorm): per-sample γ and β
   gradients are reductions of δ·x̂ and δ.
 
-Anything else (an unsupported parametrised module, a module called twice, a parameter shared
-between modules) makes :func:`supports_fast_path` return a reason, and the caller uses the
-generic ``torch.func.vmap`` path instead.
+The formulas apply to the exact classes of the module-type table in :mod:`biasdecay.roles`
+only; anything else (an unregistered parametrised module, a module called twice, a parameter
+shared between modules) makes :func:`supports_fast_path` return a reason, and the caller uses
+the generic ``torch.func.vmap`` path instead.
+
+**The exactness guard.** A formula is only right if the parameter is used as the formula assumes:
+once, inside its own module's standard forward. A subclass with its own forward, a weight tied
+into another layer through ``F.linear`` or a reparametrisation break that without a sign. So
+every batch, the signed per-sample products the formula implies are summed over the batch and
+compared, per parameter, with θ ⊙ g for the batch gradient g that autograd computes in the same
+backward through whatever the model really does. A parameter that fails is recomputed through
+``torch.func`` for that batch and every later one (or, under ``strict``, raises).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biasdecay.roles import op_of
 from biasdecay.sharpness._autodiff import LossFn
 
 # Elements of one chunk's per-sample conv gradients (B_chunk × C_out × C_in·k·k) and unfolded
 # inputs; 2^23 float32 values = 32 MiB, small enough for any device, large enough for BLAS.
 _CHUNK_ELEMENTS = 1 << 18
 
-_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
-_FAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.LayerNorm, *_BN_TYPES)
+# How far the formula's batch gradient may stray from autograd's, relative to the parameter's
+# largest |θ ⊙ g|: summation-order noise of the dtype, far below what a wrong formula gives
+# (a weight-standardised conv or a tied weight is off by O(1)).
+_GUARD_RTOL = {torch.float64: 1e-9, torch.float32: 1e-3}
+_GUARD_RTOL_LOW_PRECISION = 5e-2  # bf16, fp16
+
+
+def guard_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the exactness guard for parameters of ``dtype``."""
+    return _GUARD_RTOL.get(dtype, _GUARD_RTOL_LOW_PRECISION)
 
 
 def _own_trainable(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -45,9 +66,14 @@ def supports_fast_path(model: nn.Module) -> str | None:
         own = _own_trainable(module)
         if not own:
             continue
-        if not isinstance(module, _FAST_TYPES):
-            return f"module '{name}' ({type(module).__name__}) has parameters of its own"
-        if isinstance(module, _BN_TYPES) and module.running_mean is None:
+        op = op_of(module)
+        if op not in _HANDLERS:
+            what = "no known operation" if op is None else f"no per-sample formula for {op}"
+            return (
+                f"module '{name}' ({type(module).__name__}) has parameters of its own and "
+                f"{what} (biasdecay.roles.register_module_type declares a standard one)"
+            )
+        if op == "batch_norm" and module.running_mean is None:
             return (
                 f"BatchNorm '{name}' has no running statistics, so its eval output depends on "
                 "the whole batch and a per-sample gradient does not exist"
@@ -75,6 +101,8 @@ class _Recorder:
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if not torch.is_grad_enabled():  # a plain forward (e.g. a check) records nothing
+                return
             self.calls[name] = self.calls.get(name, 0) + 1
             self.inputs[name] = args[0].detach()
 
@@ -97,23 +125,28 @@ class _Recorder:
             h.remove()
 
 
-def _linear_terms(
-    layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Per-sample Σ|θ⊙g| of a Linear layer's weight and bias, each of shape (B,)."""
-    out: dict[str, torch.Tensor] = {}
+# A layer's terms: {local parameter name: (per-sample Σ|θ⊙g_n| of shape (B,), Σ_n g_n shaped
+# like the parameter)}. The second is what the guard compares with autograd's gradient.
+Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _linear_terms(layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor) -> Terms:
+    """Per-sample Σ|θ⊙g| of a Linear layer's weight and bias, and their batch gradients."""
+    out: Terms = {}
     B = a.shape[0]
     if layer.weight.requires_grad:
         w_abs = layer.weight.detach().abs()
         if a.dim() == 2:
             # Rank-one per-sample gradient: |W ⊙ δ aᵀ| summed = |δ|ᵀ|W||a|.
-            out["weight"] = ((delta.abs() @ w_abs) * a.abs()).sum(1)
+            per_sample = ((delta.abs() @ w_abs) * a.abs()).sum(1)
+            out["weight"] = (per_sample, delta.t() @ a)
         else:
             a3, d3 = a.reshape(B, -1, a.shape[-1]), delta.reshape(B, -1, delta.shape[-1])
-            out["weight"] = _chunked_outer_sum(d3.transpose(1, 2), a3, w_abs)
+            per_sample, grad = _chunked_outer_sum(d3.transpose(1, 2), a3, w_abs)
+            out["weight"] = (per_sample, grad.reshape(layer.weight.shape))
     if layer.bias is not None and layer.bias.requires_grad:
         g_b = delta.reshape(B, -1, delta.shape[-1]).sum(1)
-        out["bias"] = (g_b.abs() * layer.bias.detach().abs()).sum(1)
+        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), g_b.sum(0))
     return out
 
 
@@ -128,25 +161,28 @@ def _abs_weighted_sum(g: torch.Tensor, w_abs_flat: torch.Tensor) -> torch.Tensor
 
 def _chunked_outer_sum(
     d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, groups: int = 1
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_ij |W_ij (d_n u_n)_ij| per sample, with d: (B, O, L), u: (B, L, I), W: (O, I·…).
 
     The (B, O, I) per-sample gradients are formed a chunk of samples at a time.
+
+    Returns:
+        The (B,) sums and the batch gradient Σ_n d_n u_n, flat in the weight's layout.
     """
     B, O, L = d.shape
     I_total = u.shape[-1]
     chunk = _chunk_size(B, O * I_total // groups + L * I_total)
     w_flat = w_abs.reshape(-1)
-    result = []
+    result, grad = [], torch.zeros_like(w_flat)
     for s in range(0, B, chunk):
-        result.append(_outer_chunk(d[s : s + chunk], u[s : s + chunk], w_flat, groups))
-    return torch.cat(result)
+        result.append(_outer_chunk(d[s : s + chunk], u[s : s + chunk], w_flat, groups, grad))
+    return torch.cat(result), grad
 
 
 def _outer_chunk(
-    d: torch.Tensor, u: torch.Tensor, w_flat: torch.Tensor, groups: int
+    d: torch.Tensor, u: torch.Tensor, w_flat: torch.Tensor, groups: int, grad: torch.Tensor
 ) -> torch.Tensor:
-    """One chunk of :func:`_chunked_outer_sum`: d (n, O, L), u (n, L, I)."""
+    """One chunk of :func:`_chunked_outer_sum`: d (n, O, L), u (n, L, I); adds to ``grad``."""
     n, O, L = d.shape
     if groups == 1:
         g = torch.bmm(d, u)  # (n, O, I): per-sample weight gradients
@@ -155,6 +191,7 @@ def _outer_chunk(
         dg = d.reshape(n, groups, O // groups, L)
         ug = u.reshape(n, L, groups, I_total // groups).transpose(1, 2)
         g = torch.matmul(dg, ug)  # (n, groups, O/g, I/g) = weight layout (O, I/g)
+    grad += g.sum(0).reshape(-1)  # before the absolute value below overwrites g
     return _abs_weighted_sum(g, w_flat)
 
 
@@ -167,7 +204,7 @@ def _unfolded_conv_weight(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     groups: int,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample Σ|W ⊙ G_n| of any 2-D conv through im2col (unfold) and a batched matmul."""
     B = a.shape[0]
     d = delta.reshape(B, delta.shape[1], -1)  # (B, O, L)
@@ -176,11 +213,11 @@ def _unfolded_conv_weight(
     # Unfold a chunk at a time: the unfolded block and its gradients stay in cache.
     chunk = _chunk_size(B, O * I_total // groups + L * I_total)
     w_flat = w_abs.reshape(-1)
-    parts = []
+    parts, grad = [], torch.zeros_like(w_flat)
     for s in range(0, B, chunk):
         u = F.unfold(a[s : s + chunk], kernel, dilation=dilation, padding=padding, stride=stride)
-        parts.append(_outer_chunk(d[s : s + chunk], u.transpose(1, 2), w_flat, groups))
-    return torch.cat(parts)
+        parts.append(_outer_chunk(d[s : s + chunk], u.transpose(1, 2), w_flat, groups, grad))
+    return torch.cat(parts), grad.reshape(w_abs.shape)
 
 
 def _unit_stride_conv_weight(
@@ -189,7 +226,7 @@ def _unit_stride_conv_weight(
     w_abs: torch.Tensor,
     padding: tuple[int, int],
     dilation: tuple[int, int],
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample Σ|W ⊙ G_n| of a stride-1, ungrouped 2-D conv without im2col.
 
     On the zero-padded input flattened row by row, the inputs that kernel tap (i, j) sees form
@@ -209,30 +246,31 @@ def _unit_stride_conv_weight(
     a_flat = a_pad.reshape(B, c_in, Hp * Wp)
     d_rows = F.pad(delta, (0, Wp - Wo)).reshape(B, O, length)
     taps = [
-        (i * dilation[0] * Wp + j * dilation[1], w_abs[:, :, i, j].reshape(-1))
+        (i, j, i * dilation[0] * Wp + j * dilation[1], w_abs[:, :, i, j].reshape(-1))
         for i in range(kh)
         for j in range(kw)
     ]
     chunk = _chunk_size(B, c_in * Hp * Wp + O * length + O * c_in)
-    parts = []
+    parts, grad = [], torch.zeros_like(w_abs)
     for s in range(0, B, chunk):
         x_c, d_c = a_flat[s : s + chunk], d_rows[s : s + chunk]
         total = None
-        for start, w_tap in taps:
+        for i, j, start, w_tap in taps:
             window = x_c[:, :, start : start + length]  # (n, C_in, Ho·Wp) view
             g = torch.bmm(d_c, window.transpose(1, 2))  # (n, O, C_in) for this tap
+            grad[:, :, i, j] += g.sum(0)
             term = _abs_weighted_sum(g, w_tap)
             total = term if total is None else total + term
         parts.append(total)
-    return torch.cat(parts)
+    return torch.cat(parts), grad
 
 
 def _conv_terms(
-    layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Per-sample Σ|θ⊙g| of a Conv1d/Conv2d layer's weight and bias, each of shape (B,)."""
-    out: dict[str, torch.Tensor] = {}
-    if isinstance(layer, nn.Conv1d):  # treat as a 2-D conv with height 1
+    layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, *, one_d: bool
+) -> Terms:
+    """Per-sample Σ|θ⊙g| of a Conv1d/Conv2d layer's weight and bias, and their batch gradients."""
+    out: Terms = {}
+    if one_d:  # treat as a 2-D conv with height 1
         a, delta = a.unsqueeze(2), delta.unsqueeze(2)
         kernel, stride = (1, *layer.kernel_size), (1, *layer.stride)
         dilation = (1, *layer.dilation)
@@ -249,32 +287,33 @@ def _conv_terms(
             # Pad exactly as the layer does ('same', reflect, ...), then work without padding.
             pad = layer._reversed_padding_repeated_twice
             mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-            if isinstance(layer, nn.Conv1d):
+            if one_d:
                 a = F.pad(a.squeeze(2), pad, mode=mode).unsqueeze(2)
             else:
                 a = F.pad(a, pad, mode=mode)
             padding = (0, 0)
         w_abs = layer.weight.detach().abs().reshape(layer.weight.shape[0], -1, *kernel)
         if stride == (1, 1) and layer.groups == 1:
-            out["weight"] = _unit_stride_conv_weight(a, delta, w_abs, padding, dilation)
+            per_sample, grad = _unit_stride_conv_weight(a, delta, w_abs, padding, dilation)
         else:
-            out["weight"] = _unfolded_conv_weight(
+            per_sample, grad = _unfolded_conv_weight(
                 a, delta, w_abs, kernel, stride, padding, dilation, layer.groups
             )
+        out["weight"] = (per_sample, grad.reshape(layer.weight.shape))
     if layer.bias is not None and layer.bias.requires_grad:
         g_b = delta.sum(tuple(range(2, delta.dim())))
-        out["bias"] = (g_b.abs() * layer.bias.detach().abs()).sum(1)
+        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), g_b.sum(0))
     return out
 
 
-def _normalised_input(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
+def _normalised_input(layer: nn.Module, a: torch.Tensor, op: str) -> torch.Tensor:
     """x̂ of a norm layer in eval mode (before γ, β), sample by sample."""
-    if isinstance(layer, _BN_TYPES):
+    if op == "batch_norm":
         shape = (1, -1) + (1,) * (a.dim() - 2)
         mean = layer.running_mean.view(shape)
         var = layer.running_var.view(shape)
         return (a - mean) * torch.rsqrt(var + layer.eps)
-    if isinstance(layer, nn.GroupNorm):
+    if op == "group_norm":
         return F.group_norm(a, layer.num_groups, None, None, layer.eps)
     return F.layer_norm(a, layer.normalized_shape, None, None, layer.eps)
 
@@ -284,35 +323,58 @@ def _sum_dims(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return t.sum(dims) if dims else t
 
 
-def _norm_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+def _norm_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, op: str) -> Terms:
     """Per-sample Σ|γ⊙g_γ| and Σ|β⊙g_β| of a BatchNorm/GroupNorm/LayerNorm layer."""
-    out: dict[str, torch.Tensor] = {}
+    out: Terms = {}
     B = a.shape[0]
-    if isinstance(layer, nn.LayerNorm):
+    if op == "layer_norm":
         k = len(layer.normalized_shape)
         reduce_dims = tuple(range(1, a.dim() - k))  # leading non-batch dims
     else:
         reduce_dims = tuple(range(2, a.dim()))  # spatial dims; channels stay
     w, b = layer.weight, layer.bias
-    if w is not None and w.requires_grad:
-        g_w = _sum_dims(delta * _normalised_input(layer, a), reduce_dims)
-        out["weight"] = (g_w.abs() * w.detach().abs()).reshape(B, -1).sum(1)
-    if b is not None and b.requires_grad:
-        g_b = _sum_dims(delta, reduce_dims)
-        out["bias"] = (g_b.abs() * b.detach().abs()).reshape(B, -1).sum(1)
+    for local, p, g in (
+        ("weight", w, lambda: delta * _normalised_input(layer, a, op)),
+        ("bias", b, lambda: delta),
+    ):
+        if p is not None and p.requires_grad:
+            g_n = _sum_dims(g(), reduce_dims)  # (B, *parameter shape)
+            per_sample = (g_n.abs() * p.detach().abs()).reshape(B, -1).sum(1)
+            out[local] = (per_sample, g_n.sum(0).reshape(p.shape))
     return out
 
 
-def _layer_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
-    if isinstance(layer, nn.Linear):
-        return _linear_terms(layer, a, delta)
-    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
-        return _conv_terms(layer, a, delta)
-    return _norm_terms(layer, a, delta)
+# The exact per-sample formula of each standard operation (biasdecay.roles.OPS) that has one.
+_HANDLERS = {
+    "linear": lambda layer, a, delta: _linear_terms(layer, a, delta),
+    "conv1d": lambda layer, a, delta: _conv_terms(layer, a, delta, one_d=True),
+    "conv2d": lambda layer, a, delta: _conv_terms(layer, a, delta, one_d=False),
+    **{
+        op: (lambda layer, a, delta, op=op: _norm_terms(layer, a, delta, op))
+        for op in ("batch_norm", "group_norm", "layer_norm")
+    },
+}
+
+
+def _layer_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> Terms:
+    return _HANDLERS[op_of(layer)](layer, a, delta)
+
+
+@dataclass
+class GuardFailure:
+    """A parameter whose formula disagreed with autograd on a batch."""
+
+    name: str
+    relative_error: float  # max |θ⊙(Σ_n g_n − g)| / max |θ⊙g|
 
 
 class HookedPerSample:
-    """Per-sample connectivity terms of one batch through layer hooks (see module docstring)."""
+    """Per-sample connectivity terms of one batch through layer hooks (see module docstring).
+
+    Args:
+        model: the network; every module with trainable parameters has a formula.
+        loss_fn: the batch-mean loss.
+    """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
         self.model = model
@@ -324,17 +386,24 @@ class HookedPerSample:
             for lname, layer in self.recorder.layers
             for local, p in _own_trainable(layer)
         }
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def close(self) -> None:
         self.recorder.remove()
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """``{parameter name: (B,) per-sample Σ|θ⊙∂ℓ_n/∂θ|}``, or None if a layer ran twice."""
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], list[GuardFailure]] | None:
+        """Per-sample terms and the guard's verdict, or None if a layer ran twice.
+
+        Returns:
+            ``{parameter name: (B,) per-sample Σ|θ⊙∂ℓ_n/∂θ|}`` for the parameters the guard
+            passed, and the parameters it failed (their formula values are not returned).
+        """
         rec = self.recorder
         rec.clear()
-        # Differentiating with respect to the input alone makes autograd skip every
-        # parameter-gradient kernel: only output gradients (the hooks) are produced.
         x = x.detach().requires_grad_(True)
+        names = list(self.params)
         with torch.enable_grad():
             logits = self.model(x)
             # The loss is a batch mean, so B × loss = Σ_n ℓ_n; its gradient w.r.t. row n of any
@@ -342,29 +411,79 @@ class HookedPerSample:
             total = self.loss_fn(logits, y) * x.shape[0]
             if any(c > 1 for c in rec.calls.values()):
                 return None
-            torch.autograd.grad(total, [x], allow_unused=True)
+            # The same backward gives the layers' output gradients (the hooks) and the batch
+            # gradient of every parameter through what the model really computes: the guard.
+            grads = torch.autograd.grad(total, [x, *self.params.values()], allow_unused=True)[1:]
+        autograd_grad = dict(zip(names, grads, strict=True))
         terms: dict[str, torch.Tensor] = {}
+        implied: dict[str, torch.Tensor] = {}
         for lname, layer in rec.layers:
             if lname not in rec.grads:  # layer unused in this forward: zero sensitivity
                 continue
-            for local, value in _layer_terms(layer, rec.inputs[lname], rec.grads[lname]).items():
+            for local, (value, grad) in _layer_terms(
+                layer, rec.inputs[lname], rec.grads[lname]
+            ).items():
                 terms[self.names[(lname, local)]] = value
+                implied[self.names[(lname, local)]] = grad
         rec.clear()
-        return terms
+        failures = self._guard(implied, autograd_grad)
+        for failure in failures:
+            terms.pop(failure.name, None)
+        return terms, failures
+
+    def _guard(
+        self, implied: dict[str, torch.Tensor], autograd_grad: dict[str, torch.Tensor | None]
+    ) -> list[GuardFailure]:
+        """Compare θ⊙Σ_n g_n (formula) with θ⊙g (autograd) per parameter; one host sync."""
+        checked, errors = [], []
+        for name, p in self.params.items():
+            theta = p.detach()
+            truth = autograd_grad[name]
+            formula = implied.get(name)
+            if truth is None and formula is None:
+                continue  # unused by this batch on both counts
+            truth = torch.zeros_like(theta) if truth is None else truth
+            formula = torch.zeros_like(theta) if formula is None else formula
+            scale = (theta * truth).abs().max()
+            error = (theta * (formula - truth)).abs().max()
+            tiny = torch.finfo(theta.dtype).tiny
+            checked.append((name, guard_tolerance(theta.dtype)))
+            errors.append(torch.stack([error, torch.clamp(scale, min=tiny)]).double())
+        if not checked:
+            return []
+        values = torch.stack(errors).tolist()
+        return [
+            GuardFailure(name, error / scale)
+            for (name, rtol), (error, scale) in zip(checked, values, strict=True)
+            if error > rtol * scale
+        ]
 
 
 def vmap_per_sample(
-    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, chunk_size: int
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk_size: int,
+    only: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The same terms as :class:`HookedPerSample` through ``torch.func`` per-sample gradients.
 
     Works for any model whose eval forward treats samples independently; costs a
-    chunk × parameter-count buffer.
+    chunk × (differentiated parameters) buffer.
+
+    Args:
+        only: differentiate these parameters alone (the others are held constant); None: all
+            trainable ones.
     """
     from torch.func import functional_call, grad, vmap
 
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    params = {
+        n: p.detach()
+        for n, p in model.named_parameters()
+        if p.requires_grad and (only is None or n in only)
+    }
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in params}
     buffers = dict(model.named_buffers())
 
     def single_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor):

@@ -19,13 +19,20 @@ from torch import nn
 from biasdecay.roles import Role, is_norm_module, param_owners, param_roles
 from biasdecay.sharpness._autodiff import (
     LossFn,
+    check_batch_mean,
+    eager_module,
     iter_batches,
     preserved_state,
     progress,
     resolve_loss,
     trainable_parameters,
 )
-from biasdecay.sharpness._per_sample import HookedPerSample, supports_fast_path, vmap_per_sample
+from biasdecay.sharpness._per_sample import (
+    GuardFailure,
+    HookedPerSample,
+    supports_fast_path,
+    vmap_per_sample,
+)
 
 __all__ = [
     "ConnectivityReport",
@@ -59,7 +66,10 @@ class ConnectivityReport:
         train_mode: whether the model ran in train mode (C_m only; C is always eval mode).
         n_samples: samples seen.
         batch_sizes: sizes of the batches seen; C_m depends on them, C does not.
-        method: how per-sample terms were computed ("hooks", "vmap") or "minibatch" for C_m.
+        method: how per-sample terms were computed: "hooks", "vmap", "hooks+vmap" (the
+            exactness guard sent some parameters to vmap), or "minibatch" for C_m.
+        fallback_reason: why anything left the hook path, or None.
+        paths: each parameter's path: "hooks", "vmap" or "minibatch".
     """
 
     total: float
@@ -72,6 +82,7 @@ class ConnectivityReport:
     batch_sizes: tuple[int, ...]
     method: str
     fallback_reason: str | None = field(default=None)
+    paths: dict[str, str] = field(default_factory=dict)
 
     @property
     def measure(self) -> str:
@@ -121,6 +132,7 @@ class ConnectivityReport:
             "batch_sizes": list(self.batch_sizes),
             "method": self.method,
             "fallback_reason": self.fallback_reason,
+            "paths": self.paths,
             "table2": self.table2(),
             "by_role": {r.value: v for r, v in self.by_role.items()},
             "by_module": self.by_module,
@@ -138,6 +150,7 @@ def connectivity_sharpness(
     train_mode: bool = False,
     chunk_size: int = 32,
     method: str = "auto",
+    strict: bool = False,
     progress_bar: bool = False,
 ) -> ConnectivityReport:
     """Connectivity sharpness of ``model`` over ``data`` (paper eq. 4; eq. 11 for the split).
@@ -158,8 +171,12 @@ def connectivity_sharpness(
         per_sample: C (True) or C_m (False).
         train_mode: for C_m only, run the model in train mode (batch statistics).
         chunk_size: samples per vectorised chunk on the generic (``vmap``) path.
-        method: "auto" (layer hooks when every parametrised layer is supported, else vmap),
-            "hooks" or "vmap"; per-sample only.
+        method: "auto" (layer hooks when every parametrised layer has an exact formula, else
+            vmap), "hooks" or "vmap"; per-sample only. On the hook path an exactness guard
+            checks every parameter on every batch (the formula's batch gradient against
+            autograd's) and recomputes those that fail through torch.func; the report's
+            ``paths`` says which parameter took which path.
+        strict: raise, naming the parameters, when the guard fails instead of recomputing.
         progress_bar: show a progress bar over batches.
 
     Returns:
@@ -167,8 +184,10 @@ def connectivity_sharpness(
 
     Raises:
         ValueError: on train mode with per-sample C, an unknown method, no trainable
-            parameters, or empty data.
+            parameters, empty data, or (``strict``) a parameter whose formula the guard
+            rejects.
     """
+    model = eager_module(model)
     if per_sample and train_mode:
         raise ValueError(
             "per-sample C is defined with fixed normalisation statistics (eval mode): a "
@@ -189,14 +208,14 @@ def connectivity_sharpness(
 
     with preserved_state(model, train=train_mode):
         if per_sample:
-            sums, batch_sizes, used, reason = _per_sample_sums(
-                model, batches, loss, names, chunk_size, method
-            )
+            result = _per_sample_sums(model, batches, loss, names, chunk_size, method, strict)
+            sums, batch_sizes, used = result.sums, result.batch_sizes, result.method
+            reason, paths = result.reason, result.paths
             n_samples = sum(batch_sizes)
             denominator = n_samples
         else:
             sums, batch_sizes = _minibatch_sums(model, batches, loss, params)
-            used, reason = "minibatch", None
+            used, reason, paths = "minibatch", None, dict.fromkeys(names, "minibatch")
             n_samples = sum(batch_sizes)
             denominator = len(batch_sizes)
     if not batch_sizes:
@@ -216,11 +235,21 @@ def connectivity_sharpness(
         batch_sizes=tuple(batch_sizes),
         method=used,
         fallback_reason=reason,
+        paths=paths,
     )
 
 
 def _desc(per_sample: bool) -> str:
     return "connectivity C" if per_sample else "connectivity C_m"
+
+
+@dataclass
+class _PerSampleResult:
+    sums: dict[str, torch.Tensor]
+    batch_sizes: list[int]
+    method: str
+    reason: str | None
+    paths: dict[str, str]
 
 
 def _per_sample_sums(
@@ -230,7 +259,8 @@ def _per_sample_sums(
     names: list[str],
     chunk_size: int,
     method: str,
-) -> tuple[dict[str, torch.Tensor], list[int], str, str | None]:
+    strict: bool,
+) -> _PerSampleResult:
     """Σ over samples of each parameter's |θ⊙∂ℓ_n/∂θ| sum, accumulated in float64."""
     reason = supports_fast_path(model) if method != "vmap" else "method='vmap' requested"
     if method == "hooks" and reason is not None:
@@ -238,21 +268,34 @@ def _per_sample_sums(
     hooked = HookedPerSample(model, loss) if reason is None else None
     sums: dict[str, torch.Tensor] = {}
     batch_sizes: list[int] = []
+    guarded: dict[str, float] = {}  # parameters the guard sent to vmap -> their formula error
+    checked = False
     try:
         for x, y in iter_batches(batches, model):
+            if not checked:  # the hook path scales by the batch size: the loss must be a mean
+                with torch.no_grad():
+                    check_batch_mean(loss, model(x), y)
+                checked = True
             terms = None
             if hooked is not None:
                 if not x.is_floating_point():
                     reason = "the inputs are not floating point (hooks differentiate w.r.t. them)"
                 else:
-                    terms = hooked(x, y)
-                    if terms is None:
+                    result = hooked(x, y)
+                    if result is None:
                         reason = "a layer ran more than once in one forward pass"
+                    else:
+                        terms, failures = result
+                        _note_failures(failures, guarded, strict)
                 if terms is None:  # switch to the generic path for this and later batches
                     hooked.close()
                     hooked = None
             if terms is None:
                 terms = vmap_per_sample(model, loss, x, y, chunk_size)
+            elif guarded:  # the guard's failures, exactly, through torch.func
+                for name in guarded:
+                    terms.pop(name, None)
+                terms.update(vmap_per_sample(model, loss, x, y, chunk_size, only=guarded))
             for n, t in terms.items():
                 s = t.sum(dtype=torch.float64)
                 sums[n] = sums[n] + s if n in sums else s
@@ -262,8 +305,35 @@ def _per_sample_sums(
             hooked.close()
     device = next(model.parameters()).device
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    used = "hooks" if reason is None else "vmap"
-    return {n: sums.get(n, zero) for n in names}, batch_sizes, used, reason
+    if reason is not None:
+        used, paths = "vmap", dict.fromkeys(names, "vmap")
+    else:
+        paths = {n: "vmap" if n in guarded else "hooks" for n in names}
+        used = "hooks+vmap" if guarded else "hooks"
+        if guarded:
+            shown = ", ".join(f"{n} (off by {e:.2g})" for n, e in guarded.items())
+            reason = (
+                f"the exactness guard found the layer formula wrong for {shown}: recomputed "
+                "through torch.func"
+            )
+    return _PerSampleResult({n: sums.get(n, zero) for n in names}, batch_sizes, used, reason, paths)
+
+
+def _note_failures(failures: list[GuardFailure], guarded: dict[str, float], strict: bool) -> None:
+    """Record the guard's failures (each parameter once); raise under ``strict``."""
+    if failures and strict:
+        shown = "; ".join(
+            f"{f.name}: θ⊙Σ_n g_n differs from θ⊙g by {f.relative_error:.2g} of its largest entry"
+            for f in failures
+        )
+        raise ValueError(
+            f"strict: the per-sample formula of these parameters disagrees with autograd "
+            f"({shown}). They are used other than inside their own module's standard forward "
+            "(a subclass with its own forward, a tied weight, a reparametrisation); use "
+            "strict=False to recompute them through torch.func, or method='vmap'"
+        )
+    for failure in failures:
+        guarded.setdefault(failure.name, failure.relative_error)
 
 
 def _minibatch_sums(
@@ -278,7 +348,10 @@ def _minibatch_sums(
     batch_sizes: list[int] = []
     for x, y in iter_batches(batches, model):
         with torch.enable_grad():
-            grads = torch.autograd.grad(loss(model(x), y), tensors, allow_unused=True)
+            outputs = model(x)
+            if not batch_sizes:
+                check_batch_mean(loss, outputs.detach(), y)
+            grads = torch.autograd.grad(loss(outputs, y), tensors, allow_unused=True)
         for i, (g, p) in enumerate(zip(grads, tensors, strict=True)):
             if g is not None:
                 sums[i] += (g * p.detach()).abs().sum(dtype=torch.float64)
@@ -310,6 +383,7 @@ def connection_sensitivity(
     Returns:
         ``{parameter name: tensor shaped like the parameter}`` for trainable parameters.
     """
+    model = eager_module(model)
     params = trainable_parameters(model)
     loss = resolve_loss(loss_fn)
     with preserved_state(model, train=train_mode):
@@ -350,7 +424,7 @@ def bias_utilization(
         elif role is Role.NORM_SHIFT:
             beta[owner] = value
     if model is not None:
-        norms = {n for n, m in model.named_modules() if is_norm_module(m)}
+        norms = {n for n, m in eager_module(model).named_modules() if is_norm_module(m)}
         gamma = {k: v for k, v in gamma.items() if k in norms}
     ratios: dict[str, float] = {}
     for layer, c_gamma in gamma.items():

@@ -21,7 +21,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from biasdecay.sharpness._autodiff import iter_batches, preserved_state, trainable_parameters
+from biasdecay.sharpness._autodiff import (
+    eager_module,
+    exact_higher_order,
+    iter_batches,
+    preserved_state,
+    trainable_parameters,
+)
 from biasdecay.sharpness._autodiff import progress as progress_bar
 
 __all__ = ["FISHER_LABELS", "FisherRaoNorm", "fisher_rao_norm"]
@@ -85,6 +91,7 @@ def fisher_rao_norm(
         Liang, Poggio, Rakhlin & Stokes, "Fisher-Rao Metric, Geometry, and Complexity of Neural
         Networks", AISTATS 2019.
     """
+    model = eager_module(model)
     if labels not in FISHER_LABELS:
         raise ValueError(f"unknown labels {labels!r}; valid options are {FISHER_LABELS}")
     theta = {name: p.detach() for name, p in trainable_parameters(model)}
@@ -95,7 +102,7 @@ def fisher_rao_norm(
         )
     total = torch.zeros((), dtype=torch.float64)
     n_samples = 0
-    with preserved_state(model, train=False), torch.no_grad():
+    with preserved_state(model, train=False), exact_higher_order(), torch.no_grad():
         batches = progress_bar(iter_batches(data, model), desc="Fisher-Rao norm", enabled=progress)
         for x, y in batches:
             log_probs, directional = _log_softmax_along_theta(model, theta, x)

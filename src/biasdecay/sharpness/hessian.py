@@ -29,6 +29,9 @@ from torch import nn
 
 from biasdecay.sharpness._autodiff import (
     LossFn,
+    check_batch_mean,
+    eager_module,
+    exact_higher_order,
     iter_batches,
     preserved_state,
     resolve_loss,
@@ -160,6 +163,7 @@ class DatasetHessian:
         #: HVPs computed so far (each a full pass-equivalent over the data).
         self.n_matvecs = 0
         self._passes = 0
+        self._mean_checked = False
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H v`` for every row ``v`` of ``vectors`` (shape ``(k, dim)``), in one data pass."""
@@ -227,7 +231,11 @@ class DatasetHessian:
         return total / n_samples
 
     def _first_order_graph(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
-        loss = self.loss_fn(self.model(x), y)
+        outputs = self.model(x)
+        if not self._mean_checked:  # batches are weighted by their size: losses must be means
+            check_batch_mean(self.loss_fn, outputs.detach(), y)
+            self._mean_checked = True
+        loss = self.loss_fn(outputs, y)
         if loss.ndim != 0:
             raise ValueError(
                 f"loss_fn returned shape {tuple(loss.shape)}; it must return the mean loss of the "
@@ -278,6 +286,7 @@ def hessian_trace(
     References:
         Meyer, Musco, Musco & Woodruff, "Hutch++: Optimal Stochastic Trace Estimation", SOSA 2021.
     """
+    model = eager_module(model)
     if method not in TRACE_METHODS:
         raise ValueError(f"unknown trace method {method!r}; valid methods are {TRACE_METHODS}")
     n_matvecs = operator.index(n_matvecs)
@@ -287,7 +296,7 @@ def hessian_trace(
             f"{_MIN_MATVECS[method]}; raise n_matvecs"
         )
     generator = torch.Generator().manual_seed(seed)
-    with preserved_state(model, train=False), torch.enable_grad():
+    with preserved_state(model, train=False), exact_higher_order(), torch.enable_grad():
         hessian = DatasetHessian(model, data, resolve_loss(loss_fn), show_progress=progress)
         estimator = _hutchinson if method == "hutchinson" else _hutch_plus_plus
         value, stderr = estimator(hessian, n_matvecs, generator)
@@ -375,13 +384,14 @@ def hessian_max_eigenvalue(
         ValueError: for ``max_iter < 1``, ``tol < 0``, a model without trainable parameters or
             empty data.
     """
+    model = eager_module(model)
     max_iter = operator.index(max_iter)
     if max_iter < 1:
         raise ValueError(f"max_iter={max_iter}; Lanczos needs at least one step, pass max_iter>=1")
     if not tol >= 0:
         raise ValueError(f"tol={tol}; pass a relative tolerance >= 0 (e.g. 1e-6)")
     generator = torch.Generator().manual_seed(seed)
-    with preserved_state(model, train=False), torch.enable_grad():
+    with preserved_state(model, train=False), exact_higher_order(), torch.enable_grad():
         hessian = DatasetHessian(model, data, resolve_loss(loss_fn))
         value, vector, converged = _lanczos_largest(hessian, max_iter, tol, generator, progress)
         residual = torch.linalg.vector_norm(hessian.apply(vector[None])[0] - value * vector)

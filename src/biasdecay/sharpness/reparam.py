@@ -19,11 +19,30 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from biasdecay.roles import op_of
+
 __all__ = ["fold_batchnorm", "rescalable_pairs", "rescale_neuron"]
 
-_NORM_AFFINE = (_BatchNorm, nn.GroupNorm)
+# Rescalings preserve the function only for layers that compute their standard operation, so
+# they are chosen by the exact class's op in the module-type table (biasdecay.roles), never by
+# isinstance: a weight-standardised Conv2d subclass is not rescalable as a conv.
+_LINEAR_OPS = ("linear",)
+_CONV_OPS = ("conv1d", "conv2d", "conv3d")
+_NORM_AFFINE_OPS = ("batch_norm", "group_norm")
 _SUPPORTED_INCOMING = "nn.Linear, nn.Conv1d/2d/3d, affine nn.BatchNorm1d/2d/3d, affine nn.GroupNorm"
 _SUPPORTED_OUTGOING = "nn.Linear, nn.Conv1d/2d/3d"
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return op_of(module) in _LINEAR_OPS
+
+
+def _is_norm_affine(module: nn.Module) -> bool:
+    return op_of(module) in _NORM_AFFINE_OPS
+
+
+def _is_batch_norm(module: nn.Module) -> bool:
+    return op_of(module) == "batch_norm"
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,17 +74,18 @@ def _resolve(model: nn.Module, module: nn.Module | str, which: str) -> tuple[str
 
 
 def _is_plain_conv(module: nn.Module) -> bool:
-    # Transposed convs store weights as (in, out/groups, ...), so the slicing below would be wrong.
-    return isinstance(module, _ConvNd) and not module.transposed
+    # Transposed convs (op conv_transpose) store weights as (in, out/groups, ...), so the
+    # slicing below would be wrong.
+    return op_of(module) in _CONV_OPS
 
 
 def _output_units(module: nn.Module, name: str) -> int:
     """How many units (features/channels) ``module`` outputs, for a supported incoming layer."""
-    if isinstance(module, nn.Linear):
+    if _is_linear(module):
         return module.out_features
     if _is_plain_conv(module):
         return module.out_channels
-    if isinstance(module, _BatchNorm | nn.GroupNorm):
+    if _is_norm_affine(module):
         if module.weight is None or module.bias is None:
             raise ValueError(
                 f"incoming norm layer {name!r} has no affine γ/β to rescale; build it with "
@@ -88,7 +108,7 @@ def _scale_incoming(module: nn.Module, index: int, c: float) -> None:
 def _scale_outgoing(
     module: nn.Module, name: str, index: int, c: float, units: int, incoming_is_linear: bool
 ) -> None:
-    if isinstance(module, nn.Linear):
+    if _is_linear(module):
         fan_in = module.in_features
         flattened = not incoming_is_linear and fan_in % units == 0
         if fan_in != units and not flattened:
@@ -178,7 +198,7 @@ def rescale_neuron(
     index = int(index)
     with torch.no_grad():
         # Outgoing first: it is the one whose shape can fail, and nothing must change if it does.
-        _scale_outgoing(out_module, out_name, index, c, units, isinstance(in_module, nn.Linear))
+        _scale_outgoing(out_module, out_name, index, c, units, _is_linear(in_module))
         _scale_incoming(in_module, index, c)
 
 
@@ -204,9 +224,9 @@ _HOMOGENEOUS_FUNCTIONS = (torch.relu, nn.functional.relu, nn.functional.leaky_re
 
 
 def _is_incoming(module: nn.Module) -> bool:
-    if isinstance(module, _NORM_AFFINE):
+    if _is_norm_affine(module):
         return module.weight is not None and module.bias is not None
-    return isinstance(module, nn.Linear) or _is_plain_conv(module)
+    return _is_linear(module) or _is_plain_conv(module)
 
 
 def _homogeneous(node: torch.fx.Node, model: nn.Module) -> bool:
@@ -285,7 +305,7 @@ def _trace(model: nn.Module, caller: str) -> tuple[torch.fx.Graph, dict[str, int
 
 
 def _foldable_layer(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_plain_conv(module)
+    return _is_linear(module) or _is_plain_conv(module)
 
 
 def _find_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -293,7 +313,7 @@ def _find_pairs(model: nn.Module) -> list[tuple[str, str]]:
     graph, calls = _trace(model, "fold_batchnorm")
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(model.get_submodule(node.target), _BatchNorm):
+        if node.op != "call_module" or not _is_batch_norm(model.get_submodule(node.target)):
             continue
         bn_name = node.target
         source = node.args[0] if node.args else None

@@ -1,0 +1,337 @@
+"""Per-sample C on networks the library was not written for, against a one-sample loop (float64).
+
+Three of these returned a wrong number without any sign before the module-type table and the
+exactness guard: a weight-standardised conv subclass (5.28 against 9.66), a Linear subclass
+whose forward is not Wx + b (4.11 against 5.35), and a decoder tied to the encoder's weight
+(0.18 against 0.35).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_connectivity import make_batches, naive_per_sample, randomise_norms
+from torch import nn
+
+from biasdecay import roles
+from biasdecay.sharpness.connectivity import connectivity_sharpness
+
+
+class StdConv2d(nn.Conv2d):
+    """Weight standardisation (BiT, timm's StdConv2d): the forward is not the plain conv."""
+
+    def forward(self, x):
+        w = self.weight
+        mean = w.mean((1, 2, 3), keepdim=True)
+        std = w.std((1, 2, 3), keepdim=True)
+        return F.conv2d(x, (w - mean) / (std + 1e-5), self.bias, self.stride, self.padding)
+
+
+class SquashedLinear(nn.Linear):
+    """A Linear subclass whose forward is not Wx + b."""
+
+    def forward(self, x):
+        return F.linear(x, torch.tanh(self.weight), self.bias * 2)
+
+
+class ConvNet(nn.Module):
+    def __init__(self, conv: type[nn.Conv2d] = nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+class Tied(nn.Module):
+    """An autoencoder-style decoder tied to the encoder's weight through F.linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(6, 4)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.enc(x))
+        return self.head(torch.tanh(F.linear(h, self.enc.weight.t())))
+
+
+class Squashed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = SquashedLinear(6, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.block(x).mean(1))
+
+
+class TiedEmbedding(nn.Module):
+    """A language-model head tied to the input embedding (integer inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.norm = nn.LayerNorm(6)
+
+    def forward(self, tokens):
+        h = self.norm(self.emb(tokens).mean(1))
+        return F.linear(h, self.emb.weight)[:, :3]
+
+
+class Convs(nn.Module):
+    """Depthwise, grouped and transposed convolutions, and a conv called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.grouped = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+        self.up = nn.ConvTranspose2d(6, 4, 2, stride=2)
+        self.again = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.grouped(torch.relu(self.depthwise(x))))
+        x = torch.relu(self.up(x))
+        x = torch.relu(self.again(torch.relu(self.again(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def weight_normed() -> nn.Module:
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    net = ConvNet()
+    weight_norm(net.fc)
+    spectral_norm(net.conv)
+    return net
+
+
+def partly_frozen() -> nn.Module:
+    net = ConvNet()
+    net.conv.weight.requires_grad_(False)
+    net.bn.bias.requires_grad_(False)
+    return net
+
+
+def tokens(sizes):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randint(0, 10, (b, 5), generator=g), torch.randint(0, 3, (b,), generator=g))
+            for b in sizes]  # fmt: skip
+
+
+def images(shape, sizes):
+    return lambda: make_batches(shape, 3, sizes)
+
+
+ZOO = {
+    # name: (build, batches, the path every parameter must take)
+    "weight-standardised conv": (lambda: ConvNet(StdConv2d), images((2, 5, 5), [4, 3]), "vmap"),
+    "linear subclass": (Squashed, images((6,), [4, 3]), "vmap"),
+    "tied decoder": (Tied, images((6,), [4, 3]), "hooks+vmap"),
+    "weight_norm and spectral_norm": (weight_normed, images((2, 5, 5), [4]), "vmap"),
+    "transformer block": (Transformer, images((4, 8), [3, 2]), "vmap"),
+    "tied embedding": (TiedEmbedding, lambda: tokens([4, 2]), "vmap"),
+    "depthwise, grouped, transposed, twice": (Convs, images((4, 4, 4), [3]), "vmap"),
+    "partly frozen": (partly_frozen, images((2, 5, 5), [4, 3]), "hooks"),
+}
+
+
+@pytest.mark.parametrize("case", list(ZOO))
+def test_per_sample_c_is_exact_on_models_we_did_not_write(case: str) -> None:
+    build, data, method = ZOO[case]
+    torch.manual_seed(0)
+    model = build().double()
+    randomise_norms(model)
+    batches = data()
+    report = connectivity_sharpness(model, batches, chunk_size=2)
+    expected = naive_per_sample(model, batches)
+    assert report.method == method, report.fallback_reason
+    for name, value in expected.items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10, abs=1e-300), name
+    assert set(report.paths) == set(expected)
+
+
+def test_the_guard_names_the_tied_weight_and_only_it() -> None:
+    torch.manual_seed(0)
+    model = Tied().double()
+    report = connectivity_sharpness(model, make_batches((6,), 3, [4, 3]))
+    assert report.paths == {
+        "enc.weight": "vmap", "enc.bias": "hooks", "head.weight": "hooks", "head.bias": "hooks"
+    }  # fmt: skip
+    assert "enc.weight" in report.fallback_reason and "guard" in report.fallback_reason
+    with pytest.raises(ValueError, match=r"strict: .*enc\.weight: θ⊙Σ_n g_n differs"):
+        connectivity_sharpness(model, make_batches((6,), 3, [4]), strict=True)
+
+
+@pytest.fixture()
+def wrongly_registered():
+    """StdConv2d declared to be a plain conv: the table trusts it, the guard must not."""
+    roles.register_module_type(StdConv2d, "conv", "conv2d")
+    yield
+    del roles._MODULE_TYPES[StdConv2d]
+
+
+def test_a_wrong_registration_is_caught_by_the_guard(wrongly_registered) -> None:
+    torch.manual_seed(0)
+    model = ConvNet(StdConv2d).double()
+    randomise_norms(model)
+    batches = make_batches((2, 5, 5), 3, [4, 3])
+    report = connectivity_sharpness(model, batches)
+    assert report.method == "hooks+vmap" and report.paths["conv.weight"] == "vmap"
+    # The bias enters the plain way, so its formula passes and it stays on the hook path.
+    assert report.paths["conv.bias"] == "hooks"
+    expected = naive_per_sample(model, batches)
+    assert report.total == pytest.approx(sum(expected.values()), rel=1e-10)
+
+
+def test_the_guard_passes_every_plain_layer_in_float32() -> None:
+    """No false alarms from float32 summation order on a network the formulas do fit."""
+    from test_connectivity import TinyResNet
+
+    torch.manual_seed(0)
+    model = TinyResNet()
+    randomise_norms(model)
+    batches = [(x.float(), y) for x, y in make_batches((1, 8, 8), 3, [16, 16])]
+    report = connectivity_sharpness(model, batches)
+    assert report.method == "hooks" and set(report.paths.values()) == {"hooks"}
+
+
+def test_ghost_batch_norm_has_the_batch_norm_formula() -> None:
+    from biasdecay.nn.ghost_bn import GhostBatchNorm2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3), GhostBatchNorm2d(4, ghost_batch_size=2), nn.Flatten(), nn.Linear(36, 3)
+    ).double()
+    randomise_norms(model)
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 1.5)
+    batches = make_batches((2, 5, 5), 3, [4])
+    report = connectivity_sharpness(model, batches, method="hooks", strict=True)
+    expected = naive_per_sample(model, batches)
+    assert report.total == pytest.approx(sum(expected.values()), rel=1e-10)
+
+
+def test_a_compiled_model_is_measured_as_the_module_it_wraps() -> None:
+    """torch.compile's wrapper: same parameters and names as the eager model, no compilation."""
+    from biasdecay.sharpness.fisher_rao import fisher_rao_norm
+    from biasdecay.sharpness.hessian import hessian_trace
+
+    torch.manual_seed(0)
+    model = ConvNet().double()
+    randomise_norms(model)
+    batches = make_batches((2, 5, 5), 3, [4, 3])
+    compiled = torch.compile(model)
+    eager, wrapped = (connectivity_sharpness(m, batches) for m in (model, compiled))
+    assert wrapped.by_parameter == eager.by_parameter and wrapped.method == "hooks"
+    assert fisher_rao_norm(compiled, batches).value == fisher_rao_norm(model, batches).value
+    a, b = (hessian_trace(m, batches, n_matvecs=6, seed=0).value for m in (model, compiled))
+    assert a == b
+
+
+# The Hessian and Fisher-Rao measures on the same zoo, against the exact Hessian of each network
+# and an explicit per-sample, per-class Fisher loop. The transformer block is left out: its 700
+# parameters make the exact Hessian the slowest part of the suite, and its layers add nothing
+# the others lack for these measures (they are plain autograd on any model).
+HESSIAN_ZOO = [case for case in ZOO if case != "transformer block"]
+
+
+@pytest.mark.parametrize("case", HESSIAN_ZOO)
+def test_hessian_and_fisher_rao_are_exact_on_the_zoo(case: str) -> None:
+    from test_fisher_rao import explicit_fisher_rao
+    from test_hessian import exact_hessian
+
+    from biasdecay.sharpness._autodiff import exact_higher_order
+    from biasdecay.sharpness.fisher_rao import fisher_rao_norm
+    from biasdecay.sharpness.hessian import hessian_max_eigenvalue, hessian_trace
+
+    build, data, _ = ZOO[case]
+    torch.manual_seed(0)
+    model = build().double()
+    randomise_norms(model)
+    batches = data()
+    with exact_higher_order():  # the oracle too needs weight_norm's composite (see below)
+        hessian = exact_hessian(model, batches)
+    assert torch.allclose(hessian, hessian.T, atol=1e-12)
+    d = hessian.shape[0]
+    # Hutch++ with a sketch of d vectors spans the whole space: the estimate is exact.
+    trace = hessian_trace(model, batches, n_matvecs=3 * d + 3, seed=0)
+    assert trace.value == pytest.approx(hessian.trace().item(), rel=1e-8, abs=1e-10)
+    top = hessian_max_eigenvalue(model, batches, max_iter=d, tol=1e-10, seed=0)
+    assert top.value == pytest.approx(torch.linalg.eigvalsh(hessian)[-1].item(), rel=1e-6)
+    for labels in ("model", "empirical"):
+        fr = fisher_rao_norm(model, batches, labels=labels).value
+        assert fr == pytest.approx(explicit_fisher_rao(model, batches, labels), rel=1e-9), labels
+
+
+def test_torch_fused_weight_norm_has_a_wrong_hessian_and_the_composite_a_right_one() -> None:
+    """Why the Hessian and Fisher measures swap torch._weight_norm for its composite.
+
+    The Hessian through torch's fused kernel is not symmetric; through the composite it equals
+    the Hessian of g·v/‖v‖ written out by hand. If torch fixes its kernel, the first assertion
+    fails: then biasdecay.sharpness._autodiff.exact_higher_order can go.
+    """
+    from biasdecay.sharpness._autodiff import exact_higher_order
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,), generator=g)
+    flat = torch.cat(
+        [torch.randn(12, generator=g, dtype=torch.float64), torch.rand(3).double() + 0.5]
+    )
+
+    def loss(weight_of):
+        def f(theta):
+            v, gain = theta[:12].view(3, 4), theta[12:].view(3, 1)
+            return F.cross_entropy(x @ weight_of(v, gain).t(), y)
+
+        return f
+
+    def fused(v, gain):
+        return torch._weight_norm(v, gain, 0)
+
+    def by_hand(v, gain):
+        return gain * v / v.norm(dim=1, keepdim=True)
+
+    hessian = torch.autograd.functional.hessian
+    wrong = hessian(loss(fused), flat)
+    assert (wrong - wrong.T).abs().max() > 1e-3, "torch fixed _weight_norm's double backward"
+    with exact_higher_order():
+        patched = hessian(loss(fused), flat)
+    torch.testing.assert_close(patched, hessian(loss(by_hand), flat), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("measure", ["C", "C_m", "Tr(H)"])
+def test_a_summed_loss_is_refused_with_the_reason(measure: str) -> None:
+    from biasdecay.sharpness.hessian import hessian_trace
+
+    def summed(logits, targets):
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    model = ConvNet().double()
+    batches = make_batches((2, 5, 5), 3, [4])
+    run = {
+        "C": lambda: connectivity_sharpness(model, batches, summed),
+        "C_m": lambda: connectivity_sharpness(model, batches, summed, per_sample=False),
+        "Tr(H)": lambda: hessian_trace(model, batches, summed, n_matvecs=3),
+    }[measure]
+    with pytest.raises(ValueError, match=r"does not average over the batch.*reduction='sum'"):
+        run()
+
+
+def test_per_sample_c_in_train_mode_says_why_and_what_instead() -> None:
+    with pytest.raises(ValueError, match=r"eval mode.*per_sample=False for C_m"):
+        connectivity_sharpness(ConvNet(), make_batches((2, 5, 5), 3, [4]), train_mode=True)
