@@ -21,10 +21,11 @@ the generic ``torch.func.vmap`` path instead.
 **The exactness guard.** A formula is only right if the parameter is used as the formula assumes:
 once, inside its own module's standard forward. A subclass with its own forward, a weight tied
 into another layer through ``F.linear`` or a reparametrisation break that without a sign. So
-every batch, the signed per-sample products the formula implies are summed over the batch and
-compared, per parameter, with θ ⊙ g for the batch gradient g that autograd computes in the same
-backward through whatever the model really does. A parameter that fails is recomputed through
-``torch.func`` for that batch and every later one (or, under ``strict``, raises).
+every batch, the signed per-sample products the formula implies for its first few samples are
+summed and compared, per parameter, with θ ⊙ g for the gradient g of those samples' loss that
+autograd computes through whatever the model really does (one extra forward and backward of
+those samples). A parameter that fails is recomputed through ``torch.func`` for that batch and
+every later one (or, under ``strict``, raises).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biasdecay.roles import op_of
-from biasdecay.sharpness._autodiff import LossFn
+from biasdecay.sharpness._autodiff import LossFn, check_batch_mean
 
 # Elements of one chunk's per-sample conv gradients (B_chunk × C_out × C_in·k·k) and unfolded
 # inputs; 2^23 float32 values = 32 MiB, small enough for any device, large enough for BLAS.
@@ -48,6 +49,12 @@ _CHUNK_ELEMENTS = 1 << 18
 # (a weight-standardised conv or a tied weight is off by O(1)).
 _GUARD_RTOL = {torch.float64: 1e-9, torch.float32: 1e-3}
 _GUARD_RTOL_LOW_PRECISION = 5e-2  # bf16, fp16
+
+
+# The guard checks the first samples of each batch: a parameter misused (a tied weight, a
+# subclass's own forward) is misused on every sample, and a forward and backward of 8 samples
+# cost a few percent of the batch's.
+GUARD_SAMPLES = 8
 
 
 def guard_tolerance(dtype: torch.dtype) -> float:
@@ -95,13 +102,14 @@ class _Recorder:
         self.inputs: dict[str, torch.Tensor] = {}
         self.grads: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
+        self.active = True
         self._handles = [
             m.register_forward_hook(self._make_hook(n), with_kwargs=False) for n, m in self.layers
         ]
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if not torch.is_grad_enabled():  # a plain forward (e.g. a check) records nothing
+            if not self.active or not torch.is_grad_enabled():  # not a measured forward
                 return
             self.calls[name] = self.calls.get(name, 0) + 1
             self.inputs[name] = args[0].detach()
@@ -125,13 +133,14 @@ class _Recorder:
             h.remove()
 
 
-# A layer's terms: {local parameter name: (per-sample Σ|θ⊙g_n| of shape (B,), Σ_n g_n shaped
-# like the parameter)}. The second is what the guard compares with autograd's gradient.
+# A layer's terms: {local parameter name: (per-sample Σ|θ⊙g_n| of shape (B,), Σ_{n<s} g_n
+# shaped like the parameter)}, s = the guard's samples. The second is what the guard compares
+# with autograd's gradient of those samples' loss.
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _linear_terms(layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor) -> Terms:
-    """Per-sample Σ|θ⊙g| of a Linear layer's weight and bias, and their batch gradients."""
+def _linear_terms(layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor, s: int) -> Terms:
+    """Per-sample Σ|θ⊙g| of a Linear layer's weight and bias, and the guard's gradients."""
     out: Terms = {}
     B = a.shape[0]
     if layer.weight.requires_grad:
@@ -139,14 +148,14 @@ def _linear_terms(layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor) -> Ter
         if a.dim() == 2:
             # Rank-one per-sample gradient: |W ⊙ δ aᵀ| summed = |δ|ᵀ|W||a|.
             per_sample = ((delta.abs() @ w_abs) * a.abs()).sum(1)
-            out["weight"] = (per_sample, delta.t() @ a)
+            out["weight"] = (per_sample, delta[:s].t() @ a[:s])
         else:
             a3, d3 = a.reshape(B, -1, a.shape[-1]), delta.reshape(B, -1, delta.shape[-1])
-            per_sample, grad = _chunked_outer_sum(d3.transpose(1, 2), a3, w_abs)
+            per_sample, grad = _chunked_outer_sum(d3.transpose(1, 2), a3, w_abs, s)
             out["weight"] = (per_sample, grad.reshape(layer.weight.shape))
     if layer.bias is not None and layer.bias.requires_grad:
         g_b = delta.reshape(B, -1, delta.shape[-1]).sum(1)
-        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), g_b.sum(0))
+        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), g_b[:s].sum(0))
     return out
 
 
@@ -160,14 +169,14 @@ def _abs_weighted_sum(g: torch.Tensor, w_abs_flat: torch.Tensor) -> torch.Tensor
 
 
 def _chunked_outer_sum(
-    d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, groups: int = 1
+    d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, guard: int, groups: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_ij |W_ij (d_n u_n)_ij| per sample, with d: (B, O, L), u: (B, L, I), W: (O, I·…).
 
     The (B, O, I) per-sample gradients are formed a chunk of samples at a time.
 
     Returns:
-        The (B,) sums and the batch gradient Σ_n d_n u_n, flat in the weight's layout.
+        The (B,) sums and Σ_{n<guard} d_n u_n, flat in the weight's layout.
     """
     B, O, L = d.shape
     I_total = u.shape[-1]
@@ -175,14 +184,24 @@ def _chunked_outer_sum(
     w_flat = w_abs.reshape(-1)
     result, grad = [], torch.zeros_like(w_flat)
     for s in range(0, B, chunk):
-        result.append(_outer_chunk(d[s : s + chunk], u[s : s + chunk], w_flat, groups, grad))
+        result.append(
+            _outer_chunk(d[s : s + chunk], u[s : s + chunk], w_flat, groups, grad, guard - s)
+        )
     return torch.cat(result), grad
 
 
 def _outer_chunk(
-    d: torch.Tensor, u: torch.Tensor, w_flat: torch.Tensor, groups: int, grad: torch.Tensor
+    d: torch.Tensor,
+    u: torch.Tensor,
+    w_flat: torch.Tensor,
+    groups: int,
+    grad: torch.Tensor,
+    guarded: int,
 ) -> torch.Tensor:
-    """One chunk of :func:`_chunked_outer_sum`: d (n, O, L), u (n, L, I); adds to ``grad``."""
+    """One chunk of :func:`_chunked_outer_sum`: d (n, O, L), u (n, L, I).
+
+    Adds the per-sample gradients of the chunk's first ``guarded`` samples to ``grad``.
+    """
     n, O, L = d.shape
     if groups == 1:
         g = torch.bmm(d, u)  # (n, O, I): per-sample weight gradients
@@ -191,7 +210,8 @@ def _outer_chunk(
         dg = d.reshape(n, groups, O // groups, L)
         ug = u.reshape(n, L, groups, I_total // groups).transpose(1, 2)
         g = torch.matmul(dg, ug)  # (n, groups, O/g, I/g) = weight layout (O, I/g)
-    grad += g.sum(0).reshape(-1)  # before the absolute value below overwrites g
+    if guarded > 0:  # before the absolute value below overwrites g
+        grad += g[:guarded].sum(0).reshape(-1)
     return _abs_weighted_sum(g, w_flat)
 
 
@@ -204,6 +224,7 @@ def _unfolded_conv_weight(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     groups: int,
+    guard: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample Σ|W ⊙ G_n| of any 2-D conv through im2col (unfold) and a batched matmul."""
     B = a.shape[0]
@@ -216,7 +237,9 @@ def _unfolded_conv_weight(
     parts, grad = [], torch.zeros_like(w_flat)
     for s in range(0, B, chunk):
         u = F.unfold(a[s : s + chunk], kernel, dilation=dilation, padding=padding, stride=stride)
-        parts.append(_outer_chunk(d[s : s + chunk], u.transpose(1, 2), w_flat, groups, grad))
+        parts.append(
+            _outer_chunk(d[s : s + chunk], u.transpose(1, 2), w_flat, groups, grad, guard - s)
+        )
     return torch.cat(parts), grad.reshape(w_abs.shape)
 
 
@@ -226,6 +249,7 @@ def _unit_stride_conv_weight(
     w_abs: torch.Tensor,
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    guard: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample Σ|W ⊙ G_n| of a stride-1, ungrouped 2-D conv without im2col.
 
@@ -258,7 +282,8 @@ def _unit_stride_conv_weight(
         for i, j, start, w_tap in taps:
             window = x_c[:, :, start : start + length]  # (n, C_in, Ho·Wp) view
             g = torch.bmm(d_c, window.transpose(1, 2))  # (n, O, C_in) for this tap
-            grad[:, :, i, j] += g.sum(0)
+            if s < guard:  # the guard's samples, before abs_ overwrites g
+                grad[:, :, i, j] += g[: guard - s].sum(0)
             term = _abs_weighted_sum(g, w_tap)
             total = term if total is None else total + term
         parts.append(total)
@@ -266,7 +291,7 @@ def _unit_stride_conv_weight(
 
 
 def _conv_terms(
-    layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, *, one_d: bool
+    layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, s: int, *, one_d: bool
 ) -> Terms:
     """Per-sample Σ|θ⊙g| of a Conv1d/Conv2d layer's weight and bias, and their batch gradients."""
     out: Terms = {}
@@ -294,15 +319,15 @@ def _conv_terms(
             padding = (0, 0)
         w_abs = layer.weight.detach().abs().reshape(layer.weight.shape[0], -1, *kernel)
         if stride == (1, 1) and layer.groups == 1:
-            per_sample, grad = _unit_stride_conv_weight(a, delta, w_abs, padding, dilation)
+            per_sample, grad = _unit_stride_conv_weight(a, delta, w_abs, padding, dilation, s)
         else:
             per_sample, grad = _unfolded_conv_weight(
-                a, delta, w_abs, kernel, stride, padding, dilation, layer.groups
+                a, delta, w_abs, kernel, stride, padding, dilation, layer.groups, s
             )
         out["weight"] = (per_sample, grad.reshape(layer.weight.shape))
     if layer.bias is not None and layer.bias.requires_grad:
         g_b = delta.sum(tuple(range(2, delta.dim())))
-        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), g_b.sum(0))
+        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), g_b[:s].sum(0))
     return out
 
 
@@ -323,7 +348,7 @@ def _sum_dims(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return t.sum(dims) if dims else t
 
 
-def _norm_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, op: str) -> Terms:
+def _norm_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, s: int, op: str) -> Terms:
     """Per-sample Σ|γ⊙g_γ| and Σ|β⊙g_β| of a BatchNorm/GroupNorm/LayerNorm layer."""
     out: Terms = {}
     B = a.shape[0]
@@ -340,24 +365,24 @@ def _norm_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, op: str)
         if p is not None and p.requires_grad:
             g_n = _sum_dims(g(), reduce_dims)  # (B, *parameter shape)
             per_sample = (g_n.abs() * p.detach().abs()).reshape(B, -1).sum(1)
-            out[local] = (per_sample, g_n.sum(0).reshape(p.shape))
+            out[local] = (per_sample, g_n[:s].sum(0).reshape(p.shape))
     return out
 
 
 # The exact per-sample formula of each standard operation (biasdecay.roles.OPS) that has one.
 _HANDLERS = {
-    "linear": lambda layer, a, delta: _linear_terms(layer, a, delta),
-    "conv1d": lambda layer, a, delta: _conv_terms(layer, a, delta, one_d=True),
-    "conv2d": lambda layer, a, delta: _conv_terms(layer, a, delta, one_d=False),
+    "linear": _linear_terms,
+    "conv1d": lambda layer, a, delta, s: _conv_terms(layer, a, delta, s, one_d=True),
+    "conv2d": lambda layer, a, delta, s: _conv_terms(layer, a, delta, s, one_d=False),
     **{
-        op: (lambda layer, a, delta, op=op: _norm_terms(layer, a, delta, op))
+        op: (lambda layer, a, delta, s, op=op: _norm_terms(layer, a, delta, s, op))
         for op in ("batch_norm", "group_norm", "layer_norm")
     },
 }
 
 
-def _layer_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> Terms:
-    return _HANDLERS[op_of(layer)](layer, a, delta)
+def _layer_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, s: int) -> Terms:
+    return _HANDLERS[op_of(layer)](layer, a, delta, s)
 
 
 @dataclass
@@ -392,9 +417,14 @@ class HookedPerSample:
         self.recorder.remove()
 
     def __call__(
-        self, x: torch.Tensor, y: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, *, check_mean: bool = False
     ) -> tuple[dict[str, torch.Tensor], list[GuardFailure]] | None:
         """Per-sample terms and the guard's verdict, or None if a layer ran twice.
+
+        Args:
+            check_mean: first check that the loss averages over the batch
+                (:func:`~biasdecay.sharpness._autodiff.check_batch_mean`), on this forward's
+                outputs.
 
         Returns:
             ``{parameter name: (B,) per-sample Σ|θ⊙∂ℓ_n/∂θ|}`` for the parameters the guard
@@ -403,33 +433,51 @@ class HookedPerSample:
         rec = self.recorder
         rec.clear()
         x = x.detach().requires_grad_(True)
-        names = list(self.params)
         with torch.enable_grad():
             logits = self.model(x)
             # The loss is a batch mean, so B × loss = Σ_n ℓ_n; its gradient w.r.t. row n of any
             # activation is ∂ℓ_n/∂(activation)_n.
+            if check_mean:
+                check_batch_mean(self.loss_fn, logits.detach(), y)
             total = self.loss_fn(logits, y) * x.shape[0]
             if any(c > 1 for c in rec.calls.values()):
                 return None
-            # The same backward gives the layers' output gradients (the hooks) and the batch
-            # gradient of every parameter through what the model really computes: the guard.
-            grads = torch.autograd.grad(total, [x, *self.params.values()], allow_unused=True)[1:]
-        autograd_grad = dict(zip(names, grads, strict=True))
+            # Differentiating with respect to the input alone makes autograd skip every
+            # parameter-gradient kernel: only output gradients (the hooks) are produced.
+            torch.autograd.grad(total, [x], allow_unused=True)
+        guarded = min(x.shape[0], GUARD_SAMPLES)
         terms: dict[str, torch.Tensor] = {}
         implied: dict[str, torch.Tensor] = {}
         for lname, layer in rec.layers:
             if lname not in rec.grads:  # layer unused in this forward: zero sensitivity
                 continue
             for local, (value, grad) in _layer_terms(
-                layer, rec.inputs[lname], rec.grads[lname]
+                layer, rec.inputs[lname], rec.grads[lname], guarded
             ).items():
                 terms[self.names[(lname, local)]] = value
                 implied[self.names[(lname, local)]] = grad
         rec.clear()
-        failures = self._guard(implied, autograd_grad)
+        failures = self._guard(implied, self._autograd_gradient(x[:guarded], y[:guarded]))
         for failure in failures:
             terms.pop(failure.name, None)
         return terms, failures
+
+    def _autograd_gradient(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor | None]:
+        """∂(Σ_n ℓ_n)/∂θ of these samples through whatever the model really computes.
+
+        Samples do not interact in eval mode, so this is the sum of their per-sample gradients,
+        which the formulas must reproduce. The recorder is off: this forward is not measured.
+        """
+        self.recorder.active = False
+        try:
+            with torch.enable_grad():
+                total = self.loss_fn(self.model(x.detach()), y) * x.shape[0]
+                grads = torch.autograd.grad(total, list(self.params.values()), allow_unused=True)
+        finally:
+            self.recorder.active = True
+        return dict(zip(self.params, grads, strict=True))
 
     def _guard(
         self, implied: dict[str, torch.Tensor], autograd_grad: dict[str, torch.Tensor | None]

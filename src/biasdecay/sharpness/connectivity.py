@@ -269,19 +269,15 @@ def _per_sample_sums(
     sums: dict[str, torch.Tensor] = {}
     batch_sizes: list[int] = []
     guarded: dict[str, float] = {}  # parameters the guard sent to vmap -> their formula error
-    checked = False
     try:
         for x, y in iter_batches(batches, model):
-            if not checked:  # the hook path scales by the batch size: the loss must be a mean
-                with torch.no_grad():
-                    check_batch_mean(loss, model(x), y)
-                checked = True
             terms = None
             if hooked is not None:
                 if not x.is_floating_point():
                     reason = "the inputs are not floating point (hooks differentiate w.r.t. them)"
                 else:
-                    result = hooked(x, y)
+                    # The hook path scales by the batch size: the loss must be a batch mean.
+                    result = hooked(x, y, check_mean=not batch_sizes)
                     if result is None:
                         reason = "a layer ran more than once in one forward pass"
                     else:

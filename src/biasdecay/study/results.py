@@ -160,7 +160,7 @@ def plateau_change(result: RunResult) -> float | None:
 
 
 def final_train_accuracy(result: RunResult) -> float | None:
-    """Train accuracy (augmented mini-batches, train mode) over the last tenth of the steps."""
+    """Train accuracy (training mini-batches as seen, train mode) over the last tenth of steps."""
     return _window_mean(result.train, "accuracy", 0.9, 1.0)
 
 

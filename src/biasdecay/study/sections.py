@@ -1016,7 +1016,8 @@ def training(ctx: Context) -> Section:
             ]
         )
     s.blocks.append(
-        "Train accuracy is measured on the augmented mini-batches in train mode, averaged over "
+        "Train accuracy is measured on the training mini-batches as the run saw them (augmented "
+        "when its augmentation in the scale table is not none), in train mode, averaged over "
         "the last tenth of the steps. A run is on a plateau when its train accuracy moved by less "
         f"than {100 * PLATEAU_TOLERANCE:g} point over the last 20% of training (the mean over the "
         f"last tenth of the steps minus the mean over the tenth that ends at 80%). {on_plateau} of "
