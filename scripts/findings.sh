@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's findings: the studies behind docs/results/, at the preset `cpu` with 3 seeds
 # (and a replica of the main job on fresh seeds), each followed by its report, which is copied
-# with its plots to docs/results/STUDY/. About 2 hours on 2 CPU cores. Re-running skips
-# finished runs. Arguments name the studies to run (default: adaptation table4 main-replica).
+# with its plots to docs/results/STUDY/. About 2.5 hours on 2 CPU cores. Re-running skips
+# finished runs. Arguments name the studies to run (default: table4 evolution adaptation table2
+# main-replica).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -24,7 +25,7 @@ run_study() {  # NAME, then the arguments of `biasdecay sweep`
   if [ -d "$out/$name/plots" ]; then cp -r "$out/$name/plots" "docs/results/$name/"; fi
 }
 
-for name in "${@:-adaptation table4 main-replica}"; do
+for name in "${@:-table4 evolution adaptation table2 main-replica}"; do
   for study in $name; do
     case "$study" in
       main-replica) run_study main-replica main --preset quick --seeds 3 --first-seed 3 ;;

@@ -111,7 +111,11 @@ def test_a_diverged_run_is_a_hyphen_and_the_sweep_goes_on(tmp_path) -> None:
     runs.append(plan.runs[1].spec)
     outcomes = sweep(runs, tmp_path, log=lambda _m: None, env=ENV)
     assert [o.state for o in outcomes] == ["diverged", "finished"]
-    _, text = write_report(tmp_path, plan)
+    # The report's plan must say what made each run: it refuses run directories it did not plan.
+    with pytest.raises(ValueError, match="run.divergence_loss"):
+        write_report(tmp_path, plan)
+    made = replace(plan, runs=(replace(boom, spec=runs[0]), plan.runs[1]))
+    _, text = write_report(tmp_path, made)
     conv = next(line for line in text.splitlines() if line.startswith("| Conv"))
     cells = [c.strip() for c in conv.strip("|").split("|")]
     assert cells[1] == "-" and cells[3] not in ("-", "not run", "n/a")

@@ -291,6 +291,20 @@ def check_out(out: Path) -> None:
         )
 
 
+# A trainer killed a moment ago may hold its lock for a few milliseconds more (the kernel frees
+# it once the process has exited): wait this long before calling its directory busy.
+_BUSY_GRACE_SECONDS = 3.0
+
+
+def _holder_after_grace(run_dir: Path) -> int | None:
+    deadline = time.monotonic() + _BUSY_GRACE_SECONDS
+    holder = lock_holder(run_dir)
+    while holder is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        holder = lock_holder(run_dir)
+    return holder
+
+
 class _Children:
     """The sweep's live training processes, so a signal to the sweep can stop them all."""
 
@@ -383,7 +397,7 @@ def sweep(
     def one(position: int, run: RunSpec, slot: int) -> RunOutcome:
         run_dir = out / run.name
         prefix = f"[{position}/{total}] {run.name}"
-        holder = lock_holder(run_dir)
+        holder = _holder_after_grace(run_dir)
         if holder is not None:
             log(
                 f"{prefix}: busy, process {holder} is training it; skipped (run the sweep "
