@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_sweep import BASE, ENV, quiet
 
 from biasdecay.cli import main
 from biasdecay.study import RunSpec, run_state, sweep
@@ -23,25 +24,6 @@ from biasdecay.study.sweep import SweepError, check_devices
 from biasdecay.train.process import RunLock, lock_holder
 
 pytest.importorskip("sklearn")
-
-BASE = (
-    "model.name=mlp",
-    "model.width=0.0625",
-    "model.ghost_batch_size=none",
-    "data.name=digits",
-    "data.augment=none",
-    "run.batch_size=128",
-    "run.epochs=1",
-    "run.checkpoint_every=2",
-    "optimizer.name=lamb",
-    "optimizer.lr=0.01",
-    "run.device=cpu",
-)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def quiet(_msg: str) -> None:
-    pass
 
 
 def runs(*extra: str) -> list[RunSpec]:
