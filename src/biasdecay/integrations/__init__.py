@@ -1,0 +1,4 @@
+"""biasdecay inside other training frameworks (each module needs its framework's extra).
+
+* :mod:`biasdecay.integrations.lightning`: PyTorch Lightning callbacks (``biasdecay[lightning]``).
+"""

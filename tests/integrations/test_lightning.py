@@ -1,0 +1,175 @@
+"""The Lightning callbacks against a hand-written loop with the same seed (float64, real data)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch")
+pytest.importorskip("sklearn")
+
+from biasdecay import LAMB, AdaptiveBetaDecay, decay_policy, param_groups  # noqa: E402
+from biasdecay.data import load_dataset  # noqa: E402
+from biasdecay.integrations.lightning import (  # noqa: E402
+    AdaptiveBetaDecayCallback,
+    SharpnessMonitor,
+    configure_lamb,
+)
+from biasdecay.train.monitors import SharpnessTracker  # noqa: E402
+
+STEPS, BATCH, LR = 8, 32, 0.02
+R = 0.03  # low enough that β is decayed at some steps and not at others
+
+
+def network() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 10),
+    ).double()  # fmt: skip
+
+
+def digits(n: int = 512) -> torch.utils.data.TensorDataset:
+    train = load_dataset("digits", "train")
+    x = train.images[:n].double() / 255.0
+    return torch.utils.data.TensorDataset(x, train.labels[:n])
+
+
+class Module(pl.LightningModule):
+    def __init__(self, policy: str = "adaptive_beta_decay") -> None:
+        super().__init__()
+        self.net = network()
+        self.policy = policy
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, _index):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return configure_lamb(self, lr=LR, policy=self.policy)
+
+
+class Memory(pl.loggers.logger.Logger):
+    """A logger that keeps what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[int, dict]] = []
+
+    name, version = "memory", 0
+
+    @property
+    def experiment(self):
+        return None
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+
+def lightning_run(accumulate: int = 1, policy: str = "adaptive_beta_decay"):
+    module = Module(policy)
+    monitor, adaptive, logger = SharpnessMonitor(every=3), AdaptiveBetaDecayCallback(R), Memory()
+    trainer = pl.Trainer(
+        max_steps=STEPS, accelerator="cpu", devices=1, precision="64-true", logger=logger,
+        callbacks=[monitor, adaptive], accumulate_grad_batches=accumulate,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(digits(), batch_size=BATCH // accumulate, shuffle=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+        trainer.fit(module, loader)
+    return module, monitor, adaptive, logger
+
+
+def hand_run(accumulate: int = 1):
+    """The same training written out: the loop the callbacks must reproduce."""
+    model = nn.Module()
+    model.net = network()  # the same names as inside the LightningModule
+    optimizer = LAMB(param_groups(model, decay_policy("adaptive_beta_decay"), 0.01), lr=LR)
+    controller = AdaptiveBetaDecay(model, optimizer, threshold=R)
+    tracker = SharpnessTracker(model, 3)
+    data = torch.utils.data.DataLoader(digits(), batch_size=BATCH // accumulate, shuffle=False)
+    batches, records = iter(data), []
+    for step in range(1, STEPS + 1):
+        optimizer.zero_grad()
+        for _ in range(accumulate):
+            x, y = next(batches)
+            (nn.functional.cross_entropy(model.net(x), y) / accumulate).backward()
+        if tracker.due(step):
+            records.append(tracker.record(step))
+        controller.step()
+        optimizer.step()
+    return model, records, controller
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_callbacks_log_and_decay_exactly_as_the_hand_loop(accumulate: int) -> None:
+    module, monitor, adaptive, logger = lightning_run(accumulate)
+    model, records, controller = hand_run(accumulate)
+    assert [r["step"] for r in monitor.records] == [1, 2, 3, 6] == [r["step"] for r in records]
+    for ours, theirs in zip(monitor.records, records, strict=True):
+        assert ours["c_m"] == pytest.approx(theirs["c_m"], rel=1e-12)
+        for layer, stats in theirs["layers"].items():
+            for key, value in stats.items():
+                assert ours["layers"][layer][key] == pytest.approx(value, rel=1e-12), (layer, key)
+    assert adaptive.controller.step_count == controller.step_count == STEPS
+    ratios = [r["layers"]["net.1"]["r"] for r in records]
+    assert min(ratios) < R < max(ratios)  # the decay acted at some steps and not at others
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(dict(module.named_parameters())[name], p, rtol=1e-12, atol=0)
+    # What reached the logger: the same records, flat, at their steps.
+    steps = [step for step, metrics in logger.logged if "sharpness/c_m" in metrics]
+    assert steps == [1, 2, 3, 6]
+    first = next(m for s, m in logger.logged if s == 1)
+    assert first["sharpness/net.1/r"] == pytest.approx(records[0]["layers"]["net.1"]["r"])
+
+
+def test_a_model_without_normalisation_warns_once_and_trains() -> None:
+    class Plain(Module):
+        def __init__(self) -> None:
+            super().__init__("no_bias_decay")
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).double()
+
+    trainer = pl.Trainer(
+        max_steps=2, accelerator="cpu", precision="64-true", logger=False,
+        callbacks=[SharpnessMonitor(every=1), AdaptiveBetaDecayCallback()],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(digits(64), batch_size=32)
+    with pytest.warns(UserWarning, match="no normalisation layer") as caught:
+        trainer.fit(Plain(), loader)
+    messages = [str(w.message) for w in caught if "no normalisation layer" in str(w.message)]
+    assert len(messages) == 2  # one per callback, once each
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        SharpnessMonitor(every=0)
+    with pytest.raises(ValueError, match="measure_epochs needs measure_data"):
+        SharpnessMonitor(measure_epochs=[1])
+    with pytest.raises(ValueError, match="unknown"):
+        configure_lamb(Module(), lr=0.1, policy="no_decay")
+
+
+def test_the_documented_example_runs() -> None:
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "integrations.md"
+    (code,) = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    namespace: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code, "docs/integrations.md", "exec"), namespace)  # noqa: S102 - our doc
+    records = namespace["monitor"].records
+    assert [r["step"] for r in records] == [1, 2, 4] and "net.1" in records[-1]["layers"]
