@@ -173,3 +173,58 @@ def test_the_documented_example_runs() -> None:
         exec(compile(code, "docs/integrations.md", "exec"), namespace)  # noqa: S102 - our doc
     records = namespace["monitor"].records
     assert [r["step"] for r in records] == [1, 2, 4] and "net.1" in records[-1]["layers"]
+
+
+def _hand_run_two_ranks():
+    """DDP over 2 ranks written out: each rank's batch norm sees its half (the sampler deals
+    samples alternately), and the gradient is the mean of the two halves' mean-loss gradients."""
+    model = nn.Module()
+    model.net = network()
+    optimizer = LAMB(param_groups(model, decay_policy("adaptive_beta_decay"), 0.01), lr=LR)
+    controller = AdaptiveBetaDecay(model, optimizer, threshold=R)
+    images, labels = digits().tensors
+    for step in range(STEPS):
+        x, y = (t[step * BATCH : (step + 1) * BATCH] for t in (images, labels))
+        optimizer.zero_grad()
+        halves = [(x[r::2], y[r::2]) for r in range(2)]
+        loss = sum(nn.functional.cross_entropy(model.net(xr), yr) for xr, yr in halves) / 2
+        loss.backward()
+        controller.step()
+        optimizer.step()
+    return model
+
+
+class Alternate(torch.utils.data.Sampler):
+    """Rank r of w reads samples r, r + w, r + 2w, ... in order (Lightning's own distributed
+    sampler shuffles); the rank is read when iterating, inside the spawned process."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self):
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return iter(range(rank, self.n, world))
+
+    def __len__(self) -> int:
+        return self.n // 2
+
+
+def test_two_process_ddp_decays_as_the_hand_loop(tmp_path) -> None:
+    module = Module()
+    trainer = pl.Trainer(
+        max_steps=STEPS, accelerator="cpu", devices=2, strategy="ddp_spawn",
+        precision="64-true", logger=pl.loggers.CSVLogger(tmp_path, name="ddp"),
+        callbacks=[SharpnessMonitor(every=3), AdaptiveBetaDecayCallback(R)],
+        use_distributed_sampler=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    data = digits()
+    loader = torch.utils.data.DataLoader(data, batch_size=BATCH // 2, sampler=Alternate(len(data)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader)
+    model = _hand_run_two_ranks()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(dict(module.named_parameters())[name], p, rtol=1e-10, atol=1e-12)
+    logged = (tmp_path / "ddp" / "version_0" / "metrics.csv").read_text()
+    assert "sharpness/net.1/r" in logged.splitlines()[0]  # rank 0 logged the records
