@@ -221,3 +221,11 @@ def test_models_it_cannot_act_on() -> None:
     partial = torch.optim.SGD([p for n, p in model.named_parameters() if n != "4.bias"], lr=0.1)
     with pytest.raises(ValueError, match="β of 4 is not in the optimiser"):
         AdaptiveBetaDecay(model, partial)
+
+
+def test_a_beta_the_optimiser_already_decays_is_refused() -> None:
+    """Outside LAMB/LARS the group's own decay would act at every step: no decision is left."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.01)
+    with pytest.raises(ValueError, match=r"β of '1' sits in a param group with weight_decay=0.01"):
+        AdaptiveBetaDecay(model, optimizer)

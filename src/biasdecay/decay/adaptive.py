@@ -117,6 +117,8 @@ class AdaptiveBetaDecay:
         self.layer_names, self.gammas, self.betas = self._find_layers(model)
         self._group_of = self._locate_in_optimizer(optimizer)
         self.mode = self._resolve_mode(mode, optimizer)
+        if self.mode != "override":
+            self._check_beta_undecayed()
         p0 = self.betas[0]
         # λ_β·[r_l ≥ R] per layer, rewritten in place each step; LAMB/LARS read views of it.
         self.coefficients = torch.zeros(len(self.betas), device=p0.device, dtype=p0.dtype)
@@ -166,6 +168,25 @@ class AdaptiveBetaDecay:
                 "in the optimiser; build it from param_groups(model, policy, weight_decay)"
             )
         return [owner[id(b)] for b in self.betas]
+
+    def _check_beta_undecayed(self) -> None:
+        """Outside LAMB/LARS the optimiser's own decay of β would act at every step."""
+        decayed = [
+            (name, group["weight_decay"])
+            for name, group in zip(self.layer_names, self._group_of, strict=True)
+            if group.get("weight_decay", 0)
+        ]
+        if decayed:
+            name, value = decayed[0]
+            more = f" (and {len(decayed) - 1} more layers')" if len(decayed) > 1 else ""
+            raise ValueError(
+                f"the β of '{name}'{more} sits in a param group with "
+                f"weight_decay={value}: {type(self.optimizer).__name__} would decay it at every "
+                "step, leaving adaptive β decay no decision to make. Put β in groups without "
+                "decay (biasdecay.param_groups(model, decay_policy('adaptive_beta_decay'), "
+                "weight_decay)), or use biasdecay's LAMB or LARS, whose decay_overrides replace "
+                "a group's decay"
+            )
 
     @staticmethod
     def _resolve_mode(mode: str, optimizer: torch.optim.Optimizer) -> str:
