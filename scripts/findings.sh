@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's findings: the studies behind docs/results/, at the preset `cpu` with 3 seeds
 # (and a replica of the main job on fresh seeds), each followed by its report, which is copied
-# with its plots to docs/results/STUDY/. About 2.5 hours on 2 CPU cores. Re-running skips
+# with its plots to docs/results/STUDY/. Hours on 2 CPU cores (evolution alone: about half an
+# hour). Re-running skips
 # finished runs. Arguments name the studies to run (default: table4 evolution adaptation table2
 # main-replica).
 set -euo pipefail
