@@ -1,91 +1,296 @@
-"""Time connectivity sharpness against a forward+backward of the same batch and its baselines.
+"""Time per-sample connectivity sharpness against one forward+backward and against its peers.
 
-Prints, for one batch: one forward+backward (the unit), per-sample C through layer hooks (ours),
-per-sample C through torch.func vmap per-sample gradients (the generic path), the naive
-one-sample-at-a-time loop, and C_m. Every row is timed in this run; ratios are to the unit.
+For each model, one batch, every row timed in the same run over interleaved rounds:
 
-    python benchmarks/bench_connectivity.py                 # ResNet-18 width 16, batch 128, CPU
-    python benchmarks/bench_connectivity.py --device cuda --batch 512
+* forward+backward of the batch (the unit every ratio is to);
+* per-sample C through layer hooks with the exactness guard on (ours, the default path);
+* C_m, the mini-batch measure (ours);
+* per-sample C through ``torch.func`` vmap per-sample gradients (ours, the generic path);
+* opacus 1.6 ``GradSampleModule``, hook mode and functorch mode, then the same Σ|θ⊙g_n| (where
+  opacus can run the model: it refuses BatchNorm, whose buffers it cannot privatise);
+* with ``--naive``, the one-sample-at-a-time loop.
+
+With ``--memory`` each row also runs once in a fresh process that reports its peak memory above
+the model and batch alone (resident memory on a Linux CPU, allocated memory on CUDA).
+
+    python benchmarks/bench_connectivity.py                     # every model, CPU
+    python benchmarks/bench_connectivity.py --models resnet18 --naive
+    python benchmarks/bench_connectivity.py --device cuda --batch 512 --memory
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import shlex
+import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from _common import cpu_name, interleaved_best
 from biasdecay.nn.models import build_model
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
+Row = tuple[str, Callable[[], object]]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention as timm's ViT writes it: one qkv Linear, SDPA, a projection."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer encoder block (LayerNorm, attention, LayerNorm, GELU MLP)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding (4×4 patches of a 32×32 image: 64 tokens), transformer blocks, a head."""
+
+    def __init__(self, dim: int = 128, depth: int = 2, heads: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3 * 4 * 4, dim)
+        self.blocks = nn.Sequential(*(Block(dim, heads, 4 * dim) for _ in range(depth)))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = F.unfold(x, 4, stride=4).transpose(1, 2)  # (B, 64, 48)
+        return self.head(self.norm(self.blocks(self.embed(patches))).mean(1))
+
+
+def batch_norm_to_group_norm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm2d replaced by a GroupNorm (opacus' own fix for models it refuses)."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            c = child.num_features
+            setattr(model, name, nn.GroupNorm(math.gcd(c, 8), c))
+        else:
+            batch_norm_to_group_norm(child)
+    return model
+
+
+def build(name: str, batch: int, device: torch.device) -> tuple[nn.Module, torch.Tensor, str]:
+    """The model, a batch of inputs and a one-line description."""
+    torch.manual_seed(0)
+    if name in ("resnet18", "resnet18-gn"):
+        model = build_model("resnet18", in_channels=3, num_classes=10, width=0.25)
+        if name == "resnet18-gn":
+            model = batch_norm_to_group_norm(model)
+        x = torch.randn(batch, 3, 32, 32)
+        what = "ResNet-18 width 16, 32x32" + (", GroupNorm" if name.endswith("gn") else ", BN")
+    elif name == "mlp":
+        model = build_model("mlp", in_channels=1, num_classes=10, image_size=28)
+        x = torch.randn(batch, 1, 28, 28)
+        what = "MLP 784-512-512-10, ReLU"
+    elif name == "vit":
+        model, x = TinyViT(), torch.randn(batch, 3, 32, 32)
+        what = "2 transformer blocks (dim 128, 4 heads, 64 tokens), LayerNorm"
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    model = model.to(device).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    return model, x.to(device), f"{what} ({n_params:,} params)"
+
+
+MODELS = ("resnet18", "resnet18-gn", "mlp", "vit")
+
+
+def per_sample_abs_sum(model: nn.Module) -> float:
+    """C from per-sample gradients that opacus stored in ``p.grad_sample``."""
+    total = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        g = p.grad_sample
+        total += (g * p.detach()).abs().reshape(g.shape[0], -1).sum(dtype=torch.float64).cpu()
+    return total.item() / g.shape[0]
+
+
+def opacus_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[Row], str]:
+    """opacus' two per-sample-gradient engines, or why they cannot run this model."""
+    try:
+        from opacus import GradSampleModule
+    except ImportError:
+        return [], "opacus is not installed (pip install -e '.[bench]' \"torch==2.13.0\")"
+    if any(len(list(m.buffers(recurse=False))) for m in model.modules()):
+        return [], "opacus refuses modules with buffers (BatchNorm); see the GroupNorm model"
+    rows = []
+    for mode in ("hooks", "functorch"):
+        # opacus records activations in train mode only; without buffers or dropout, the
+        # models here compute the same function in both modes.
+        wrapped = GradSampleModule(
+            _clone(model).train(), loss_reduction="mean", force_functorch=mode == "functorch"
+        )
+
+        def run(wrapped: nn.Module = wrapped) -> float:
+            wrapped.zero_grad(set_to_none=True)
+            F.cross_entropy(wrapped(x), y).backward()
+            return per_sample_abs_sum(wrapped._module)
+
+        rows.append((f"C per-sample, opacus {mode}", run))
+    return rows, ""
+
+
+def _clone(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
 
 def naive_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(x.shape[0]):
-        loss = nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+        loss = F.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
         for g, p in zip(torch.autograd.grad(loss, params), params, strict=True):
             total += (g * p).abs().sum()
     return (total / x.shape[0]).item()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--width", type=float, default=0.25, help="0.25 = base width 16")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
-    parser.add_argument("--skip-naive", action="store_true", help="skip the slow per-sample loop")
-    args = parser.parse_args(argv)
-
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build_model(args.model, in_channels=3, num_classes=10, width=args.width)
-    model = model.to(device).eval()
-    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
-    n_params = sum(p.numel() for p in model.parameters())
-
+def rows_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, naive: bool):
     def forward_backward() -> None:
         model.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model(x), y).backward()
 
-    rows: list[tuple[str, Callable[[], object]]] = [
+    rows: list[Row] = [
         ("forward+backward (unit)", forward_backward),
-        ("C per-sample, hooks (ours)", lambda: connectivity_sharpness(model, [(x, y)])),
-        (
-            "C per-sample, torch.func vmap",
-            lambda: connectivity_sharpness(model, [(x, y)], method="vmap", chunk_size=32),
-        ),
+        ("C per-sample, hooks + guard (ours)", lambda: connectivity_sharpness(model, [(x, y)])),
         (
             "C_m mini-batch (ours)",
             lambda: connectivity_sharpness(model, [(x, y)], per_sample=False),
         ),
+        (
+            "C per-sample, torch.func vmap (ours)",
+            lambda: connectivity_sharpness(model, [(x, y)], method="vmap", chunk_size=32),
+        ),
     ]
-    if not args.skip_naive:
+    peers, why_not = opacus_rows(model, x, y)
+    rows += peers
+    if naive:
         rows.append(("C per-sample, naive loop", lambda: naive_loop(model, x, y)))
+    return rows, why_not
 
+
+def peak_memory_child(args: argparse.Namespace) -> None:
+    """Run one row once in this fresh process; print its peak memory above the setup's."""
+    device = torch.device(args.device)
+    model, x, _ = build(args.memory_row[0], args.batch, device)
+    y = torch.randint(0, 10, (x.shape[0],), device=device)
+    rows, _ = rows_for(model, x, y, naive=True)
+    fn = dict(rows)[args.memory_row[1]]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        # Linux: reset the resident-set high-water mark, then read it after the row. (The
+        # getrusage maximum cannot be used: a child process inherits its parent's.)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kib("VmRSS")
+        fn()
+        peak = (_status_kib("VmHWM") - base) * 1024
+    print(json.dumps({"peak_bytes": peak}))
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_memory(args: argparse.Namespace, model_name: str, row: str) -> float:
+    """Peak memory (MiB) of ``row`` above the model and batch, measured in a fresh process."""
+    cmd = [sys.executable, __file__, "--device", args.device, "--batch", str(args.batch)]
+    cmd += ["--memory-row", model_name, row]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
+
+
+def bench_model(args: argparse.Namespace, name: str) -> None:
+    device = torch.device(args.device)
+    model, x, what = build(name, args.batch, device)
+    y = torch.randint(0, 10, (x.shape[0],), device=device)
+    rows, why_not = rows_for(model, x, y, args.naive)
+    ours = connectivity_sharpness(model, [(x, y)])
+    print(f"\n## {name}: {what} | batch {args.batch} | eval")
+    values = {"vmap": connectivity_sharpness(model, [(x, y)], method="vmap").total}
+    for row_name, fn in rows:
+        if "opacus" in row_name:
+            values[row_name.split(", ")[1]] = fn()
+    shown = ", ".join(f"{k} {v:.8g}" for k, v in values.items())
+    print(f"agreement: ours C = {ours.total:.8g} ({ours.method}); {shown}")
+    if why_not:
+        print(f"opacus: not run, {why_not}")
+    best = interleaved_best(rows, args.repeats, device)
+    unit = best[rows[0][0]]
+    header = f"{'method':38s} {'seconds':>9s} {'x fwd+bwd':>10s}"
+    print(header + (f" {'peak MiB':>9s}" if args.memory else ""))
+    for row_name, _ in rows:
+        line = f"{row_name:38s} {best[row_name]:9.4f} {best[row_name] / unit:10.2f}"
+        if args.memory:
+            line += f" {peak_memory(args, name, row_name):9.1f}"
+        print(line)
+    peers = [best[r] for r, _ in rows if "opacus" in r]
+    if peers:
+        ratio = min(peers) / best[rows[1][0]]
+        print(f"fastest opacus / ours (hooks + guard): {ratio:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help=f"from {', '.join(MODELS)}")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--naive", action="store_true", help="add the slow per-sample loop")
+    parser.add_argument("--memory", action="store_true", help="peak memory of every row")
+    parser.add_argument("--memory-row", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # opacus warns about its secure RNG and full backward hooks on every model; not ours.
+    warnings.filterwarnings("ignore", module="opacus")
+    warnings.filterwarnings("ignore", message=".*full_backward_hook.*")
+    if args.memory_row:
+        peak_memory_child(args)
+        return
     print("$ python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
     print(
         f"torch {torch.__version__} | {cpu_name()} | {os.cpu_count()} cores | "
-        f"threads {torch.get_num_threads()} | device {device} | {args.model} width {args.width} "
-        f"({n_params:,} params) | batch {args.batch} | {args.image_size}x{args.image_size} | eval"
+        f"threads {torch.get_num_threads()} | device {args.device} | float32 | "
+        f"best of {args.repeats} interleaved rounds"
     )
-    hooks = connectivity_sharpness(model, [(x, y)]).total
-    vmapped = connectivity_sharpness(model, [(x, y)], method="vmap").total
-    print(f"agreement: hooks C = {hooks:.10g}, vmap C = {vmapped:.10g}")
-    best = interleaved_best(rows, args.repeats, device)
-    unit = best[rows[0][0]]
-    print(f"{'method':34s} {'seconds':>9s} {'x fwd+bwd':>10s}")
-    for name, _ in rows:
-        print(f"{name:34s} {best[name]:9.4f} {best[name] / unit:10.2f}")
+    for name in args.models.split(","):
+        bench_model(args, name)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@
     (Lanczos), values, matvec counts and wall time. If the package is missing or its API fails
     with this torch, the part is skipped with the reason printed; no number is ever made up.
 
+(c) Against curvlinops (``hutchpp_trace`` on its ``HessianLinearOperator``) and PyHessian (its
+    Hutchinson trace and power iteration), several seeds with the rows interleaved: value, error
+    against the exact float64 Hessian, HVPs spent and time. Missing packages are skipped with the
+    reason printed.
+
 The model is a small conv net with BatchNorm, briefly trained so the Hessian is not the one at
 initialisation. Data: scikit-learn's bundled ``digits`` (real 8x8 images, no download) or, with
 ``--data synthetic``, Gaussian random inputs labelled by a random linear teacher.
@@ -20,11 +25,13 @@ Run:  python benchmarks/bench_hessian.py [--help]
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from importlib import metadata
 
 import torch
 from torch import nn
@@ -54,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--exact", action="store_true", help="also compute the exact trace")
     parser.add_argument("--skip-eigenthings", action="store_true", help="skip part (b)")
+    parser.add_argument("--skip-variance", action="store_true", help="skip part (a)")
+    parser.add_argument("--skip-peers", action="store_true", help="skip part (c)")
+    parser.add_argument(
+        "--peer-budget", type=int, default=90, help="trace matvecs in part (c); divisible by 3"
+    )
+    parser.add_argument("--peer-seeds", type=int, default=5, help="seeds per row in part (c)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -63,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n_samples % args.batch_size:
         parser.error("--batch-size must divide --n-samples (equal batches, see part (b))")
+    if args.peer_budget % 3:
+        parser.error("--peer-budget must be divisible by 3 (curvlinops' Hutch++ requires it)")
     return args
 
 
@@ -130,18 +145,24 @@ def train(model: nn.Module, batches: Batches, steps: int) -> float:
     return correct / sum(len(y) for _, y in batches)
 
 
-def exact_trace(model: nn.Module, batches: Batches, chunk: int = 256) -> float:
-    """Σ_i e_iᵀ H e_i: one HVP per coordinate, in chunks to bound memory."""
+def exact_hessian(model: nn.Module, batches: Batches, chunk: int = 256) -> torch.Tensor:
+    """The full Hessian, one HVP per coordinate (in chunks of rows), in float64."""
     model.eval()
     hessian = DatasetHessian(model, batches, nn.functional.cross_entropy)
-    total = 0.0
+    rows = []
     with torch.enable_grad():
         for start in range(0, hessian.dim, chunk):
-            rows = torch.arange(start, min(start + chunk, hessian.dim))
-            unit = torch.zeros(len(rows), hessian.dim, dtype=hessian.dtype)
-            unit[torch.arange(len(rows)), rows] = 1.0
-            total += hessian.quadratic_forms(unit).double().sum().item()
-    return total
+            index = torch.arange(start, min(start + chunk, hessian.dim))
+            unit = torch.zeros(len(index), hessian.dim, dtype=hessian.dtype)
+            unit[torch.arange(len(index)), index] = 1.0
+            rows.append(hessian.apply(unit).double())
+    full = torch.cat(rows)
+    return (full + full.T) / 2  # float32 HVPs are symmetric only to rounding
+
+
+def exact_trace(model: nn.Module, batches: Batches) -> float:
+    """Σ_i e_iᵀ H e_i from the full Hessian."""
+    return exact_hessian(model, batches).trace().item()
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +315,116 @@ def against_eigenthings(model, batches, budget, max_iter) -> None:
     )
 
 
+def against_curvlinops_and_pyhessian(model, batches, budget, seeds, max_iter) -> None:
+    """(c) Trace and λmax beside curvlinops and PyHessian, errors against the exact Hessian."""
+    print("\n## (c) biasdecay vs curvlinops and PyHessian (same model, data, eval mode)")
+    model.eval()
+    # The reference in float64: a Hessian assembled from float32 HVPs has an error of its own
+    # (about 4e-4 of λmax here), larger than the estimators' differences.
+    reference = copy.deepcopy(model).double()
+    batches64 = [(x.double(), y) for x, y in batches]
+    full, seconds = timed(lambda: exact_hessian(reference, batches64))
+    true_trace = full.trace().item()
+    true_max = torch.linalg.eigvalsh(full)[-1].item()
+    print(
+        f"exact: Tr(H) = {true_trace:.7g}, λmax = {true_max:.7g} (full Hessian from "
+        f"{full.shape[0]} float64 HVPs, {seconds:.1f} s); the estimators run in float32"
+    )
+    loss = nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_samples = sum(len(y) for _, y in batches)
+    trace_rows: dict[str, Callable[[int], tuple[float, int]]] = {
+        f"ours, Hutch++ {budget}": lambda seed: (
+            hessian_trace(model, batches, n_matvecs=budget, seed=seed).value,
+            budget,
+        )
+    }
+    eig_rows: dict[str, Callable[[int], tuple[float, int]]] = {}
+
+    def ours_eig(seed: int) -> tuple[float, int]:
+        estimate = hessian_max_eigenvalue(model, batches, max_iter=max_iter, seed=seed)
+        return estimate.value, estimate.n_matvecs
+
+    eig_rows["ours, Lanczos (default tol)"] = ours_eig
+    notes = []
+    try:
+        from curvlinops import HessianLinearOperator
+        from curvlinops.trace.meyer2020hutch import hutchpp_trace
+
+        def curvlinops_trace(seed: int) -> tuple[float, int]:
+            torch.manual_seed(seed)  # curvlinops draws its probes from the global generator
+            operator = HessianLinearOperator(
+                model, loss, params, batches, check_deterministic=False, num_data=n_samples
+            )
+            return hutchpp_trace(operator, budget).item(), budget
+
+        version = metadata.version("curvlinops-for-pytorch")
+        trace_rows[f"curvlinops {version}, hutchpp_trace {budget}"] = curvlinops_trace
+    except ImportError as error:
+        notes.append(f"curvlinops not run: {error} (pip install curvlinops-for-pytorch)")
+    try:
+        from pyhessian import hessian as PyHessian
+
+        def pyhessian_operator() -> tuple[object, list[int]]:
+            operator = PyHessian(model, loss, dataloader=batches, cuda=False)
+            calls = [0]
+            product = operator.dataloader_hv_product
+
+            def counted(v):
+                calls[0] += 1
+                return product(v)
+
+            operator.dataloader_hv_product = counted
+            return operator, calls
+
+        def pyhessian_trace(seed: int, **kwargs) -> tuple[float, int]:
+            torch.manual_seed(seed)
+            operator, calls = pyhessian_operator()
+            values = operator.trace(**kwargs)
+            return statistics.fmean(values), calls[0]
+
+        def pyhessian_eig(seed: int) -> tuple[float, int]:
+            torch.manual_seed(seed)
+            operator, calls = pyhessian_operator()
+            eigenvalues, _ = operator.eigenvalues(top_n=1)
+            return eigenvalues[0], calls[0]
+
+        ph = f"PyHessian {metadata.version('pyhessian')}"
+        trace_rows[f"{ph}, Hutchinson (default tol)"] = pyhessian_trace
+        trace_rows[f"{ph}, Hutchinson {budget}"] = lambda seed: pyhessian_trace(
+            seed, maxIter=budget, tol=0.0
+        )
+        eig_rows[f"{ph}, power iteration (default tol)"] = pyhessian_eig
+    except ImportError as error:
+        notes.append(f"PyHessian not run: {error} (pip install pyhessian)")
+    for title, rows, truth in (
+        ("trace", trace_rows, true_trace),
+        ("λmax", eig_rows, true_max),
+    ):
+        results = {name: [] for name in rows}
+        for seed in range(seeds):  # rows interleaved within every seed
+            for name, fn in rows.items():
+                (value, matvecs), elapsed = timed(lambda fn=fn, seed=seed: fn(seed))
+                results[name].append((value, matvecs, elapsed))
+        table = []
+        for name, runs in results.items():
+            errors = [abs(v / truth - 1) for v, _, _ in runs]
+            table.append(
+                [
+                    name,
+                    f"{statistics.fmean(v for v, _, _ in runs):.7g}",
+                    f"{statistics.fmean(errors):.2g}",
+                    f"{max(errors):.2g}",
+                    f"{statistics.fmean(m for _, m, _ in runs):.1f}",
+                    f"{statistics.median(t for _, _, t in runs):.2f}",
+                ]
+            )
+        print(f"\n{title}: {seeds} seeds, rows interleaved; error = |estimate / exact − 1|")
+        print_table(["method", "mean", "mean error", "max error", "HVPs", "median s"], table)
+    for note in notes:
+        print(note)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     print("$ " + shlex.join(sys.orig_argv))
@@ -312,11 +443,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.exact:
         exact, seconds = timed(lambda: exact_trace(model, batches))
         print(f"exact trace took {seconds:.1f} s ({n_params} HVPs)")
-    variance_at_equal_budgets(model, batches, args.budgets, args.seeds, exact)
+    if args.skip_variance:
+        print("\n## (a) skipped (--skip-variance)")
+    else:
+        variance_at_equal_budgets(model, batches, args.budgets, args.seeds, exact)
     if args.skip_eigenthings:
         print("\n## (b) skipped (--skip-eigenthings)")
     else:
         against_eigenthings(model, batches, args.compare_budget, args.eig_max_iter)
+    if args.skip_peers:
+        print("\n## (c) skipped (--skip-peers)")
+    else:
+        against_curvlinops_and_pyhessian(
+            model, batches, args.peer_budget, args.peer_seeds, args.eig_max_iter
+        )
 
 
 if __name__ == "__main__":

@@ -345,3 +345,19 @@ def test_hooks_refuses_unsupported_model() -> None:
     bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False))
     with pytest.raises(ValueError, match="running statistics"):
         connectivity_sharpness(bn, make_batches((4,), 3, [2]), method="hooks")
+
+
+@pytest.mark.parametrize("edges", [True, False])
+def test_output_gradients_with_and_without_gradient_edges(edges: bool, monkeypatch) -> None:
+    """Both ways of finding layer-output gradients (edges; tensor hooks and the input's
+    gradient) are exact, through in-place ReLUs and residual additions."""
+    from biasdecay.sharpness import _per_sample
+
+    monkeypatch.setattr(_per_sample, "_gradient_edges_supported", lambda: edges)
+    torch.manual_seed(0)
+    model = TinyResNet().double()
+    randomise_norms(model)
+    batches = make_batches((1, 8, 8), 3, [9])
+    report = connectivity_sharpness(model, batches, method="hooks", strict=True)
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10, abs=1e-300), name

@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from biasdecay.sharpness.hessian import (
+    DatasetHessian,
     EigenEstimate,
     TraceEstimate,
     hessian_max_eigenvalue,
@@ -262,3 +263,34 @@ def test_empty_data():
         hessian_trace(mlp(), [], n_matvecs=3)
     with pytest.raises(ValueError, match="no batches"):
         hessian_max_eigenvalue(mlp(), iter([]))
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_dataset_hessian_products_are_exact_with_and_without_vectorised_backward(
+    case, vectorised, monkeypatch
+):
+    """H·V for 11 vectors (chunks of 8 and 3) equals the exact Hessian's, both when the chunk's
+    double backward is vectorised and when torch refuses to vectorise it (sequential passes)."""
+    from biasdecay.sharpness import hessian as hessian_module
+
+    model, data, exact = case
+    if not vectorised:
+        real_grad = torch.autograd.grad
+
+        def refuse_batched(*args, **kwargs):
+            if kwargs.get("is_grads_batched"):
+                raise RuntimeError("no batching rule for this op")
+            return real_grad(*args, **kwargs)
+
+        monkeypatch.setattr(hessian_module.torch.autograd, "grad", refuse_batched)
+    model.eval()
+    operator = DatasetHessian(model, data, cross_entropy)
+    vectors = torch.randn(
+        11, operator.dim, dtype=exact.dtype, generator=torch.Generator().manual_seed(3)
+    )
+    with torch.enable_grad():
+        products = operator.apply(vectors)
+        forms = operator.quadratic_forms(vectors)
+    assert operator._batched is vectorised
+    torch.testing.assert_close(products, vectors @ exact, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(forms, ((vectors @ exact) * vectors).sum(1), rtol=1e-9, atol=1e-12)

@@ -273,7 +273,7 @@ def _per_sample_sums(
         for x, y in iter_batches(batches, model):
             terms = None
             if hooked is not None:
-                if not x.is_floating_point():
+                if not x.is_floating_point() and hooked.needs_float_input:
                     reason = "the inputs are not floating point (hooks differentiate w.r.t. them)"
                 else:
                     # The hook path scales by the batch size: the loss must be a batch mean.

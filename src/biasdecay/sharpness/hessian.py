@@ -8,8 +8,9 @@ eq. 3. Both are computed matrix-free from Hessian-vector products (HVPs):
   ``n_b`` samples, ``N = Σ_b n_b``), so a data-set HVP is the batch-size-weighted sum of per-batch
   HVPs, each a double backward through ``torch.autograd.grad(..., create_graph=True)``;
 * every probe vector known up front shares one forward and one first-order backward per batch:
-  the first-order graph is kept (``retain_graph``) and differentiated once per probe, so ``k``
-  probes cost one pass over the data instead of ``k``.
+  the first-order graph is kept (``retain_graph``) and differentiated for chunks of probes at a
+  time, each chunk in one vectorised double backward (``is_grads_batched``), so ``k`` probes
+  cost one pass over the data instead of ``k``.
 
 θ is the vector of trainable parameters (``requires_grad``) in ``model.named_parameters()``
 order; frozen parameters are constants, not coordinates of the Hessian. BatchNorm runs in eval
@@ -58,6 +59,10 @@ _MIN_MATVECS = {"hutchinson": 1, "hutch++": 3}
 # β below this many machine epsilons of ‖T‖ means the Krylov space is invariant: the next Lanczos
 # vector would be rounding noise, and the Ritz values are already eigenvalues of H.
 _INVARIANT_EPS_FACTOR = 100.0
+
+# Vectors per vectorised double backward: on a 2-core CPU, 8 was fastest with batches of 128
+# and of 512 samples (benchmarks/bench_hessian.py); more costs memory for no speed.
+_VECTOR_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,8 @@ class DatasetHessian:
     Vectors are flat tensors over the trainable parameters (``model.named_parameters()`` order)
     in the parameters' dtype and device. Every call is one pass over the data, however many
     vectors it is given: per batch one forward, one ``create_graph`` backward, then one
-    ``retain_graph`` backward per vector. The caller sets the model's mode (eval for BatchNorm).
+    vectorised double backward per chunk of vectors (one backward per vector where torch cannot
+    vectorise the model's backward). The caller sets the model's mode (eval for BatchNorm).
 
     Args:
         model: the network; its trainable parameters are θ.
@@ -158,6 +164,8 @@ class DatasetHessian:
         self.params = [p for _, p in named]
         self.sizes = [p.numel() for p in self.params]
         self.dim = sum(self.sizes)
+        self._offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self._batched = True  # vectorised HVPs, until torch cannot vectorise this model's
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         #: HVPs computed so far (each a full pass-equivalent over the data).
@@ -190,7 +198,11 @@ class DatasetHessian:
         vectors = vectors.to(self.device, self.dtype)
         shape = (k,) if quadratic_forms else (k, self.dim)
         total = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        pieces = [self._split(v) for v in vectors]
+        # Per parameter, the k vectors' pieces stacked: (k, *parameter shape).
+        stacked = [
+            piece.view(k, *p.shape)
+            for piece, p in zip(vectors.split(self.sizes, dim=1), self.params, strict=True)
+        ]
         n_samples = 0
         self._passes += 1
         batches = progress_bar(
@@ -208,27 +220,60 @@ class DatasetHessian:
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
             if not live:
                 continue
-            for j in range(k):
-                hvp = torch.autograd.grad(
-                    [grads[i] for i in live],
-                    self.params,
-                    grad_outputs=[pieces[j][i] for i in live],
-                    retain_graph=j < k - 1,
-                    allow_unused=True,
-                )
-                if quadratic_forms:
-                    dot = sum(
-                        (v * h).sum() for v, h in zip(pieces[j], hvp, strict=True) if h is not None
-                    )
-                    total[j] += n_batch * dot
-                else:
-                    for dst, h in zip(self._split(total[j]), hvp, strict=True):
-                        if h is not None:
-                            dst.add_(h, alpha=n_batch)
+            for start in range(0, k, _VECTOR_CHUNK):
+                stop = min(k, start + _VECTOR_CHUNK)
+                chunk = [stacked[i][start:stop] for i in live]
+                hvps = self._hvps([grads[i] for i in live], chunk, retain=stop < k)
+                for i, h in enumerate(hvps):
+                    if h is None:
+                        continue
+                    h = h.reshape(stop - start, -1)
+                    if quadratic_forms:
+                        v = stacked[i][start:stop].reshape(stop - start, -1)
+                        total[start:stop] += n_batch * (h * v).sum(1)
+                    else:
+                        offset = self._offsets[i]
+                        total[start:stop, offset : offset + self.sizes[i]].add_(h, alpha=n_batch)
         if n_samples == 0:
             raise ValueError("the data yielded no batches; pass a non-empty iterable of (x, y)")
         self.n_matvecs += k
         return total / n_samples
+
+    def _hvps(
+        self, grads: list[torch.Tensor], vectors: list[torch.Tensor], *, retain: bool
+    ) -> list[torch.Tensor | None]:
+        """One batch's HVPs with a chunk of vectors, ``(c, *shape)`` per parameter.
+
+        One vectorised double backward (``is_grads_batched``) for the whole chunk: on small
+        batches, c sequential backward passes cost mostly their per-op overhead. A model whose
+        backward torch cannot vectorise gets the sequential passes, for good.
+        """
+        c = vectors[0].shape[0]
+        if self._batched and c > 1:
+            try:
+                return list(
+                    torch.autograd.grad(
+                        grads,
+                        self.params,
+                        grad_outputs=vectors,
+                        retain_graph=True,  # kept, so that a failure can still go sequential
+                        allow_unused=True,
+                        is_grads_batched=True,
+                    )
+                )
+            except RuntimeError:
+                self._batched = False
+        columns = [
+            torch.autograd.grad(
+                grads,
+                self.params,
+                grad_outputs=[v[j] for v in vectors],
+                retain_graph=retain or j < c - 1,
+                allow_unused=True,
+            )
+            for j in range(c)
+        ]
+        return [None if col[0] is None else torch.stack(col) for col in zip(*columns, strict=True)]
 
     def _first_order_graph(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
         outputs = self.model(x)
