@@ -41,7 +41,15 @@ stamp="$venv/.biasdecay-installed"
 want="$(cat pyproject.toml | cksum | cut -d' ' -f1)-$extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing biasdecay[$extras]"
-  "$py" -m pip install --quiet -e ".[$extras]"
+  # The installed torch is a constraint: an extra's dependency must never replace it.
+  torch_now="torch==$("$py" -c 'import torch; print(torch.__version__.split("+")[0])')"
+  "$py" -m pip install --quiet -e ".[$extras]" "$torch_now"
   echo "$want" > "$stamp"
+fi
+# A benchmark peer (curvlinops, via BackPACK) pulls in torchvision, whose wheel may not match
+# this torch; a torchvision that cannot import breaks every package that tries it (lightning).
+if "$py" -m pip show torchvision >/dev/null 2>&1 && ! "$py" -c "import torchvision" >/dev/null 2>&1; then
+  echo "setup: removing torchvision, which does not import with this torch (nothing here needs it)"
+  "$py" -m pip uninstall --quiet -y torchvision
 fi
 "$py" -c "import biasdecay, torch; print(f'setup: biasdecay {biasdecay.__version__}, torch {torch.__version__}')"

@@ -21,11 +21,24 @@ def test_benchmark_explains_itself(script: Path) -> None:
 def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
     script = BENCHMARKS[0].parent / "bench_connectivity.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--width", "0.0625", "--batch", "8", "--repeats", "1"],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, str(script), "--models", "mlp,vit", "--batch", "8", "--repeats", "1"],
+        capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "C per-sample, hooks (ours)" in done.stdout and "x fwd+bwd" in done.stdout
+    assert "C per-sample, hooks + guard (ours)" in done.stdout and "x fwd+bwd" in done.stdout
+    assert "## vit" in done.stdout and "agreement: ours C =" in done.stdout
+
+
+def test_integrations_benchmark_runs_and_prints_the_ratio() -> None:
+    pytest.importorskip("lightning")
+    pytest.importorskip("transformers")
+    script = BENCHMARKS[0].parent / "bench_integrations.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--steps", "3", "--rounds", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ratio with / without:") == 2
 
 
 def test_robustness_tally_runs_its_cases_and_counts_them() -> None:

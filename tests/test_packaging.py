@@ -34,7 +34,12 @@ def test_wheel_and_sdist_hold_the_package(dist) -> None:
     (wheel,) = dist.glob("*.whl")
     (sdist,) = dist.glob("*.tar.gz")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("biasdecay/cli.py", "biasdecay/integrations/lightning.py", "biasdecay/roles.py"):
+    for module in (
+        "biasdecay/cli.py",
+        "biasdecay/integrations/lightning.py",
+        "biasdecay/integrations/transformers.py",
+        "biasdecay/roles.py",
+    ):
         assert module in names, module
     assert not [n for n in names if n.startswith("tests/")]
     with tarfile.open(sdist) as archive:

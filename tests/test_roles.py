@@ -37,7 +37,7 @@ def test_roles_follow_module_types_not_names() -> None:
         "gn.bias": Role.NORM_SHIFT,
         "ln.weight": Role.NORM_SCALE,
         "ln.bias": Role.NORM_SHIFT,
-        "emb.weight": Role.OTHER,
+        "emb.weight": Role.EMBEDDING,
     }
     assert param_owners(Misleading())["conv.bias"] == "conv"
 

@@ -39,6 +39,7 @@ class Role(str, enum.Enum):
     LINEAR_BIAS = "linear_bias"
     NORM_SCALE = "norm_scale"  # γ of a normalisation layer
     NORM_SHIFT = "norm_shift"  # β of a normalisation layer
+    EMBEDDING = "embedding"  # a lookup table (nn.Embedding): a weight, decayed like one
     OTHER = "other"
 
     @property
@@ -54,6 +55,7 @@ _LABELS = {
     Role.LINEAR_BIAS: "FC(b)",
     Role.NORM_SCALE: "γ",
     Role.NORM_SHIFT: "β",
+    Role.EMBEDDING: "Emb",
     Role.OTHER: "other",
 }
 
@@ -63,8 +65,9 @@ class ModuleType:
     """What the library knows about a module class.
 
     Attributes:
-        family: ``"conv"``, ``"linear"`` or ``"norm"``: the roles of its ``weight`` and ``bias``
-            (for a norm, ``weight`` is γ and ``bias`` is β).
+        family: ``"conv"``, ``"linear"``, ``"norm"`` or ``"embedding"``: the roles of its
+            ``weight`` and ``bias`` (for a norm, ``weight`` is γ and ``bias`` is β; an embedding
+            has a weight only).
         op: the standard operation the *exact* class computes (one of :data:`OPS`), or None
             when it is not known to compute one. The closed-form per-sample formulas of the
             connectivity fast path and the function-preserving rescalings of reparameterisation
@@ -83,7 +86,7 @@ OPS = (
     "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose", "batch_norm",
     "instance_norm", "group_norm", "layer_norm",
 )  # fmt: skip
-FAMILIES = ("conv", "linear", "norm")
+FAMILIES = ("conv", "linear", "norm", "embedding")
 _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
     nn.Linear: ModuleType("linear", "linear"),
     nn.Bilinear: ModuleType("linear", "bilinear"),
@@ -106,6 +109,15 @@ _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
     nn.modules.batchnorm._NormBase: ModuleType("norm"),  # roles of other norms (lazy ones)
     nn.GroupNorm: ModuleType("norm", "group_norm"),
     nn.LayerNorm: ModuleType("norm", "layer_norm"),
+    nn.Embedding: ModuleType("embedding"),
+    nn.EmbeddingBag: ModuleType("embedding"),
+}
+
+# Classes of other libraries, by qualified name, so that roles are right without importing them:
+# Hugging Face's Conv1D (GPT-2) is a linear layer with its weight stored transposed, (in, out).
+# No op: its weight layout is not nn.Linear's, so no per-sample formula applies.
+_MODULE_TYPES_BY_NAME: dict[str, ModuleType] = {
+    "transformers.pytorch_utils.Conv1D": ModuleType("linear"),
 }
 
 
@@ -120,7 +132,7 @@ def register_module_type(
 
     Args:
         cls: the module class.
-        family: ``"conv"``, ``"linear"`` or ``"norm"``.
+        family: ``"conv"``, ``"linear"``, ``"norm"`` or ``"embedding"``.
         op: one of :data:`OPS`, or None.
 
     Returns:
@@ -168,6 +180,9 @@ def module_type(module: nn.Module, *, exact: bool = False) -> ModuleType | None:
     for cls in type(module).__mro__:
         if cls in _MODULE_TYPES:
             return _MODULE_TYPES[cls]
+        by_name = _MODULE_TYPES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if by_name is not None:
+            return by_name
     return None
 
 
@@ -192,6 +207,7 @@ _ROLES = {
     "conv": (Role.CONV_WEIGHT, Role.CONV_BIAS),
     "linear": (Role.LINEAR_WEIGHT, Role.LINEAR_BIAS),
     "norm": (Role.NORM_SCALE, Role.NORM_SHIFT),
+    "embedding": (Role.EMBEDDING, Role.OTHER),
 }
 
 

@@ -166,7 +166,11 @@ def test_the_documented_example_runs() -> None:
     from pathlib import Path
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "integrations.md"
-    (code,) = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    (code,) = [
+        block
+        for block in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+        if "import lightning" in block
+    ]
     namespace: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

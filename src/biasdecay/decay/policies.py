@@ -47,7 +47,7 @@ __all__ = [
 
 BASE = "base"  # a rule coefficient meaning "the base weight_decay λ_w"
 
-_WEIGHTS = (Role.CONV_WEIGHT, Role.LINEAR_WEIGHT, Role.OTHER)
+_WEIGHTS = (Role.CONV_WEIGHT, Role.LINEAR_WEIGHT, Role.EMBEDDING, Role.OTHER)
 _BIASES = (Role.CONV_BIAS, Role.LINEAR_BIAS)
 
 

@@ -36,33 +36,11 @@ except ImportError as err:  # the extra is optional: say exactly what to install
         "'biasdecay[lightning]' (or pip install lightning)"
     ) from err
 
-from biasdecay.decay import AdaptiveBetaDecay, decay_policy, param_groups
-from biasdecay.optim import LAMB
+from biasdecay.decay import AdaptiveBetaDecay
+from biasdecay.integrations._common import flatten_record, has_trainable_beta, role_lamb
 from biasdecay.train.monitors import SharpnessTracker
 
 __all__ = ["AdaptiveBetaDecayCallback", "SharpnessMonitor", "configure_lamb", "flatten_record"]
-
-
-def flatten_record(record: Mapping[str, Any], prefix: str = "sharpness") -> dict[str, float]:
-    """A tracking record as flat ``prefix/...`` scalars, the form Lightning's loggers take.
-
-    Args:
-        record: from :meth:`biasdecay.train.monitors.SharpnessTracker.record`.
-        prefix: the metrics' namespace.
-
-    Returns:
-        ``{"sharpness/c_m": ..., "sharpness/c_m/<role>": ..., "sharpness/<layer>/r": ...}``;
-        decisions as 0/1.
-    """
-    out = {f"{prefix}/c_m": float(record["c_m"])}
-    for role, value in record["c_m_by_role"].items():
-        out[f"{prefix}/c_m/{role}"] = float(value)
-    for layer, stats in record["layers"].items():
-        for key, value in stats.items():
-            out[f"{prefix}/{layer}/{key}"] = float(value)
-    for layer, decayed in record.get("beta_decayed", {}).items():
-        out[f"{prefix}/{layer}/beta_decayed"] = float(decayed)
-    return out
 
 
 class SharpnessMonitor(pl.Callback):
@@ -190,7 +168,7 @@ class AdaptiveBetaDecayCallback(pl.Callback):
             return
         if self.controller is None:
             inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps it
-            if not _has_norm_layers(pl_module):
+            if not has_trainable_beta(pl_module):
                 warnings.warn(
                     "AdaptiveBetaDecayCallback: the model has no normalisation layer with "
                     "trainable γ and β, so there is no β to decay; the callback does nothing",
@@ -202,17 +180,6 @@ class AdaptiveBetaDecayCallback(pl.Callback):
                 pl_module, inner, threshold=self.threshold, beta_decay=self.beta_decay
             )
         self.controller.step()
-
-
-def _has_norm_layers(module: nn.Module) -> bool:
-    from biasdecay.roles import is_norm_module
-
-    return any(
-        is_norm_module(m)
-        and isinstance(getattr(m, "bias", None), nn.Parameter)
-        and m.bias.requires_grad
-        for m in module.modules()
-    )
 
 
 def configure_lamb(
@@ -247,8 +214,16 @@ def configure_lamb(
         The optimiser, or ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval":
         "step"}}`` with a scheduler.
     """
-    groups = param_groups(module, decay_policy(policy, **policy_options), weight_decay)
-    optimizer = LAMB(groups, lr=lr, betas=betas, eps=eps, layer_adaptation=layer_adaptation)
+    optimizer = role_lamb(
+        module,
+        lr=lr,
+        policy=policy,
+        weight_decay=weight_decay,
+        layer_adaptation=layer_adaptation,
+        betas=betas,
+        eps=eps,
+        policy_options=policy_options,
+    )
     if scheduler is None:
         return optimizer
     return {

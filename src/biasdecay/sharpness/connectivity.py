@@ -49,7 +49,7 @@ TABLE2_ROWS: dict[str, tuple[Role, ...]] = {
     "β": (Role.NORM_SHIFT,),
     "FC(w)": (Role.LINEAR_WEIGHT,),
     "FC(b)": (Role.LINEAR_BIAS,),
-    "other": (Role.OTHER,),
+    "other": (Role.EMBEDDING, Role.OTHER),
 }
 
 
