@@ -21,6 +21,7 @@ the model and batch alone (resident memory on a Linux CPU, allocated memory on C
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -144,7 +145,7 @@ def opacus_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[lis
         # opacus records activations in train mode only; without buffers or dropout, the
         # models here compute the same function in both modes.
         wrapped = GradSampleModule(
-            _clone(model).train(), loss_reduction="mean", force_functorch=mode == "functorch"
+            copy.deepcopy(model).train(), loss_reduction="mean", force_functorch=mode == "functorch"
         )
 
         def run(wrapped: nn.Module = wrapped) -> float:
@@ -154,12 +155,6 @@ def opacus_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[lis
 
         rows.append((f"C per-sample, opacus {mode}", run))
     return rows, ""
-
-
-def _clone(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def naive_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

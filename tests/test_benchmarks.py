@@ -18,34 +18,32 @@ def test_benchmark_explains_itself(script: Path) -> None:
     assert "usage:" in done.stdout
 
 
-def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
-    script = BENCHMARKS[0].parent / "bench_connectivity.py"
+def run_script(name: str, *args: str, timeout: int) -> str:
+    """Run ``benchmarks/<name>`` with ``args``; its stdout, after checking it succeeded."""
+    script = BENCHMARKS[0].parent / name
     done = subprocess.run(
-        [sys.executable, str(script), "--models", "mlp,vit", "--batch", "8", "--repeats", "1"],
-        capture_output=True, text=True, timeout=180,
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
+    out = run_script(
+        "bench_connectivity.py", "--models", "mlp,vit", "--batch", "8", "--repeats", "1",
+        timeout=180,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "C per-sample, hooks + guard (ours)" in done.stdout and "x fwd+bwd" in done.stdout
-    assert "## vit" in done.stdout and "agreement: ours C =" in done.stdout
+    assert "C per-sample, hooks + guard (ours)" in out and "x fwd+bwd" in out
+    assert "## vit" in out and "agreement: ours C =" in out
 
 
 def test_integrations_benchmark_runs_and_prints_the_ratio() -> None:
     pytest.importorskip("lightning")
     pytest.importorskip("transformers")
-    script = BENCHMARKS[0].parent / "bench_integrations.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--steps", "3", "--rounds", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("ratio with / without:") == 2
+    out = run_script("bench_integrations.py", "--steps", "3", "--rounds", "1", timeout=300)
+    assert out.count("ratio with / without:") == 2
 
 
 def test_robustness_tally_runs_its_cases_and_counts_them() -> None:
-    script = BENCHMARKS[0].parent / "robustness_tally.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--cases", "2", "--kills", "0"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "ok  unknown key" in done.stdout and "tally: 2/2 bad inputs refused" in done.stdout
+    out = run_script("robustness_tally.py", "--cases", "2", "--kills", "0", timeout=120)
+    assert "ok  unknown key" in out and "tally: 2/2 bad inputs refused" in out

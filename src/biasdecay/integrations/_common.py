@@ -1,4 +1,4 @@
-"""What the framework integrations share: LAMB under a role-based policy, and the β check."""
+"""What the framework integrations share: LAMB under a role-based policy, the β check, records."""
 
 from __future__ import annotations
 
@@ -12,34 +12,39 @@ from biasdecay.optim import LAMB
 from biasdecay.roles import is_norm_module
 
 
-def role_lamb(
-    module: nn.Module,
+def lamb_for(
+    model: nn.Module,
     *,
     lr: float,
-    policy: str,
-    weight_decay: float,
-    layer_adaptation: str,
-    betas: tuple[float, float],
-    eps: float,
-    policy_options: Mapping[str, float | bool],
+    policy: str = "no_bias_decay",
+    weight_decay: float = 0.01,
+    layer_adaptation: str = "decayed",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    **policy_options: float | bool,
 ) -> LAMB:
-    """LAMB over ``module``'s parameters, grouped by :func:`biasdecay.param_groups`.
+    """LAMB over ``model``'s parameters under a role-based decay policy.
+
+    The one place the integrations' LAMB settings and their defaults are stated: Lightning's
+    ``configure_lamb`` and the Hugging Face ``lamb_for`` both build through it.
 
     Args:
-        module: the network.
+        model: the network.
         lr: the peak learning rate.
-        policy: a decay policy name (``biasdecay list`` shows them).
-        weight_decay: λ_w of the non-normalisation weights.
-        layer_adaptation: ``"decayed"``, ``"all"`` or ``"none"``: which groups take the trust
-            ratio.
+        policy: a decay policy name (``biasdecay list`` shows them), e.g. ``no_bias_decay``,
+            ``beta_decay``, ``adaptive_beta_decay`` (then add the framework's adaptive β decay
+            callback).
+        weight_decay: λ_w of the non-normalisation weights (embeddings included).
+        layer_adaptation: which parameters take the trust ratio: ``"decayed"``, ``"all"``,
+            ``"none"``.
         betas: Adam's β₁, β₂.
         eps: Adam's ε.
-        policy_options: the policy's own options (``beta``, ``gamma``, ``threshold``, ...).
+        **policy_options: the policy's own options (``beta``, ``gamma``, ``threshold``, ...).
 
     Returns:
-        The optimiser.
+        The optimiser, over :func:`biasdecay.param_groups`.
     """
-    groups = param_groups(module, decay_policy(policy, **policy_options), weight_decay)
+    groups = param_groups(model, decay_policy(policy, **policy_options), weight_decay)
     return LAMB(groups, lr=lr, betas=betas, eps=eps, layer_adaptation=layer_adaptation)
 
 

@@ -37,7 +37,7 @@ except ImportError as err:  # the extra is optional: say exactly what to install
     ) from err
 
 from biasdecay.decay import AdaptiveBetaDecay
-from biasdecay.integrations._common import flatten_record, has_trainable_beta, role_lamb
+from biasdecay.integrations._common import flatten_record, has_trainable_beta, lamb_for
 from biasdecay.train.monitors import SharpnessTracker
 
 __all__ = ["AdaptiveBetaDecayCallback", "SharpnessMonitor", "configure_lamb", "flatten_record"]
@@ -182,48 +182,23 @@ class AdaptiveBetaDecayCallback(pl.Callback):
         self.controller.step()
 
 
-def configure_lamb(
-    module: nn.Module,
-    *,
-    lr: float,
-    policy: str = "no_bias_decay",
-    weight_decay: float = 0.01,
-    layer_adaptation: str = "decayed",
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-6,
-    scheduler: Any = None,
-    **policy_options: float | bool,
-) -> Any:
+def configure_lamb(module: nn.Module, *, scheduler: Any = None, **settings: Any) -> Any:
     """What ``configure_optimizers`` returns for LAMB under a role-based decay policy.
 
     Args:
         module: the LightningModule (or any network).
-        lr: the peak learning rate.
-        policy: a decay policy name (``biasdecay list`` shows them), e.g. ``no_bias_decay``,
-            ``beta_decay``, ``adaptive_beta_decay`` (then add :class:`AdaptiveBetaDecayCallback`).
-        weight_decay: λ_w of the non-normalisation weights.
-        layer_adaptation: which parameters take the trust ratio: ``"decayed"``, ``"all"``,
-            ``"none"``.
-        betas: Adam's β₁, β₂.
-        eps: Adam's ε.
         scheduler: optional ``lambda optimizer: torch.optim.lr_scheduler.LRScheduler``; it is
             stepped every optimiser step.
-        **policy_options: the policy's own options (``beta``, ``gamma``, ``threshold``, ...).
+        **settings: ``lr`` (required), ``policy``, ``weight_decay``, ``layer_adaptation``,
+            ``betas``, ``eps`` and the policy's own options, with the defaults of
+            :func:`biasdecay.integrations._common.lamb_for`. With ``policy=
+            "adaptive_beta_decay"``, add :class:`AdaptiveBetaDecayCallback`.
 
     Returns:
         The optimiser, or ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval":
         "step"}}`` with a scheduler.
     """
-    optimizer = role_lamb(
-        module,
-        lr=lr,
-        policy=policy,
-        weight_decay=weight_decay,
-        layer_adaptation=layer_adaptation,
-        betas=betas,
-        eps=eps,
-        policy_options=policy_options,
-    )
+    optimizer = lamb_for(module, **settings)
     if scheduler is None:
         return optimizer
     return {

@@ -38,8 +38,10 @@ except ImportError as err:  # the extra is optional: say exactly what to install
     ) from err
 
 from biasdecay.decay import AdaptiveBetaDecay
-from biasdecay.integrations._common import flatten_record, has_trainable_beta, role_lamb
-from biasdecay.optim import LAMB
+
+# lamb_for (re-exported): LAMB for a Hugging Face model, for ``Trainer(optimizers=(lamb_for(model,
+# lr=...), None))``; the same builder as Lightning's configure_lamb.
+from biasdecay.integrations._common import flatten_record, has_trainable_beta, lamb_for
 from biasdecay.train.monitors import SharpnessTracker
 
 __all__ = [
@@ -65,47 +67,6 @@ def add_callbacks(trainer: Any, *callbacks: TrainerCallback) -> None:
     handler = trainer.callback_handler
     for callback in reversed(callbacks):
         handler.callbacks.insert(0, callback)
-
-
-def lamb_for(
-    model: nn.Module,
-    *,
-    lr: float,
-    policy: str = "no_bias_decay",
-    weight_decay: float = 0.01,
-    layer_adaptation: str = "decayed",
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-6,
-    **policy_options: float | bool,
-) -> LAMB:
-    """LAMB for a Hugging Face model under a role-based decay policy (``Trainer(optimizers=...)``).
-
-    Args:
-        model: the ``PreTrainedModel`` (or any network).
-        lr: the peak learning rate (the Trainer's scheduler, if any, scales it).
-        policy: a decay policy name (``biasdecay list`` shows them), e.g. ``no_bias_decay``,
-            ``beta_decay``, ``adaptive_beta_decay`` (then add
-            :class:`AdaptiveBetaDecayTrainerCallback`).
-        weight_decay: λ_w of the non-normalisation weights (embeddings included).
-        layer_adaptation: which parameters take the trust ratio: ``"decayed"``, ``"all"``,
-            ``"none"``.
-        betas: Adam's β₁, β₂.
-        eps: Adam's ε.
-        **policy_options: the policy's own options (``beta``, ``gamma``, ``threshold``, ...).
-
-    Returns:
-        The optimiser; pass ``optimizers=(optimizer, None)`` to the Trainer.
-    """
-    return role_lamb(
-        model,
-        lr=lr,
-        policy=policy,
-        weight_decay=weight_decay,
-        layer_adaptation=layer_adaptation,
-        betas=betas,
-        eps=eps,
-        policy_options=policy_options,
-    )
 
 
 def _inner(optimizer: Any) -> torch.optim.Optimizer:

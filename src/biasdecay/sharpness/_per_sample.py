@@ -280,7 +280,8 @@ def _grouped_conv_weight(
     chunk = min(B, _GROUPED_MAX_CHUNK, max(2, _GROUPED_CHUNK_ELEMENTS // per_sample))
     w_flat = w_abs.reshape(-1)
     shape_of_chunk = w_abs.shape[1:]
-    weight_shape = torch.empty((chunk * O, *shape_of_chunk), dtype=a.dtype, device=a.device)
+    # The kernel reads only the weight's shape: a stride-0 view of one element stands for it.
+    weight_shape = a.new_empty(()).expand(chunk * O, *shape_of_chunk)
     parts, grad = [], torch.zeros_like(w_flat)
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
