@@ -14,11 +14,12 @@ from typing import Any
 import torch
 
 from biasdecay.data import DeviceLoader, ImageDataset, subset
+from biasdecay.errors import BiasDecayError
 from biasdecay.nn.checkpoint import ModelSpec
 from biasdecay.nn.models import min_image_size
 
 
-class UsageError(ValueError):
+class UsageError(BiasDecayError, ValueError):
     """Bad command-line input; the message says what is wrong and how to fix it."""
 
 

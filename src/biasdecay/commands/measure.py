@@ -21,8 +21,8 @@ from biasdecay.commands.common import (
 )
 from biasdecay.data import load_dataset
 from biasdecay.nn.checkpoint import load_model
-from biasdecay.report.tables import text_table
 from biasdecay.sharpness.suite import MeasureOptions, parse_measures, run_measures
+from biasdecay.tables import text_table
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from biasdecay.errors import BiasDecayError
+
 __all__ = ["DataError", "MissingDependencyError", "import_optional"]
 
 INSTALL_HINT = "pip install 'biasdecay[data]'"
 
 
-class DataError(ValueError):
+class DataError(BiasDecayError, ValueError):
     """A data file is missing, unreadable or does not have the expected layout."""
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(BiasDecayError, ImportError):
     """An optional package needed by one data source is not installed."""
 
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from biasdecay.decay.policies import DecayPolicy
-from biasdecay.report.tables import text_table
 from biasdecay.roles import Role, param_roles
+from biasdecay.tables import text_table
 
 __all__ = ["param_groups", "GroupRow", "group_summary", "format_group_summary"]
 

@@ -22,12 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from biasdecay.errors import BiasDecayError
 from biasdecay.nn.models import build_model
 
 FORMAT = "biasdecay.model/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BiasDecayError, ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 

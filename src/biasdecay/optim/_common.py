@@ -7,12 +7,12 @@ hyper-parameters, tensor metadata), never on tensor contents.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from biasdecay.constraints import check_in_range, check_lr  # noqa: F401  (re-exported)
 
 __all__ = [
     "LAYER_ADAPTATION",
@@ -20,8 +20,6 @@ __all__ = [
     "adaptation_flags",
     "check_layer_adaptation",
     "bucket_indices",
-    "check_in_range",
-    "check_lr",
     "clip_coefficient",
     "default_foreach",
     "gather_overrides",
@@ -40,52 +38,6 @@ LAYER_ADAPTATION = ("decayed", "all", "none")
 
 # Tensor types the ``torch._foreach_*`` kernels accept (subclasses may override ops per tensor).
 _FOREACH_TYPES = (Tensor, torch.nn.Parameter)
-
-
-def check_lr(owner: str, lr: object) -> None:
-    """Raise unless ``lr`` is a finite Python number >= 0 (tensor learning rates are not supported).
-
-    Args:
-      owner: the optimiser's name, for the message.
-      lr: the value to check.
-
-    Raises:
-      TypeError: ``lr`` is a tensor or not a number.
-      ValueError: ``lr`` is negative or not finite.
-    """
-    if isinstance(lr, Tensor) or not isinstance(lr, numbers.Real) or isinstance(lr, bool):
-        raise TypeError(f"{owner}: lr must be a Python float >= 0, got {type(lr).__name__}")
-    if not (0.0 <= float(lr) < math.inf):
-        raise ValueError(f"{owner}: lr must be in [0, inf), got {lr}")
-
-
-def check_in_range(
-    owner: str,
-    name: str,
-    value: object,
-    low: float,
-    high: float = math.inf,
-    *,
-    low_open: bool = False,
-    high_open: bool = True,
-) -> None:
-    """Raise ``ValueError`` naming ``name`` and its valid interval unless ``value`` lies inside it.
-
-    Args:
-      owner: the optimiser's name, for the message.
-      name: the hyper-parameter's name as the user spells it.
-      value: the value to check (a real number; bools are refused).
-      low, high: the interval's ends.
-      low_open, high_open: whether an end is excluded.
-    """
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{owner}: {name} must be a real number in {interval}, got {value!r}")
-    v = float(value)
-    above = v > low if low_open else v >= low
-    below = v < high if high_open else v <= high
-    if not (above and below):
-        raise ValueError(f"{owner}: {name} must be in {interval}, got {value!r}")
 
 
 def check_layer_adaptation(owner: str, group: Mapping[str, object]) -> None:

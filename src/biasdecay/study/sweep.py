@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biasdecay.errors import BiasDecayError
 from biasdecay.train.config import (
     ConfigError,
     TrainConfig,
@@ -65,7 +66,7 @@ FINAL_STATES = ("finished", "diverged")
 _SHOWN_PROBLEMS = 8  # a refusal lists this many problems, then counts the rest
 
 
-class SweepError(ValueError):
+class SweepError(BiasDecayError, ValueError):
     """A sweep that cannot start as asked; nothing was written."""
 
 

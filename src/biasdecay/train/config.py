@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from biasdecay.errors import BiasDecayError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, from PyPI (a dependency on 3.10 only)
@@ -94,7 +96,7 @@ NON_IDENTIFYING_KEYS = frozenset(
 _COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
-class ConfigError(ValueError):
+class ConfigError(BiasDecayError, ValueError):
     """A configuration that cannot be used; the message names the key and what is valid."""
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from biasdecay.decay import format_group_summary
+from biasdecay.errors import BiasDecayError
 from biasdecay.nn.checkpoint import CheckpointError, save_model
 from biasdecay.train import components as C
 from biasdecay.train.checkpoint import (
@@ -68,11 +69,11 @@ def _summary_status(run_dir: Path) -> str | None:
         return None
 
 
-class StorageError(OSError):
+class StorageError(BiasDecayError, OSError):
     """The run directory could not be written; the message says what is kept and what to do."""
 
 
-class Diverged(RuntimeError):
+class Diverged(BiasDecayError, RuntimeError):
     """The training loss became NaN/inf or exceeded ``run.divergence_loss``."""
 
 

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
+from biasdecay.errors import BiasDecayError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no advisory locks, the lock is a no-op
@@ -37,7 +39,7 @@ LOCK_FILE = ".lock"
 PARENT_ENV = "BIASDECAY_SWEEP_PID"
 
 
-class RunDirectoryBusy(ValueError):
+class RunDirectoryBusy(BiasDecayError, ValueError):
     """Another live process trains this run directory."""
 
 

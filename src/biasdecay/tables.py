@@ -1,4 +1,4 @@
-"""Plain-text tables with aligned columns."""
+"""Plain-text tables with aligned columns, for terminal output and training logs."""
 
 from __future__ import annotations
 

@@ -1,0 +1,16 @@
+"""The one base class of the errors biasdecay raises about what it was given.
+
+Every error that means "the input (a config, a path, a data file, a checkpoint, a command line)
+cannot be used, and here is how to fix it" derives from :class:`BiasDecayError`. The CLI catches
+exactly this class and prints its message in one line; anything else is a bug and keeps its
+traceback. Each subclass also derives from the built-in exception it has always been
+(``ValueError``, ``OSError``, ``ImportError``), so callers that catch those keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BiasDecayError"]
+
+
+class BiasDecayError(Exception):
+    """Base of every error whose message says what is wrong with the input and how to fix it."""

@@ -1,1 +1,0 @@
-"""Turning results into text: terminal tables now, markdown reports and plots later."""
