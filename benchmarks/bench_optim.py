@@ -2,7 +2,10 @@
 
 Every row owns a copy of the ResNet-18 (width 64) parameter set with fixed random gradients and is
 timed in the same run: our LAMB and LARS on their single-tensor, foreach and default paths, torch
-AdamW and SGD (momentum 0.9) on the same three, and torch-optimizer's Lamb when it imports. Rows
+AdamW and SGD (momentum 0.9) on the same three, and torch-optimizer's Lamb when it imports. Two
+more rows step LAMB and LARS over the adaptive β decay policy's groups (one per BN layer's β, its
+decay a 0-dim tensor, set to a mix of decayed and undecayed layers), the cost of adaptive β decay
+inside the optimiser. ``--width 0.125`` times the cpu preset's network instead. Rows
 are interleaved round by round (the order rotates) so a noisy stretch of the machine does not
 favour one of them; the ratios at the end are given for the medians and for the bests.
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from _common import cpu_name, sync
+from biasdecay.decay import decay_policy, param_groups
 from biasdecay.nn.models import build_model
 from biasdecay.optim import LAMB, LARS
 
@@ -40,16 +44,23 @@ class Row:
     step: Callable[[], object]
 
 
-def resnet18_parameters(device: torch.device, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
-    """A fresh copy of ResNet-18's parameters (width 64, 10 classes) with random gradients."""
+def resnet18(device: torch.device, dtype: torch.dtype, seed: int, width: float) -> torch.nn.Module:
+    """A fresh ResNet-18 (10 classes) with random gradients and non-zero BN β."""
     torch.manual_seed(seed)
-    model = build_model("resnet18", in_channels=3, num_classes=10, width=1.0)
-    params = [
-        p.detach().to(device=device, dtype=dtype).requires_grad_() for p in model.parameters()
-    ]
-    for p in params:
+    model = build_model("resnet18", in_channels=3, num_classes=10, width=width)
+    model = model.to(device=device, dtype=dtype)
+    for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-2
-    return params
+    return model
+
+
+def adaptive_groups(model: torch.nn.Module) -> list[dict]:
+    """The adaptive β decay policy's groups, every other layer's β decayed (λ_β = 1)."""
+    groups = param_groups(model, decay_policy("adaptive_beta_decay"), 0.01)
+    betas = [g for g in groups if g["adaptive_beta"]]
+    for k, group in enumerate(betas):
+        group["weight_decay"].fill_(float(k % 2))
+    return groups
 
 
 def make_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[Row]:
@@ -90,11 +101,19 @@ def make_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
     except Exception as error:  # any import failure (missing, or built for another torch)
         print(f"skipping torch-optimizer Lamb: {type(error).__name__}: {error}")
 
+    builders += [
+        ("LAMB (ours) adaptive β groups", lambda m: LAMB(adaptive_groups(m), lr=1e-3)),
+        (
+            "LARS (ours) adaptive β groups",
+            lambda m: LARS(adaptive_groups(m), lr=0.1, momentum=0.9),
+        ),
+    ]
     rows = []
     for seed, (name, build) in enumerate(builders):
         if args.only and not any(key.lower() in name.lower() for key in args.only):
             continue
-        optimizer = build(resnet18_parameters(device, dtype, seed))
+        model = resnet18(device, dtype, seed, args.width)
+        optimizer = build(model if "groups" in name else list(model.parameters()))
         rows.append(Row(name, optimizer.step))
     return rows
 
@@ -146,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="λ for every row")
     parser.add_argument(
+        "--width", type=float, default=1.0, help="ResNet-18 width factor (0.125: the cpu preset)"
+    )
+    parser.add_argument(
         "--only", nargs="*", default=None, help="time only rows whose name contains one of these"
     )
     parser.add_argument(
@@ -164,12 +186,13 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__} | {machine} | {os.cpu_count()} cores | "
         f"threads {torch.get_num_threads()} | device {device} | {args.dtype}"
     )
-    sample = resnet18_parameters(device, dtype, seed=0)
+    sample = list(resnet18(device, dtype, 0, args.width).parameters())
     n_params, n_tensors = sum(p.numel() for p in sample), len(sample)
     del sample
     rows = make_rows(args, device, dtype)
     print(
-        f"ResNet-18 width 64 parameters: {n_params:,} in {n_tensors} tensors | weight decay "
+        f"ResNet-18 width {round(64 * args.width)} parameters: {n_params:,} in {n_tensors} "
+        f"tensors | weight decay "
         f"{args.weight_decay} | {args.rounds} rounds after {args.warmup} warm-up steps"
     )
     times = time_interleaved(rows, args.rounds, args.warmup, device)
@@ -193,6 +216,18 @@ def main(argv: list[str] | None = None) -> None:
             "LARS (ours) default",
             "torch SGD-momentum default",
             "<= 1.6",
+        ),
+        (
+            "LAMB adaptive β groups / LAMB default",
+            "LAMB (ours) adaptive β groups",
+            "LAMB (ours) default",
+            "~1",
+        ),
+        (
+            "LARS adaptive β groups / LARS default",
+            "LARS (ours) adaptive β groups",
+            "LARS (ours) default",
+            "~1",
         ),
         ("LAMB foreach / LAMB single", "LAMB (ours) foreach", "LAMB (ours) single", "CPU default"),
         ("LARS foreach / LARS single", "LARS (ours) foreach", "LARS (ours) single", "CPU default"),

@@ -19,6 +19,7 @@ from biasdecay.decay import (
     AdaptiveBetaDecay,
     decay_policy,
     format_group_summary,
+    freeze_roles,
     param_groups,
     policy_names,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "format_group_summary",
     "fisher_rao_norm",
     "fold_batchnorm",
+    "freeze_roles",
     "hessian_max_eigenvalue",
     "hessian_trace",
     "is_norm_module",

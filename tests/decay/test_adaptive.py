@@ -72,15 +72,22 @@ def test_decisions_equal_hand_computation() -> None:
         by_hand.append(c_beta / c_gamma)
     threshold = sorted(by_hand)[1]  # between the values: some layers decayed, some not
     groups = param_groups(model, decay_policy("adaptive_beta_decay", threshold=threshold), 0.01)
-    controller = AdaptiveBetaDecay(
-        model, torch.optim.SGD(groups, lr=0.1), threshold=threshold, beta_decay=1.0
-    )
+    optimizer = torch.optim.SGD(groups, lr=0.1)
+    controller = AdaptiveBetaDecay(model, optimizer, threshold=threshold, beta_decay=1.0)
     assert controller.layer_names == ["1", "4", "8"]
     decisions = controller.step()
     assert controller.last_ratios.tolist() == pytest.approx(by_hand, rel=1e-12)
     assert decisions.tolist() == [r >= threshold for r in by_hand]
     assert 0 < sum(decisions.tolist()) < len(by_hand)
-    assert controller.coefficients.tolist() == [1.0 if r >= threshold else 0.0 for r in by_hand]
+    # The decision is the weight_decay of each layer's own β group, in the optimiser's state.
+    beta_groups = [g for g in optimizer.param_groups if g["adaptive_beta"]]
+    assert [g["layer"] for g in beta_groups] == ["1", "4", "8"]
+    expected = [1.0 if r >= threshold else 0.0 for r in by_hand]
+    assert [g["weight_decay"].item() for g in beta_groups] == expected
+    saved = [
+        g["weight_decay"] for g in optimizer.state_dict()["param_groups"] if g["adaptive_beta"]
+    ]
+    assert [w.item() for w in saved] == expected
 
 
 def run(policy_name: str, optimizer: str, *, threshold: float | None, steps: int = 5):
@@ -123,21 +130,28 @@ def test_threshold_infinite_equals_no_bias_decay(optimizer: str) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-def test_modes_follow_the_optimiser() -> None:
-    from biasdecay.optim import LAMB
-
+@pytest.mark.parametrize("optimizer", ["lamb", "lars", "sgd"])
+def test_decisions_survive_an_optimiser_state_dict_round_trip(optimizer: str) -> None:
+    """The decay state is group state: a resumed optimiser continues with the same decisions."""
     model = net()
-
-    def groups():  # fresh dicts: torch optimisers write their defaults into the group dicts
-        return param_groups(model, decay_policy("adaptive_beta_decay"), 0.01)
-
-    assert AdaptiveBetaDecay(model, LAMB(groups())).mode == "override"
-    assert AdaptiveBetaDecay(model, torch.optim.AdamW(groups())).mode == "decoupled"
-    adam = torch.optim.Adam(groups(), decoupled_weight_decay=True)
-    assert AdaptiveBetaDecay(model, adam).mode == "decoupled"
-    assert AdaptiveBetaDecay(model, torch.optim.SGD(groups(), lr=0.1)).mode == "coupled"
-    with pytest.raises(ValueError, match="decay_overrides"):
-        AdaptiveBetaDecay(model, torch.optim.SGD(groups(), lr=0.1), mode="override")
+    policy = decay_policy("adaptive_beta_decay", threshold=0.05)
+    opt = make_optimizer(optimizer, param_groups(model, policy, 0.01))
+    controller = AdaptiveBetaDecay(model, opt, threshold=0.05)
+    backward(model)
+    controller.step()
+    controller.threshold = float(controller.last_ratios.median())  # some decayed, some not
+    decisions = controller.step()
+    assert 0 < int(decisions.sum()) < len(decisions)  # a mix, so a reset would show
+    state = opt.state_dict()
+    resumed = make_optimizer(optimizer, param_groups(model, policy, 0.01))
+    again = AdaptiveBetaDecay(model, resumed, threshold=controller.threshold)
+    resumed.load_state_dict(state)
+    got = [g["weight_decay"].item() for g in resumed.param_groups if g["adaptive_beta"]]
+    assert got == decisions.double().tolist()
+    backward(model, seed=1)  # and the controller writes into the loaded tensors
+    new = again.step()
+    got = [g["weight_decay"].item() for g in resumed.param_groups if g["adaptive_beta"]]
+    assert got == new.double().tolist()
 
 
 def test_edge_cases_of_r() -> None:
@@ -171,7 +185,8 @@ def test_history_and_state_dict_round_trip() -> None:
     fresh.load_state_dict(state)
     assert fresh.threshold == 0.05 and fresh.step_count == 5 and fresh.history() == history
     other = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    wrong = AdaptiveBetaDecay(other, torch.optim.SGD(other.parameters(), lr=0.1))
+    other_groups = param_groups(other, decay_policy("adaptive_beta_decay"), 0.01)
+    wrong = AdaptiveBetaDecay(other, torch.optim.SGD(other_groups, lr=0.1))
     with pytest.raises(ValueError, match="other layers"):
         wrong.load_state_dict(state)
 
@@ -180,9 +195,9 @@ def test_step_does_not_synchronise_with_the_host(monkeypatch) -> None:
     """No .item(), no bool() of a tensor, no .tolist() inside step()."""
     model = net()
     backward(model)
-    for name in ("decoupled", "coupled"):
+    for name in ("lamb", "adamw", "sgd"):
         groups = param_groups(model, decay_policy("adaptive_beta_decay"), 0.01)
-        controller = AdaptiveBetaDecay(model, torch.optim.AdamW(groups), mode=name)
+        controller = AdaptiveBetaDecay(model, make_optimizer(name, groups))
 
         def forbidden(*args, **kwargs):
             raise AssertionError("host synchronisation inside AdaptiveBetaDecay.step()")
@@ -196,15 +211,16 @@ def test_step_does_not_synchronise_with_the_host(monkeypatch) -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"threshold": -1.0}, "threshold must be >= 0"),
-        ({"beta_decay": math.inf}, "beta_decay must be a finite number"),
-        ({"mode": "lazy"}, "valid modes: auto, override, decoupled, coupled"),
-        ({"history_every": -1}, "history_every must be >= 0"),
+        ({"threshold": -1.0}, r"threshold must be in \[0, inf\]"),
+        ({"threshold": math.nan}, r"threshold must be in \[0, inf\]"),
+        ({"beta_decay": math.inf}, r"beta_decay must be in \[0, inf\)"),
+        ({"history_every": -1}, r"history_every must be in \[0, inf\)"),
+        ({"history_every": 1.5}, "history_every must be an int"),
     ],
 )
 def test_bad_arguments(kwargs, message) -> None:
     model = net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = torch.optim.SGD(param_groups(model, decay_policy("adaptive_beta_decay"), 0.0), lr=0.1)
     with pytest.raises(ValueError, match=message):
         AdaptiveBetaDecay(model, opt, **kwargs)
 
@@ -219,13 +235,25 @@ def test_models_it_cannot_act_on() -> None:
         AdaptiveBetaDecay(model, torch.optim.SGD(model.parameters(), lr=0.1))
     model = net()
     partial = torch.optim.SGD([p for n, p in model.named_parameters() if n != "4.bias"], lr=0.1)
-    with pytest.raises(ValueError, match="β of 4 is not in the optimiser"):
+    with pytest.raises(ValueError, match="β of '4' is not in the optimiser"):
         AdaptiveBetaDecay(model, partial)
 
 
-def test_a_beta_the_optimiser_already_decays_is_refused() -> None:
-    """Outside LAMB/LARS the group's own decay would act at every step: no decision is left."""
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.01)
-    with pytest.raises(ValueError, match=r"β of '1' sits in a param group with weight_decay=0.01"):
+@pytest.mark.parametrize(
+    "build, problem",
+    [
+        (lambda m: m.parameters(), "shares its param group with 5 other tensors"),
+        (
+            lambda m: [{"params": [p]} for p in m.parameters()],
+            "is in a group whose weight_decay is the number 0.01",
+        ),
+    ],
+)
+def test_groups_that_cannot_hold_a_decision_are_refused(build, problem) -> None:
+    """A β sharing a group, or with a number for decay, leaves no per-layer decision to write."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)
+    )
+    optimizer = torch.optim.SGD(build(model), lr=0.1, weight_decay=0.01)
+    with pytest.raises(ValueError, match=rf"β of '1' {problem}.*biasdecay.param_groups"):
         AdaptiveBetaDecay(model, optimizer)

@@ -161,9 +161,11 @@ def test_bad_arguments_are_refused() -> None:
         configure_lamb(Module(), lr=0.1, policy="no_decay")
 
 
-def test_the_documented_example_runs() -> None:
+def test_the_documented_example_runs(tmp_path, monkeypatch) -> None:
     import re
     from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)  # Lightning writes its checkpoints below the working directory
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "integrations.md"
     (code,) = [

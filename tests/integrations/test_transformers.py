@@ -278,33 +278,41 @@ def test_bad_arguments() -> None:
         hf.lamb_for(copy.deepcopy(tiny_bert()), lr=1e-3, policy="no_such_policy")
 
 
-def test_controller_with_the_trainers_adamw(tmp_path) -> None:
-    """The Trainer's default AdamW leaves LayerNorm β undecayed: the controller applies the
-    decay itself (decoupled). An AdamW that decays every parameter leaves it no decision to
-    make: refused, naming the fix."""
+def test_controller_with_adamw(tmp_path) -> None:
+    """AdamW over biasdecay's groups applies the controller's decisions its own (decoupled) way.
+    The Trainer's default AdamW puts every LayerNorm β in one shared group, and an AdamW over
+    model.parameters() decays every β at every step: neither leaves a per-layer decision to
+    write, so both are refused, naming the fix."""
+    from biasdecay import decay_policy, param_groups
+
     ids, labels = task()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, report_to=[],
         save_strategy="no", use_cpu=True, disable_tqdm=True, weight_decay=0.01,
     )  # fmt: skip
+    model = tiny_bert()
+    groups = param_groups(model, decay_policy("adaptive_beta_decay"), 0.01)
+    adamw = torch.optim.AdamW(groups, lr=1e-3)
     controller = hf.AdaptiveBetaDecayTrainerCallback(threshold=0.0)
     trainer = transformers.Trainer(
-        model=tiny_bert(), args=args, train_dataset=Sequences(ids, labels)
+        model=model, args=args, train_dataset=Sequences(ids, labels), optimizers=(adamw, None)
     )
     hf.add_callbacks(trainer, controller)
     trainer.train()
-    assert controller.controller.mode == "decoupled"
     assert controller.controller.step_count == 2
+    decided = [g["weight_decay"].item() for g in adamw.param_groups if g["adaptive_beta"]]
+    assert decided and all(value == 1.0 for value in decided)  # R = 0: every layer decayed
 
-    model = tiny_bert()
-    everything = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=Sequences(ids, labels),
-        optimizers=(everything, None),
-    )  # fmt: skip
-    hf.add_callbacks(trainer, hf.AdaptiveBetaDecayTrainerCallback())
-    with pytest.raises(ValueError, match="use biasdecay's LAMB or LARS"):
-        trainer.train()
+    for optimizers in [
+        (None, None),  # the Trainer builds its default AdamW
+        (torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01), None),
+    ]:
+        trainer = transformers.Trainer(
+            model=model, args=args, train_dataset=Sequences(ids, labels), optimizers=optimizers
+        )
+        hf.add_callbacks(trainer, hf.AdaptiveBetaDecayTrainerCallback())
+        with pytest.raises(ValueError, match=r"shares its param group.*biasdecay.param_groups"):
+            trainer.train()
 
 
 def test_doc_example_runs(tmp_path, monkeypatch) -> None:

@@ -47,7 +47,7 @@ def lr_at(base: float, t: int) -> float:
 def run(optimizer, params, grads_per_step, before_step=None):
     """Step ``optimizer`` through the gradients, rescheduling lr; the parameters after each step.
 
-    ``before_step(t)``, when given, runs before step t (e.g. to rewrite decay overrides).
+    ``before_step(t)``, when given, runs before step t (e.g. to rewrite tensor decays).
     """
     history = []
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -63,19 +63,38 @@ def run(optimizer, params, grads_per_step, before_step=None):
     return history
 
 
-def with_overrides(optimizer, params, schedule=None):
-    """Install decay overrides that follow ``schedule`` ({index: t -> λ}); returns the hook.
+def build_groups(specs, params, tensor_decay=None):
+    """Param groups from specs (``{"idx": [...], **options}``).
 
-    The overrides are 0-dim tensors rewritten in place before each step, as the adaptive β decay
-    controller does; pass the returned ``before_step`` to :func:`run`.
+    Each parameter in ``tensor_decay`` (index -> 0-dim tensor) gets a group of its own with its
+    spec's options and that tensor as ``weight_decay``, the way adaptive β decay's groups are built.
+    """
+    tensor_decay = tensor_decay or {}
+    groups = []
+    for spec in specs:
+        options = {k: v for k, v in spec.items() if k != "idx"}
+        plain = [params[i] for i in spec["idx"] if i not in tensor_decay]
+        if plain:
+            groups.append({"params": plain, **options})
+        groups.extend(
+            {"params": [params[i]], **options, "weight_decay": tensor_decay[i]}
+            for i in spec["idx"]
+            if i in tensor_decay
+        )
+    return groups
+
+
+def scheduled_decay(params, schedule=None):
+    """Tensor decays that follow ``schedule`` ({index: t -> λ}) and the hook that sets them.
+
+    The tensors are rewritten in place before each step, as the adaptive β decay controller does;
+    give them to :func:`build_groups` and the returned ``before_step`` to :func:`run`.
     """
     schedule = schedule or {}
     tensors = {i: torch.zeros((), dtype=params[i].dtype) for i in schedule}
-    for i, lam in tensors.items():
-        optimizer.decay_overrides[params[i]] = lam
 
     def before_step(t):
-        for i, lam in tensors.items():
-            lam.fill_(schedule[i](t))
+        for i, rule in schedule.items():
+            tensors[i].fill_(rule(t))
 
-    return before_step
+    return tensors, before_step

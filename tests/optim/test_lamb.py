@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from stepping import STEPS, lr_at, make_grads, make_params, run, with_overrides
+from stepping import STEPS, build_groups, lr_at, make_grads, make_params, run, scheduled_decay
 from torch import nn
 
 import biasdecay.optim.lamb as lamb_module
@@ -40,14 +40,14 @@ CONFIGS = {
         [{"idx": [0, 2, 4], "weight_decay": 0.05}, {"idx": [1, 3, 5], "weight_decay": 0.0}],
         1e6,
     ),
-    # Decay that switches on and off between steps through overrides (as adaptive β decay does):
+    # Decay that switches on and off between steps through tensors (as adaptive β decay does):
     # under "decayed" the trust ratio follows it; p2 starts at zero like a BN β.
     "decayed-switching": (
         [{"idx": [0, 1, 2], "weight_decay": 0.0}, {"idx": [3, 4, 5], "weight_decay": 0.02}],
         None,
     ),
 }
-# Per config: parameter index -> its override λ at step t (rewritten in place before the step).
+# Per config: parameter index -> its tensor λ at step t (rewritten in place before the step).
 OVERRIDES = {
     "decayed-switching": {
         1: lambda t: 1.0 if t % 2 else 0.0,
@@ -105,12 +105,13 @@ def reference_lamb(groups, max_grad_norm, grads_per_step, overrides=None):
     return history, clipped
 
 
-def build(groups, max_grad_norm, params, foreach):
-    param_groups = []
-    for spec in groups:
-        options = {k: val for k, val in spec.items() if k != "idx"}
-        param_groups.append({"params": [params[i] for i in spec["idx"]], **options})
-    return LAMB(param_groups, lr=BASE["lr"], max_grad_norm=max_grad_norm, foreach=foreach)
+def build(groups, max_grad_norm, params, foreach, tensor_decay=None):
+    return LAMB(
+        build_groups(groups, params, tensor_decay),
+        lr=BASE["lr"],
+        max_grad_norm=max_grad_norm,
+        foreach=foreach,
+    )
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
@@ -122,8 +123,9 @@ def test_matches_hand_written_reference(config, foreach):
     if config == "mixed-groups-clipped":
         assert clipped == STEPS  # the clipping branch is really exercised
     params = make_params()
-    optimizer = build(groups, max_grad_norm, params, foreach)
-    got = run(optimizer, params, grads, with_overrides(optimizer, params, OVERRIDES.get(config)))
+    tensors, before_step = scheduled_decay(params, OVERRIDES.get(config))
+    optimizer = build(groups, max_grad_norm, params, foreach, tensors)
+    got = run(optimizer, params, grads, before_step)
     for step, (want_step, got_step) in enumerate(zip(expected, got, strict=True)):
         for i, (want, have) in enumerate(zip(want_step, got_step, strict=True)):
             torch.testing.assert_close(
@@ -142,11 +144,11 @@ def test_foreach_matches_single_tensor(config, dtype):
     results = []
     for foreach in (False, True):
         params = make_params(dtype)
-        optimizer = build(groups, max_grad_norm, params, foreach)
-        before_step = with_overrides(optimizer, params, OVERRIDES.get(config))
-        # Overrides on two more tensors, to cover the per-tensor decay path of both.
-        optimizer.decay_overrides[params[0]] = torch.tensor(0.3, dtype=dtype)
-        optimizer.decay_overrides[params[5]] = torch.tensor(0.0, dtype=dtype)
+        tensors, before_step = scheduled_decay(params, OVERRIDES.get(config))
+        # Tensor decays on two more tensors, to cover the per-tensor decay path of both.
+        tensors[0] = torch.tensor(0.3, dtype=dtype)
+        tensors[5] = torch.tensor(0.0, dtype=dtype)
+        optimizer = build(groups, max_grad_norm, params, foreach, tensors)
         results.append(run(optimizer, params, grads, before_step)[-1])
     tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
     for single, multi in zip(*results, strict=True):
@@ -155,15 +157,25 @@ def test_foreach_matches_single_tensor(config, dtype):
 
 def test_foreach_default_follows_the_measured_table(monkeypatch):
     calls = []
-    monkeypatch.setattr(lamb_module, "_single_tensor_lamb", lambda *a, **k: calls.append("single"))
-    monkeypatch.setattr(lamb_module, "_multi_tensor_lamb", lambda *a, **k: calls.append("multi"))
-    params = make_params()
+    for name in ("single", "multi"):
+        monkeypatch.setattr(
+            lamb_module,
+            f"_{name}_tensor_lamb",
+            lambda params, *a, name=name, **k: calls.append((name, len(params))),
+        )
+    large = nn.Parameter(torch.ones(lamb_module._SMALL_TENSOR_NUMEL + 1, dtype=torch.float64))
+    params = [*make_params(), large]
     for p in params:
         p.grad = torch.ones_like(p)
-    LAMB(params).step()
+    LAMB(params).step()  # CPU: the large tensor loops, the small ones share foreach kernels
+    assert calls == [("single", 1), ("multi", len(params) - 1)]
     monkeypatch.setitem(lamb_module._FOREACH_IS_FASTER, "cpu", True)
+    calls.clear()
     LAMB(params).step()
-    assert calls == ["single", "multi"]
+    assert calls == [("multi", len(params))]
+    calls.clear()
+    LAMB(params, foreach=False).step()  # an explicit choice holds for every tensor
+    assert calls == [("single", len(params))]
     assert lamb_module._FOREACH_IS_FASTER["cuda"] is True
 
 
@@ -235,16 +247,16 @@ def test_step_never_synchronises_with_the_host(foreach, monkeypatch):
     params = make_params(torch.float32)
     optimizer = LAMB(
         [
-            {"params": params[:3], "weight_decay": 0.01},
+            {"params": params[:1], "weight_decay": 0.01},
+            # Under "decayed", tensor decays decide the ratio on the device: one on, one off.
+            {"params": params[1:2], "weight_decay": torch.tensor(0.2)},
+            {"params": params[2:3], "weight_decay": torch.tensor(0.0)},
             {"params": params[3:5], "layer_adaptation": "none"},
             {"params": params[5:], "layer_adaptation": "all"},
         ],
         max_grad_norm=0.5,
         foreach=foreach,
     )
-    # Under "decayed", overrides decide the ratio on the device: one on, one off.
-    optimizer.decay_overrides[params[1]] = torch.tensor(0.2)
-    optimizer.decay_overrides[params[2]] = torch.tensor(0.0)
     for p in params:
         p.grad = torch.randn_like(p)
 
@@ -260,43 +272,38 @@ def test_step_never_synchronises_with_the_host(foreach, monkeypatch):
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
-def test_decay_override_equals_group_decay_bitwise(foreach):
+def test_tensor_decay_equals_number_decay_bitwise(foreach):
     grads = make_grads()
-    groups_decay = [{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.05}]
-    groups_plain = [{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.0}]
+    specs = [{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.05}]
 
     params_a = make_params()
-    want = run(build(groups_decay, None, params_a, foreach), params_a, grads)[-1]
+    want = run(build(specs, None, params_a, foreach), params_a, grads)[-1]
 
     params_b = make_params()
-    opt_b = build(groups_plain, None, params_b, foreach)
-    for p in params_b:
-        opt_b.decay_overrides[p] = torch.tensor(0.05, dtype=torch.float64)
-    got = run(opt_b, params_b, grads)[-1]
+    tensors = {i: torch.tensor(0.05, dtype=torch.float64) for i in (0, 2, 3)}  # a mix
+    got = run(build(specs, None, params_b, foreach, tensors), params_b, grads)[-1]
     for a, b in zip(want, got, strict=True):
         assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
-def test_decay_override_replaces_group_decay_and_is_read_every_step(foreach):
+def test_tensor_decay_is_read_every_step(foreach):
     grads = make_grads()
-    groups = [{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.05}]
+    specs = [{"idx": [0, 1, 2, 3, 4, 5], "weight_decay": 0.05}]
 
-    # Reference: the group's decay itself changes at step 4 (0 before, 0.5 from then on).
+    # Reference: the group's decay, a number, changes at step 4 (0 before, 0.5 from then on).
     params_a = make_params()
-    opt_a = build(groups, None, params_a, foreach)
+    opt_a = build(specs, None, params_a, foreach)
 
     def set_group_decay(t):
         opt_a.param_groups[0]["weight_decay"] = 0.0 if t < 4 else 0.5
 
     want = run(opt_a, params_a, grads, set_group_decay)[-1]
 
-    # Overrides of value 0 replace the group's 0.05, then are rewritten in place to 0.5.
+    # One tensor shared by every group, 0 at first, then rewritten in place to 0.5.
     params_b = make_params()
-    opt_b = build(groups, None, params_b, foreach)
     lam = torch.zeros((), dtype=torch.float64)
-    for p in params_b:
-        opt_b.decay_overrides[p] = lam
+    opt_b = build(specs, None, params_b, foreach, dict.fromkeys(range(6), lam))
 
     def rewrite_in_place(t):
         if t == 4:
@@ -308,52 +315,61 @@ def test_decay_override_replaces_group_decay_and_is_read_every_step(foreach):
 
     # And the in-place change mattered.
     params_c = make_params()
-    opt_c = build(groups, None, params_c, foreach)
-    for p in params_c:
-        opt_c.decay_overrides[p] = torch.zeros((), dtype=torch.float64)
-    unchanged = run(opt_c, params_c, grads)[-1]
+    zero = torch.zeros((), dtype=torch.float64)
+    unchanged = run(
+        build(specs, None, params_c, foreach, dict.fromkeys(range(6), zero)), params_c, grads
+    )[-1]
     assert not torch.equal(unchanged[0], got[0])
 
 
-def test_decay_overrides_are_not_in_state_dict_and_survive_loading():
+def test_tensor_decay_is_saved_with_its_group():
     params = make_params()
-    optimizer = LAMB(params, weight_decay=0.01)
-    lam = torch.tensor(0.5, dtype=torch.float64)
-    optimizer.decay_overrides[params[0]] = lam
+    optimizer = LAMB(
+        [
+            {"params": params[:1], "weight_decay": torch.tensor(0.5, dtype=torch.float64)},
+            {"params": params[1:]},
+        ]
+    )
     for p in params:
         p.grad = torch.ones_like(p)
     optimizer.step()
-    state = optimizer.state_dict()
-    assert "decay_overrides" not in state
-    assert not any(
-        isinstance(v, torch.Tensor) and v is lam
-        for s in state["state"].values()
-        for v in s.values()
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)  # through bytes, as a checkpoint would be
+    buffer.seek(0)
+    fresh = LAMB(
+        [
+            {"params": params[:1], "weight_decay": torch.zeros((), dtype=torch.float64)},
+            {"params": params[1:]},
+        ]
     )
-    optimizer.load_state_dict(state)
-    assert optimizer.decay_overrides[params[0]] is lam
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert fresh.param_groups[0]["weight_decay"].item() == 0.5
 
 
-def test_pickled_copy_keeps_clipping_and_drops_overrides():
+def test_pickled_copy_keeps_clipping_and_tensor_decay():
     params = make_params()
-    optimizer = LAMB(params, max_grad_norm=2.0)
-    optimizer.decay_overrides[params[0]] = torch.tensor(0.5, dtype=torch.float64)
+    optimizer = LAMB(
+        [{"params": params, "weight_decay": torch.tensor(0.5, dtype=torch.float64)}],
+        max_grad_norm=2.0,
+    )
     clone = copy.deepcopy(optimizer)
     assert clone.max_grad_norm == 2.0
-    assert clone.decay_overrides == {}
+    assert clone.param_groups[0]["weight_decay"].item() == 0.5
 
 
-def test_bad_override_is_refused_clearly():
+def test_tensor_decay_on_another_dtype_is_converted_and_bad_ones_are_refused():
     params = make_params()
-    optimizer = LAMB(params)
     for p in params:
         p.grad = torch.ones_like(p)
-    optimizer.decay_overrides[params[0]] = torch.tensor(0.5, dtype=torch.float32)
-    with pytest.raises(ValueError, match="same dtype and device"):
-        optimizer.step()
-    optimizer.decay_overrides[params[0]] = 0.5
-    with pytest.raises(TypeError, match="0-dim tensors"):
-        optimizer.step()
+    float32 = LAMB([{"params": params, "weight_decay": torch.tensor(0.5, dtype=torch.float32)}])
+    float32.step()  # used at the parameters' dtype (0.5 is exact in both)
+    for bad, match in [
+        (torch.tensor([0.5]), "0-dim floating tensor"),
+        (torch.tensor(1), "0-dim floating tensor"),
+        (torch.tensor(-0.5), r"weight_decay must be in \[0, inf\), got -0.5"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            LAMB([{"params": params, "weight_decay": bad}])
 
 
 @pytest.mark.parametrize(

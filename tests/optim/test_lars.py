@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from stepping import lr_at, make_grads, make_params, run, with_overrides
+from stepping import build_groups, lr_at, make_grads, make_params, run, scheduled_decay
 from torch import nn
 
 import biasdecay.optim.lars as lars_module
@@ -40,13 +40,13 @@ CONFIGS = {
         },
         {"idx": [4, 5], "weight_decay": 1e-3, "momentum": 0.0, "trust_coefficient": 0.1},
     ],
-    # Decay switched on and off between steps through overrides; the local rate follows it.
+    # Decay switched on and off between steps through tensors; the local rate follows it.
     "decayed-switching": [
         {"idx": [0, 1, 2], "weight_decay": 0.0},
         {"idx": [3, 4, 5], "weight_decay": 2e-3, "nesterov": True},
     ],
 }
-# Per config: parameter index -> its override λ at step t (rewritten in place before the step).
+# Per config: parameter index -> its tensor λ at step t (rewritten in place before the step).
 OVERRIDES = {
     "decayed-switching": {
         1: lambda t: 0.1 if t % 2 else 0.0,
@@ -86,13 +86,9 @@ def reference_lars(groups, grads_per_step, overrides=None):
     return history
 
 
-def build(groups, params, foreach):
-    param_groups = []
-    for spec in groups:
-        options = {k: v for k, v in spec.items() if k != "idx"}
-        param_groups.append({"params": [params[i] for i in spec["idx"]], **options})
+def build(groups, params, foreach, tensor_decay=None):
     return LARS(
-        param_groups,
+        build_groups(groups, params, tensor_decay),
         lr=BASE["lr"],
         momentum=BASE["momentum"],
         trust_coefficient=BASE["trust_coefficient"],
@@ -106,8 +102,9 @@ def test_matches_hand_written_reference(config, foreach):
     grads = make_grads()
     expected = reference_lars(CONFIGS[config], grads, OVERRIDES.get(config))
     params = make_params()
-    optimizer = build(CONFIGS[config], params, foreach)
-    got = run(optimizer, params, grads, with_overrides(optimizer, params, OVERRIDES.get(config)))
+    tensors, before_step = scheduled_decay(params, OVERRIDES.get(config))
+    optimizer = build(CONFIGS[config], params, foreach, tensors)
+    got = run(optimizer, params, grads, before_step)
     for step, (want_step, got_step) in enumerate(zip(expected, got, strict=True)):
         for i, (want, have) in enumerate(zip(want_step, got_step, strict=True)):
             torch.testing.assert_close(
@@ -141,10 +138,10 @@ def test_foreach_matches_single_tensor(config, dtype):
     results = []
     for foreach in (False, True):
         params = make_params(dtype)
-        optimizer = build(CONFIGS[config], params, foreach)
-        before_step = with_overrides(optimizer, params, OVERRIDES.get(config))
-        optimizer.decay_overrides[params[0]] = torch.tensor(0.3, dtype=dtype)
-        optimizer.decay_overrides[params[5]] = torch.tensor(0.0, dtype=dtype)
+        tensors, before_step = scheduled_decay(params, OVERRIDES.get(config))
+        tensors[0] = torch.tensor(0.3, dtype=dtype)
+        tensors[5] = torch.tensor(0.0, dtype=dtype)
+        optimizer = build(CONFIGS[config], params, foreach, tensors)
         results.append(run(optimizer, params, grads, before_step)[-1])
     tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
     for single, multi in zip(*results, strict=True):
@@ -153,15 +150,25 @@ def test_foreach_matches_single_tensor(config, dtype):
 
 def test_foreach_default_follows_the_measured_table(monkeypatch):
     calls = []
-    monkeypatch.setattr(lars_module, "_single_tensor_lars", lambda *a, **k: calls.append("single"))
-    monkeypatch.setattr(lars_module, "_multi_tensor_lars", lambda *a, **k: calls.append("multi"))
-    params = make_params()
+    for name in ("single", "multi"):
+        monkeypatch.setattr(
+            lars_module,
+            f"_{name}_tensor_lars",
+            lambda params, *a, name=name, **k: calls.append((name, len(params))),
+        )
+    large = nn.Parameter(torch.ones(lars_module._SMALL_TENSOR_NUMEL + 1, dtype=torch.float64))
+    params = [*make_params(), large]
     for p in params:
         p.grad = torch.ones_like(p)
-    LARS(params, lr=0.1).step()
+    LARS(params, lr=0.1).step()  # CPU: the large tensor loops, the small ones share kernels
+    assert calls == [("single", 1), ("multi", len(params) - 1)]
     monkeypatch.setitem(lars_module._FOREACH_IS_FASTER, "cpu", True)
+    calls.clear()
     LARS(params, lr=0.1).step()
-    assert calls == ["single", "multi"]
+    assert calls == [("multi", len(params))]
+    calls.clear()
+    LARS(params, lr=0.1, foreach=False).step()  # an explicit choice holds for every tensor
+    assert calls == [("single", len(params))]
     assert lars_module._FOREACH_IS_FASTER["cuda"] is True
 
 
@@ -211,17 +218,17 @@ def test_step_never_synchronises_with_the_host(nesterov, foreach, monkeypatch):
     params = make_params(torch.float32)
     optimizer = LARS(
         [
-            {"params": params[:3], "weight_decay": 0.01},
-            {"params": params[3:5], "layer_adaptation": "none"},
+            {"params": params[:1], "weight_decay": 0.01},
+            {"params": params[1:2], "weight_decay": torch.tensor(0.2)},
+            {"params": params[2:3], "weight_decay": torch.tensor(0.0)},  # "decayed": rate off
+            {"params": params[3:4], "weight_decay": torch.tensor(0.2), "layer_adaptation": "none"},
+            {"params": params[4:5], "layer_adaptation": "none"},
             {"params": params[5:], "momentum": 0.0, "nesterov": False},
         ],
         lr=0.1,
         nesterov=nesterov,
         foreach=foreach,
     )
-    optimizer.decay_overrides[params[1]] = torch.tensor(0.2)
-    optimizer.decay_overrides[params[2]] = torch.tensor(0.0)  # "decayed": the rate is off here
-    optimizer.decay_overrides[params[3]] = torch.tensor(0.2)
     for p in params:
         p.grad = torch.randn_like(p)
 
@@ -238,24 +245,20 @@ def test_step_never_synchronises_with_the_host(nesterov, foreach, monkeypatch):
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 @pytest.mark.parametrize("config", ["nesterov-decay-trust", "no-momentum", "no-decay-no-trust"])
-def test_decay_override_equals_group_decay_bitwise(config, foreach):
+def test_tensor_decay_equals_number_decay_bitwise(config, foreach):
     grads = make_grads()
     groups_decay = [{**CONFIGS[config][0], "weight_decay": 0.05}]
-    groups_plain = [{**CONFIGS[config][0], "weight_decay": 0.0}]
     params_a = make_params()
     want = run(build(groups_decay, params_a, foreach), params_a, grads)[-1]
     params_b = make_params()
-    opt_b = build(groups_plain, params_b, foreach)
-    for p in params_b[:4]:  # a mix of overridden and plain tensors in one group
-        opt_b.decay_overrides[p] = torch.tensor(0.05, dtype=torch.float64)
-    opt_b.param_groups[0]["weight_decay"] = 0.05
-    got = run(opt_b, params_b, grads)[-1]
+    tensors = {i: torch.tensor(0.05, dtype=torch.float64) for i in range(4)}  # a mix
+    got = run(build(groups_decay, params_b, foreach, tensors), params_b, grads)[-1]
     for a, b in zip(want, got, strict=True):
         assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
-def test_decay_override_replaces_group_decay_and_is_read_every_step(foreach):
+def test_tensor_decay_is_read_every_step_and_saved(foreach):
     grads = make_grads()
     groups = [{"idx": ALL, "weight_decay": 0.05, "nesterov": True}]
 
@@ -268,10 +271,8 @@ def test_decay_override_replaces_group_decay_and_is_read_every_step(foreach):
     want = run(opt_a, params_a, grads, set_group_decay)[-1]
 
     params_b = make_params()
-    opt_b = build(groups, params_b, foreach)
     lam = torch.zeros((), dtype=torch.float64)
-    for p in params_b:
-        opt_b.decay_overrides[p] = lam
+    opt_b = build(groups, params_b, foreach, dict.fromkeys(ALL, lam))
 
     def rewrite_in_place(t):
         if t == 4:
@@ -280,7 +281,8 @@ def test_decay_override_replaces_group_decay_and_is_read_every_step(foreach):
     got = run(opt_b, params_b, grads, rewrite_in_place)[-1]
     for a, b in zip(want, got, strict=True):
         assert torch.equal(a, b)
-    assert "decay_overrides" not in opt_b.state_dict()
+    saved = opt_b.state_dict()["param_groups"]
+    assert all(g["weight_decay"].item() == 0.5 for g in saved)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,13 @@
 """Role-based weight-decay policies, their param groups, and the adaptive β decay controller."""
 
 from biasdecay.decay.adaptive import AdaptiveBetaDecay, bias_utilization_from_grads
-from biasdecay.decay.groups import GroupRow, format_group_summary, group_summary, param_groups
+from biasdecay.decay.groups import (
+    GroupRow,
+    format_group_summary,
+    freeze_roles,
+    group_summary,
+    param_groups,
+)
 from biasdecay.decay.policies import (
     BASE,
     DecayPolicy,
@@ -21,6 +27,7 @@ __all__ = [
     "decay_policy",
     "format_group_summary",
     "group_summary",
+    "freeze_roles",
     "param_groups",
     "policy_names",
     "policy_options",

@@ -9,16 +9,16 @@ pseudo-code writes r^t ← m^t/v^t and then tests "r_l": the Adam ratio and r_l 
 things, and the test is on r_l (design.md §4). C(γ_l) = 0 with C(β_l) > 0 counts as r_l = ∞;
 both zero as 0.
 
-How the decay enters the update depends on the optimiser, so that R = 0 reproduces the
-``beta_decay`` policy and R = ∞ reproduces ``no_bias_decay`` exactly:
+The decision lives where torch keeps optimiser settings: each layer's β sits alone in a param
+group (:func:`biasdecay.param_groups` builds them) whose ``weight_decay`` is a 0-dim tensor, and
+the controller writes λ_β·[r_l ≥ R] into it. The optimiser then applies its own decay rule to β,
+exactly as it would a number, so R = 0 reproduces the ``beta_decay`` policy and R = ∞ reproduces
+``no_bias_decay``: inside the update before the trust ratio for LAMB/LARS (Algorithm 1), as a
+gradient term for SGD/Adam, decoupled for AdamW. The decision is saved with the optimiser's
+``state_dict``, and LAMB/LARS's ``layer_adaptation="decayed"`` reads the same tensor.
 
-* LAMB / LARS (``decay_overrides``): λ_β·[r_l ≥ R] replaces the β group's weight_decay inside the
-  update, before the trust ratio, as in Algorithm 1.
-* Optimisers with decoupled decay (AdamW, Adam(decoupled_weight_decay=True)): β_l ← β_l·(1 − η λ).
-* Any other optimiser (SGD, Adam, ...): λ β_l is added to β_l's gradient, as their own
-  ``weight_decay`` does.
-
-Every r_l comes from one batched reduction and no value leaves the device in :meth:`step`.
+Every r_l comes from one batched reduction, and no value leaves the device in :meth:`step`
+(torch's own optimisers read the tensor as a number, which costs them a sync per β).
 """
 
 from __future__ import annotations
@@ -29,11 +29,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from biasdecay.constraints import check_in_range
 from biasdecay.roles import is_norm_module
 
 __all__ = ["AdaptiveBetaDecay", "bias_utilization_from_grads"]
 
-_MODES = ("auto", "override", "decoupled", "coupled")
+_HOW_TO_BUILD = (
+    "build the optimiser over biasdecay.param_groups(model, "
+    "decay_policy('adaptive_beta_decay'), weight_decay): it gives each layer's β a group of its "
+    "own whose weight_decay is a 0-dim tensor (biasdecay's LAMB and LARS, and torch.optim's "
+    "SGD, Adam and AdamW, all apply it)"
+)
 
 
 def bias_utilization_from_grads(
@@ -70,19 +76,17 @@ class AdaptiveBetaDecay:
 
     Use between ``loss.backward()`` and ``optimizer.step()``::
 
+        policy = decay_policy("adaptive_beta_decay")
+        optimizer = LAMB(param_groups(model, policy, weight_decay=0.01), lr=1e-3)
         controller = AdaptiveBetaDecay(model, optimizer, threshold=0.1, beta_decay=1.0)
         loss.backward(); controller.step(); optimizer.step()
 
-    The β parameters should sit in param groups with ``weight_decay=0`` (the
-    ``adaptive_beta_decay`` policy's groups do), so the controller's decay is the only one.
-
     Args:
         model: the network; every normalisation layer with trainable γ and β takes part.
-        optimizer: the optimiser that updates the model.
+        optimizer: the optimiser that updates the model; each participating β must sit alone in
+            a param group whose ``weight_decay`` is a 0-dim tensor (see the module docstring).
         threshold: R; layers with r_l ≥ R are decayed this step (0: all, inf: none).
         beta_decay: λ_β.
-        mode: "auto" (by optimiser, see the module docstring), "override", "decoupled" or
-            "coupled".
         history_every: record r_l and the decisions every this many steps (0: never).
 
     Attributes:
@@ -97,34 +101,20 @@ class AdaptiveBetaDecay:
         threshold: float = 0.1,
         beta_decay: float = 1.0,
         *,
-        mode: str = "auto",
         history_every: int = 1,
     ) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
-        if threshold < 0 or math.isnan(threshold):
-            raise ValueError(f"threshold must be >= 0 (inf disables the decay), got {threshold}")
-        if not isinstance(beta_decay, (int, float)) or not (0 <= beta_decay < math.inf):
-            raise ValueError(f"beta_decay must be a finite number >= 0, got {beta_decay!r}")
-        if mode not in _MODES:
-            raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(_MODES)}")
-        if history_every < 0:
-            raise ValueError(f"history_every must be >= 0, got {history_every}")
+        owner = "AdaptiveBetaDecay"
+        check_in_range(owner, "threshold", threshold, 0.0, high_open=False)  # inf: never
+        check_in_range(owner, "beta_decay", beta_decay, 0.0)
+        if isinstance(history_every, bool) or not isinstance(history_every, int):
+            raise ValueError(f"{owner}: history_every must be an int >= 0, got {history_every!r}")
+        check_in_range(owner, "history_every", history_every, 0)
         self.threshold = float(threshold)
         self.beta_decay = float(beta_decay)
         self.history_every = history_every
         self.optimizer = optimizer
         self.layer_names, self.gammas, self.betas = self._find_layers(model)
-        self._group_of = self._locate_in_optimizer(optimizer)
-        self.mode = self._resolve_mode(mode, optimizer)
-        if self.mode != "override":
-            self._check_beta_undecayed()
-        p0 = self.betas[0]
-        # λ_β·[r_l ≥ R] per layer, rewritten in place each step; LAMB/LARS read views of it.
-        self.coefficients = torch.zeros(len(self.betas), device=p0.device, dtype=p0.dtype)
-        if self.mode == "override":
-            for i, beta in enumerate(self.betas):
-                optimizer.decay_overrides[beta] = self.coefficients[i]
+        self._group_index = self._decay_groups(optimizer)
         self.step_count = 0
         self._history_steps: list[int] = []
         self._history_ratios: list[torch.Tensor] = []
@@ -157,52 +147,42 @@ class AdaptiveBetaDecay:
             )
         return names, gammas, betas
 
-    def _locate_in_optimizer(self, optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-        owner = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    def _decay_groups(self, optimizer: torch.optim.Optimizer) -> list[int]:
+        """The index of each β's param group, checked to be β's alone with a tensor decay.
+
+        Indices, not the group dicts: ``load_state_dict`` replaces the dicts (and their tensors)
+        but keeps their order.
+        """
+        owner = {id(p): k for k, g in enumerate(optimizer.param_groups) for p in g["params"]}
         missing = [
             n for n, b in zip(self.layer_names, self.betas, strict=True) if id(b) not in owner
         ]
         if missing:
             raise ValueError(
-                f"the β of {', '.join(missing[:5])} {'is' if len(missing) == 1 else 'are'} not "
-                "in the optimiser; build it from param_groups(model, policy, weight_decay)"
+                f"the β of {', '.join(map(repr, missing[:5]))} "
+                f"{'is' if len(missing) == 1 else 'are'} not in the optimiser; " + _HOW_TO_BUILD
             )
-        return [owner[id(b)] for b in self.betas]
-
-    def _check_beta_undecayed(self) -> None:
-        """Outside LAMB/LARS the optimiser's own decay of β would act at every step."""
-        decayed = [
-            (name, group["weight_decay"])
-            for name, group in zip(self.layer_names, self._group_of, strict=True)
-            if group.get("weight_decay", 0)
-        ]
-        if decayed:
-            name, value = decayed[0]
-            more = f" (and {len(decayed) - 1} more layers')" if len(decayed) > 1 else ""
-            raise ValueError(
-                f"the β of '{name}'{more} sits in a param group with "
-                f"weight_decay={value}: {type(self.optimizer).__name__} would decay it at every "
-                "step, leaving adaptive β decay no decision to make. Put β in groups without "
-                "decay (biasdecay.param_groups(model, decay_policy('adaptive_beta_decay'), "
-                "weight_decay)), or use biasdecay's LAMB or LARS, whose decay_overrides replace "
-                "a group's decay"
-            )
-
-    @staticmethod
-    def _resolve_mode(mode: str, optimizer: torch.optim.Optimizer) -> str:
-        if mode == "override" and not hasattr(optimizer, "decay_overrides"):
-            raise ValueError(
-                f"mode='override' needs an optimiser with decay_overrides (biasdecay's LAMB or "
-                f"LARS), not {type(optimizer).__name__}"
-            )
-        if mode != "auto":
-            return mode
-        if hasattr(optimizer, "decay_overrides"):
-            return "override"
-        decoupled = isinstance(optimizer, torch.optim.AdamW) or any(
-            g.get("decoupled_weight_decay", False) for g in optimizer.param_groups
-        )
-        return "decoupled" if decoupled else "coupled"
+        indices = []
+        for name, beta in zip(self.layer_names, self.betas, strict=True):
+            index = owner[id(beta)]
+            group = optimizer.param_groups[index]
+            problem = None
+            if "weight_decay" not in group:
+                problem = f"is in a group without weight_decay ({type(optimizer).__name__})"
+            elif len(group["params"]) != 1:
+                problem = f"shares its param group with {len(group['params']) - 1} other tensors"
+            elif not isinstance(group["weight_decay"], torch.Tensor):
+                problem = f"is in a group whose weight_decay is the number {group['weight_decay']}"
+            elif group["weight_decay"].dim() != 0:
+                problem = "is in a group whose weight_decay is not a 0-dim tensor"
+            if problem is not None:
+                raise ValueError(
+                    f"adaptive β decay writes each layer's decision into the weight_decay of "
+                    f"that layer's own param group, but the β of '{name}' {problem}; "
+                    + _HOW_TO_BUILD
+                )
+            indices.append(index)
+        return indices
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:
@@ -213,22 +193,11 @@ class AdaptiveBetaDecay:
         """
         ratios = bias_utilization_from_grads(self.betas, self.gammas)
         decisions = ratios >= self.threshold
-        torch.mul(decisions.to(self.coefficients.dtype), self.beta_decay, out=self.coefficients)
-        if self.mode == "decoupled":
-            # β ← β·(1 − η λ_l), the way AdamW applies its own decay.
-            factors = [
-                1 - group["lr"] * c
-                for group, c in zip(self._group_of, self.coefficients.unbind(), strict=True)
-            ]
-            torch._foreach_mul_(self.betas, factors)
-        elif self.mode == "coupled":
-            # g ← g + λ_l β, the way SGD/Adam apply their own weight_decay.
-            grads = [b.grad if b.grad is not None else torch.zeros_like(b) for b in self.betas]
-            for b, g in zip(self.betas, grads, strict=True):
-                if b.grad is None:
-                    b.grad = g
-            scaled = torch._foreach_mul(self.betas, list(self.coefficients.unbind()))
-            torch._foreach_add_([b.grad for b in self.betas], scaled)
+        coefficients = decisions.to(ratios.dtype) * self.beta_decay
+        # Looked up each step, not kept: loading the optimiser's state_dict replaces the tensors.
+        groups = self.optimizer.param_groups
+        targets = [groups[k]["weight_decay"] for k in self._group_index]
+        torch._foreach_copy_(targets, list(coefficients.unbind()))
         self.step_count += 1
         self.last_ratios, self.last_decisions = ratios, decisions
         if self.history_every and self.step_count % self.history_every == 0:
@@ -257,7 +226,6 @@ class AdaptiveBetaDecay:
         return {
             "threshold": self.threshold,
             "beta_decay": self.beta_decay,
-            "mode": self.mode,
             "layer_names": list(self.layer_names),
             "step_count": self.step_count,
             "history_every": self.history_every,
@@ -279,7 +247,7 @@ class AdaptiveBetaDecay:
         self.history_every = int(state["history_every"])
         self.step_count = int(state["step_count"])
         self._history_steps = [int(s) for s in state["history_steps"].tolist()]
-        device = self.coefficients.device
+        device = self.betas[0].device
         ratios, decisions = state["history_ratios"], state["history_decisions"]
         self._history_ratios = [] if ratios is None else list(ratios.to(device).unbind())
         self._history_decisions = [] if decisions is None else list(decisions.to(device).unbind())

@@ -2,36 +2,50 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from biasdecay.constraints import check_in_range
 from biasdecay.decay.policies import DecayPolicy
-from biasdecay.roles import Role, param_roles
+from biasdecay.roles import Role, param_owners, param_roles
 from biasdecay.tables import text_table
 
-__all__ = ["param_groups", "GroupRow", "group_summary", "format_group_summary"]
+__all__ = ["freeze_roles", "param_groups", "GroupRow", "group_summary", "format_group_summary"]
 
 
 def _check_weight_decay(weight_decay: float) -> float:
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-    if not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    check_in_range("param_groups", "weight_decay", weight_decay, 0.0)
     return float(weight_decay)
 
 
-def _freeze(model: nn.Module, policy: DecayPolicy, roles: dict[str, Role]) -> None:
-    """Hold the policy's frozen roles at their values with ``requires_grad`` off."""
-    params = dict(model.named_parameters())
+def freeze_roles(model: nn.Module, policy: DecayPolicy) -> list[str]:
+    """Hold the parameters of the policy's frozen roles at their fixed values, untrained.
+
+    ``beta_frozen``, ``gamma_frozen`` and ``bn_frozen`` fix β and/or γ of every normalisation
+    layer (β at 0, γ at 1): this fills them with that value and turns ``requires_grad`` off, in
+    place. Call it once, before building the optimiser; :func:`param_groups` refuses a policy
+    whose frozen roles still train.
+
+    Args:
+        model: the network (changed in place).
+        policy: the decay policy.
+
+    Returns:
+        The names of the parameters it froze, in model order (empty for a policy that freezes
+        nothing).
+    """
+    roles = param_roles(model)
+    frozen = []
     with torch.no_grad():
-        for name, role in roles.items():
-            rule = policy.rules[role]
+        for name, p in model.named_parameters():
+            rule = policy.rules[roles[name]]
             if rule.frozen:
-                params[name].fill_(rule.frozen_value).requires_grad_(False)
+                p.fill_(rule.frozen_value).requires_grad_(False)
+                frozen.append(name)
+    return frozen
 
 
 def param_groups(
@@ -39,11 +53,15 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """Param groups for any ``torch.optim`` optimiser, one per role, decay set by ``policy``.
 
-    Frozen roles (``beta_frozen``, ``gamma_frozen``, ``bn_frozen``) are filled with their fixed
-    value and get ``requires_grad=False`` *in place*, and are left out of the groups. Parameters
-    already frozen by the caller are left out too. Each group carries extra keys that torch
-    keeps: ``role`` (a :class:`Role` value), ``adaptive_beta`` (True for the β group of
-    adaptive β decay, whose decay the controller applies per layer and step).
+    Parameters with ``requires_grad`` off are left out. A policy that freezes roles needs
+    :func:`freeze_roles` first (this function never changes the model). Each group carries
+    extra keys that torch keeps: ``role`` (a :class:`Role` value) and ``adaptive_beta``.
+
+    Under adaptive β decay each normalisation layer's β gets a group of its own, with a
+    ``layer`` key (the module's name) and a 0-dim tensor ``weight_decay`` on β's device, 0 until
+    :class:`~biasdecay.AdaptiveBetaDecay` writes each step's λ_β·[r_l ≥ R] into it. Being group
+    state, the decision is saved by the optimiser's ``state_dict``; biasdecay's LAMB and LARS
+    read it on the device, torch's own optimisers read it as a number.
 
     Args:
         model: the network.
@@ -51,24 +69,39 @@ def param_groups(
         weight_decay: the base coefficient λ_w (e.g. 0.01).
 
     Returns:
-        A list of ``{"params", "weight_decay", "role", "adaptive_beta"}`` dicts, empty roles
-        omitted.
+        A list of ``{"params", "weight_decay", "role", "adaptive_beta"}`` dicts (plus ``layer``
+        for adaptive β groups), empty roles omitted.
+
+    Raises:
+        ValueError: a role the policy freezes still has trainable parameters.
     """
     weight_decay = _check_weight_decay(weight_decay)
     roles = param_roles(model)
-    _freeze(model, policy, roles)
     named = dict(model.named_parameters())
+    unfrozen = [n for n, r in roles.items() if policy.rules[r].frozen and named[n].requires_grad]
+    if unfrozen:
+        frozen_roles = ", ".join(sorted({roles[n].value for n in unfrozen}))
+        raise ValueError(
+            f"policy {policy.name!r} freezes {frozen_roles} but {len(unfrozen)} such "
+            f"parameters still train ({', '.join(unfrozen[:3])}"
+            f"{', ...' if len(unfrozen) > 3 else ''}); call "
+            "biasdecay.freeze_roles(model, policy) before param_groups"
+        )
+    owners = param_owners(model)
     groups: list[dict[str, Any]] = []
     for role in Role:
-        params = [named[n] for n, r in roles.items() if r is role and named[n].requires_grad]
-        if not params:
+        names = [n for n, r in roles.items() if r is role and named[n].requires_grad]
+        if not names:
+            continue
+        if policy.adaptive and role is Role.NORM_SHIFT:
+            groups.extend(_adaptive_beta_group(owners[n], named[n]) for n in names)
             continue
         groups.append(
             {
-                "params": params,
+                "params": [named[n] for n in names],
                 "weight_decay": policy.coefficient(role, weight_decay),
                 "role": role.value,
-                "adaptive_beta": policy.adaptive and role is Role.NORM_SHIFT,
+                "adaptive_beta": False,
             }
         )
     # Every trainable parameter in exactly one group (nanochat's assert): a parameter missing
@@ -77,6 +110,17 @@ def param_groups(
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
     assert sorted(placed) == sorted(trainable), "a parameter is missing from or repeated in groups"
     return groups
+
+
+def _adaptive_beta_group(layer: str, beta: nn.Parameter) -> dict[str, Any]:
+    """One normalisation layer's β alone, its decay a tensor the controller rewrites each step."""
+    return {
+        "params": [beta],
+        "weight_decay": torch.zeros((), dtype=beta.dtype, device=beta.device),
+        "role": Role.NORM_SHIFT.value,
+        "adaptive_beta": True,
+        "layer": layer,
+    }
 
 
 @dataclass(frozen=True)

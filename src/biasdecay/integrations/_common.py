@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from biasdecay.decay import decay_policy, param_groups
+from biasdecay.decay import decay_policy, freeze_roles, param_groups
 from biasdecay.optim import LAMB
 from biasdecay.roles import is_norm_module
 
@@ -44,7 +44,9 @@ def lamb_for(
     Returns:
         The optimiser, over :func:`biasdecay.param_groups`.
     """
-    groups = param_groups(model, decay_policy(policy, **policy_options), weight_decay)
+    chosen = decay_policy(policy, **policy_options)
+    freeze_roles(model, chosen)  # the frozen policies fix β and/or γ first
+    groups = param_groups(model, chosen, weight_decay)
     return LAMB(groups, lr=lr, betas=betas, eps=eps, layer_adaptation=layer_adaptation)
 
 

@@ -135,8 +135,10 @@ class AdaptiveBetaDecayTrainerCallback(TrainerCallback):
     Builds :class:`biasdecay.AdaptiveBetaDecay` for the model and the Trainer's optimiser at the
     first step and runs it before every optimiser step (on every process: data-parallel
     training gives every rank the same gradients, so every rank takes the same decisions). Use
-    it with ``lamb_for(model, policy="adaptive_beta_decay", ...)``, which puts β in groups the
-    controller can decay.
+    it with ``lamb_for(model, policy="adaptive_beta_decay", ...)`` (or any torch optimiser over
+    :func:`biasdecay.param_groups` with that policy), which gives each layer's β a group whose
+    decay the controller sets. The Trainer's default AdamW is refused: it puts every β in one
+    shared group, and a group added later would escape the Trainer's learning-rate schedule.
 
     Args:
         threshold: R (decay β_l where r_l >= R).

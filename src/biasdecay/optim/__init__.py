@@ -4,7 +4,7 @@ Example::
 
     from biasdecay.optim import LAMB, build_optimizer
     opt = LAMB(param_groups, lr=0.04, weight_decay=0.01)      # trust ratio where λ != 0
-    opt.decay_overrides[bn.bias] = torch.zeros(())            # per-parameter λ, read every step
+    opt = LAMB([{"params": [bn.bias], "weight_decay": torch.zeros(())}])  # λ read every step
     opt = build_optimizer("lars", model.parameters(), lr=1.0)
 
 The functional forms live in their modules (``biasdecay.optim.lamb.lamb``, ``...lars.lars``), as

@@ -16,19 +16,24 @@ from biasdecay.constraints import check_in_range, check_lr  # noqa: F401  (re-ex
 
 __all__ = [
     "LAYER_ADAPTATION",
-    "DecayOverrides",
+    "WeightDecay",
     "adaptation_flags",
     "check_layer_adaptation",
+    "check_weight_decay",
     "bucket_indices",
     "clip_coefficient",
     "default_foreach",
-    "gather_overrides",
+    "group_weight_decays",
     "l2_norm",
+    "path_indices",
     "per_tensor_decay_",
+    "same_setting_groups",
 ]
 
-#: What ``decay_overrides`` maps: a parameter to a 0-dim tensor that replaces its group's decay.
-DecayOverrides = dict[torch.nn.Parameter, Tensor]
+#: A group's ``weight_decay``: a Python number, or a 0-dim tensor read at every step without a
+#: host sync (so that a controller, such as adaptive β decay, can ``fill_()`` it between steps
+#: and ``state_dict`` carries it with the group).
+WeightDecay = float | Tensor
 
 #: Which parameters get the layer-wise trust ratio, the values of ``layer_adaptation``:
 #: ``"decayed"``: exactly those whose weight decay at this step is non-zero (the convention of the
@@ -38,6 +43,22 @@ LAYER_ADAPTATION = ("decayed", "all", "none")
 
 # Tensor types the ``torch._foreach_*`` kernels accept (subclasses may override ops per tensor).
 _FOREACH_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def check_weight_decay(owner: str, value: object) -> None:
+    """Raise unless ``value`` is a number >= 0 or a 0-dim floating tensor holding one.
+
+    A tensor is read once here (construction time, not inside ``step()``).
+    """
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or not value.is_floating_point():
+            raise ValueError(
+                f"{owner}: a tensor weight_decay must be a 0-dim floating tensor, got shape "
+                f"{tuple(value.shape)} ({value.dtype})"
+            )
+        check_in_range(owner, "weight_decay", float(value), 0.0)
+        return
+    check_in_range(owner, "weight_decay", value, 0.0)
 
 
 def check_layer_adaptation(owner: str, group: Mapping[str, object]) -> None:
@@ -61,26 +82,23 @@ def check_layer_adaptation(owner: str, group: Mapping[str, object]) -> None:
         )
 
 
-def adaptation_flags(
-    mode: str, weight_decay: float, overrides: Sequence[Tensor | None]
-) -> list[bool | Tensor]:
+def adaptation_flags(mode: str, weight_decays: Sequence[WeightDecay]) -> list[bool | Tensor]:
     """Whether each parameter takes the trust ratio at this step, without a host sync.
 
     Args:
       mode: the group's ``layer_adaptation`` (see :data:`LAYER_ADAPTATION`).
-      weight_decay: the group's λ.
-      overrides: the per-parameter decay overrides (None where a parameter has none).
+      weight_decays: each parameter's λ (its group's ``weight_decay``).
 
     Returns:
       Per parameter: a Python bool where the answer is known on the host, or a 0-dim bool
-      tensor ``λ ≠ 0`` where an override decides it on the device (adaptive β decay under
+      tensor ``λ ≠ 0`` where a tensor λ decides it on the device (adaptive β decay under
       ``"decayed"``: the ratio follows that step's decay decision).
     """
     if mode == "all":
-        return [True] * len(overrides)
+        return [True] * len(weight_decays)
     if mode == "none":
-        return [False] * len(overrides)
-    return [weight_decay != 0 if lam is None else lam != 0 for lam in overrides]
+        return [False] * len(weight_decays)
+    return [lam != 0 for lam in weight_decays]
 
 
 def default_foreach(tensors: Iterable[Tensor], faster_by_device: Mapping[str, bool]) -> bool:
@@ -101,6 +119,33 @@ def default_foreach(tensors: Iterable[Tensor], faster_by_device: Mapping[str, bo
     )
 
 
+def path_indices(
+    params: Sequence[Tensor],
+    foreach: bool | None,
+    faster_by_device: Mapping[str, bool],
+    small_numel: int,
+) -> tuple[list[int], list[int]]:
+    """Which tensors take the per-tensor loop and which the ``torch._foreach_*`` path.
+
+    With ``foreach=None`` each tensor goes where it measured faster: the device's entry of
+    ``faster_by_device``, except that tensors of at most ``small_numel`` elements always take the
+    foreach path. For those (BN γ and β, biases) the per-tensor loop is all Python dispatch: a
+    dozen kernel launches per tensor where foreach launches a dozen for the whole list.
+
+    Returns:
+      ``(loop, multi)``: indices into ``params``, each in order.
+    """
+    if foreach is not None:
+        everyone = list(range(len(params)))
+        return ([], everyone) if foreach else (everyone, [])
+    loop, multi = [], []
+    for i, p in enumerate(params):
+        plain = type(p) in _FOREACH_TYPES
+        fast = faster_by_device.get(p.device.type, False) or p.numel() <= small_numel
+        (multi if plain and fast else loop).append(i)
+    return loop, multi
+
+
 def bucket_indices(params: Sequence[Tensor], extra_keys: Sequence[Hashable]) -> list[list[int]]:
     """Indices of ``params`` grouped by (device, dtype, extra key), in first-seen order.
 
@@ -113,78 +158,82 @@ def bucket_indices(params: Sequence[Tensor], extra_keys: Sequence[Hashable]) -> 
     return list(buckets.values())
 
 
-def gather_overrides(
-    owner: str, params: Sequence[Tensor], overrides: DecayOverrides
-) -> list[Tensor | None]:
-    """The decay override of each parameter (None where it has none), checked against it.
+def group_weight_decays(group: Mapping[str, object], params: Sequence[Tensor]) -> list[WeightDecay]:
+    """The group's λ once per parameter, a tensor λ on each parameter's device and dtype.
 
-    Only metadata is checked (dimension, device, dtype), so reading an override costs no sync.
-
-    Raises:
-      TypeError: an override is not a tensor.
-      ValueError: an override is not 0-dim or not on its parameter's device and dtype.
+    A tensor λ made where its parameters live (as :func:`biasdecay.param_groups` makes it) is
+    used as it is; one left behind by ``model.to(device)`` is copied for the step, which costs a
+    transfer but never a wrong result.
     """
-    if not overrides:
-        return [None] * len(params)
-    found: list[Tensor | None] = []
-    for p in params:
-        lam = overrides.get(p)  # type: ignore[call-overload]
-        if lam is not None:
-            if not isinstance(lam, Tensor):
-                raise TypeError(
-                    f"{owner}: decay_overrides values must be 0-dim tensors, got "
-                    f"{type(lam).__name__} for a parameter of shape {tuple(p.shape)}"
-                )
-            if lam.dim() != 0 or lam.device != p.device or lam.dtype != p.dtype:
-                raise ValueError(
-                    f"{owner}: the decay override of a parameter of shape {tuple(p.shape)} "
-                    f"({p.dtype}, {p.device}) must be a 0-dim tensor of the same dtype and "
-                    f"device, got shape {tuple(lam.shape)} ({lam.dtype}, {lam.device})"
-                )
-        found.append(lam)
-    return found
+    lam = group["weight_decay"]
+    if not isinstance(lam, Tensor):
+        return [lam] * len(params)  # type: ignore[list-item]
+    return [lam.to(device=p.device, dtype=p.dtype) for p in params]
+
+
+def same_setting_groups(
+    groups: Sequence[Mapping[str, object]], settings: Sequence[str]
+) -> list[list[int]]:
+    """Indices of the param groups that share every hyper-parameter in ``settings``.
+
+    Groups that differ only in their parameters and ``weight_decay`` (one per role, or one per
+    normalisation layer under adaptive β decay) are stepped as one list, so that the small
+    tensors of many groups share each kernel launch of the foreach path.
+    """
+    merged: dict[tuple[object, ...], list[int]] = {}
+    for k, group in enumerate(groups):
+        key = tuple(_hashable(group[name]) for name in settings)
+        merged.setdefault(key, []).append(k)
+    return list(merged.values())
+
+
+def _hashable(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def per_tensor_decay_(
     targets: list[Tensor],
     params: list[Tensor],
-    overrides: list[Tensor | None],
-    weight_decay: float,
+    weight_decays: Sequence[WeightDecay],
     scale: float = 1.0,
     *,
     foreach: bool,
 ) -> None:
-    """``target += scale·λ·θ`` per tensor, λ its override where it has one, else ``weight_decay``.
+    """``target += scale·λ·θ`` per tensor, λ its own weight decay (a number or a 0-dim tensor).
 
     Args:
       targets: tensors updated in place.
       params: the matching parameters θ.
-      overrides: the matching override tensors (or None).
-      weight_decay: the group's λ.
+      weight_decays: the matching λ.
       scale: a Python factor applied to every λ (LAMB folds its bias correction in here).
       foreach: use one ``torch._foreach_*`` call per kind instead of a loop.
     """
-    plain = [i for i, lam in enumerate(overrides) if lam is None]
-    custom = [i for i, lam in enumerate(overrides) if lam is not None]
-    if weight_decay != 0 and plain:
+    by_value: dict[float, list[int]] = {}
+    tensors: list[int] = []
+    for i, lam in enumerate(weight_decays):
+        if isinstance(lam, Tensor):
+            tensors.append(i)
+        elif lam != 0:
+            by_value.setdefault(float(lam), []).append(i)
+    for lam, idx in by_value.items():
         if foreach:
             torch._foreach_add_(
-                [targets[i] for i in plain], [params[i] for i in plain], alpha=weight_decay * scale
+                [targets[i] for i in idx], [params[i] for i in idx], alpha=lam * scale
             )
         else:
-            for i in plain:
-                targets[i].add_(params[i], alpha=weight_decay * scale)
-    if custom:
-        # The coefficient λ·scale is formed first, as in the float branch above, so that an
-        # override holding λ gives bit-for-bit the result of a group weight_decay of λ.
-        lams = [overrides[i] for i in custom]
+            for i in idx:
+                targets[i].add_(params[i], alpha=lam * scale)
+    if tensors:
+        # The coefficient λ·scale is formed first, as in the number branch above, so that a
+        # tensor holding λ gives bit-for-bit the result of a number λ (in float64).
+        lams = [weight_decays[i] for i in tensors]
         if foreach:
             coefficients = torch._foreach_mul(lams, scale)
             torch._foreach_addcmul_(
-                [targets[i] for i in custom], [params[i] for i in custom], coefficients
+                [targets[i] for i in tensors], [params[i] for i in tensors], coefficients
             )
         else:
-            for i, lam in zip(custom, lams, strict=True):
+            for i, lam in zip(tensors, lams, strict=True):
                 targets[i].addcmul_(params[i], lam * scale)
 
 

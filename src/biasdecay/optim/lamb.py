@@ -12,7 +12,8 @@ fixed as in design.md §4: the moment lines use (1 − β₁) and β₂, and the
     θ   ← θ − η r u
 
 Clipping (first line) is optional and global over every parameter of the optimiser. λ is the
-group's ``weight_decay`` unless ``decay_overrides`` holds a tensor for θ. Which θ are adapted is
+group's ``weight_decay``: a number, or a 0-dim tensor read on the device at every step (adaptive β
+decay rewrites it in place; ``state_dict`` carries it with the group). Which θ are adapted is
 the group's ``layer_adaptation``: ``"decayed"`` (default) exactly those with λ ≠ 0 at this step,
 ``"all"`` every θ, ``"none"`` none (then LAMB is Adam with decoupled decay added to the direction).
 
@@ -33,17 +34,20 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from biasdecay.optim._common import (
-    DecayOverrides,
+    WeightDecay,
     adaptation_flags,
     bucket_indices,
     check_in_range,
     check_layer_adaptation,
     check_lr,
+    check_weight_decay,
     clip_coefficient,
     default_foreach,
-    gather_overrides,
+    group_weight_decays,
     l2_norm,
+    path_indices,
     per_tensor_decay_,
+    same_setting_groups,
 )
 
 __all__ = ["LAMB", "lamb"]
@@ -56,6 +60,12 @@ __all__ = ["LAMB", "lamb"]
 # (torch's AdamW measured the other way round on the same machine: foreach 27.0, loop 33.7 ms.)
 # CUDA follows torch: one launch per op for all tensors beats a launch per tensor.
 _FOREACH_IS_FASTER = {"cpu": False, "cuda": True}
+# Tensors this small take the foreach path whatever the table says (see path_indices): on CPU
+# the loop's cost for them is a dozen kernel launches each.
+_SMALL_TENSOR_NUMEL = 65536
+
+# The group settings that must agree for groups to be stepped together (weight_decay may differ).
+_SHARED_SETTINGS = ("lr", "betas", "eps", "layer_adaptation", "bias_correction", "foreach")
 
 
 class LAMB(Optimizer):
@@ -72,15 +82,16 @@ class LAMB(Optimizer):
     ``layer_adaptation`` says which θ get the ratio. Under ``"decayed"`` (the default, as in the
     LAMB authors' ResNet code and apex FusedLAMB) a parameter is adapted exactly when its λ at
     this step is non-zero, so BN parameters under no-bias-decay take plain Adam steps; with a
-    decay override (adaptive β decay) the ratio follows that step's decision, on the device.
+    tensor weight decay (adaptive β decay) the ratio follows that step's decision, on the device.
     Under ``"all"`` (optax, torch-optimizer) every parameter is adapted: a zero-initialised BN β
     then takes one plain step (‖θ‖ = 0 gives r = 1) and afterwards grows by at most a factor
     (1 + η) per step, so it stays near zero through a short run. ``"none"`` adapts nothing.
 
-    Per-parameter decay: ``decay_overrides`` maps a parameter to a 0-dim tensor (its device and
-    dtype) that replaces the group's ``weight_decay`` for it. The tensor is read at every step and
-    may be rewritten in place between steps (the adaptive β decay controller does this); it is
-    not part of ``state_dict``.
+    Decay that changes from step to step: a group's ``weight_decay`` may be a 0-dim tensor
+    (best on its parameters' device and dtype). It is read on the device at every step and may be
+    rewritten in place between steps; the adaptive β decay controller does this, one group per
+    normalisation layer's β (:func:`biasdecay.param_groups` builds them). Being a group setting,
+    it is saved and restored by ``state_dict`` like any other.
 
     ``step()`` never synchronises with the device: no ``.item()``, no branch on tensor values.
 
@@ -90,7 +101,8 @@ class LAMB(Optimizer):
       lr: learning rate η (>= 0, a Python float; schedulers may rewrite ``group["lr"]``).
       betas: (β₁, β₂), each in [0, 1).
       eps: ε added to √v̂ (>= 0).
-      weight_decay: decoupled decay λ added to the Adam direction (>= 0).
+      weight_decay: decoupled decay λ added to the Adam direction (>= 0; a number, or per
+        group a 0-dim tensor, see above).
       layer_adaptation: which parameters get the ratio r = ‖θ‖/‖u‖: ``"decayed"``,
         ``"all"`` or ``"none"`` (see above and ``biasdecay.optim._common.LAYER_ADAPTATION``).
       bias_correction: divide the moments by (1 − βᵗ).
@@ -131,7 +143,6 @@ class LAMB(Optimizer):
             check_in_range("LAMB", "max_grad_norm", max_grad_norm, 0.0, low_open=True)
         self.max_grad_norm = max_grad_norm
         super().__init__(params, defaults)
-        self.decay_overrides: DecayOverrides = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as ``torch.optim.Optimizer``) and check its hyper-parameters."""
@@ -139,13 +150,11 @@ class LAMB(Optimizer):
         _check_group("LAMB", self.param_groups[-1])
 
     def __getstate__(self) -> dict[str, Any]:
-        # Pickling/deepcopy keep the clipping threshold; decay_overrides belong to their owner
-        # (e.g. the adaptive β decay controller) and start empty in the copy.
+        # Pickling and deepcopy keep the clipping threshold, which is not a group setting.
         return {**super().__getstate__(), "max_grad_norm": self.max_grad_norm}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("decay_overrides", {})
         self.__dict__.setdefault("max_grad_norm", None)
 
     def _init_group(
@@ -207,11 +216,20 @@ class LAMB(Optimizer):
                     use_foreach = default_foreach(all_grads, _FOREACH_IS_FASTER)
                 clip = clip_coefficient(all_grads, self.max_grad_norm, foreach=use_foreach)
 
-        for group, (params, grads, exp_avgs, exp_avg_sqs, steps) in zip(
-            self.param_groups, gathered, strict=True
-        ):
+        # Groups that differ only in weight_decay (one per role, one per layer's β) step as one.
+        for members in same_setting_groups(self.param_groups, _SHARED_SETTINGS):
+            params, grads, exp_avgs, exp_avg_sqs, steps = ([] for _ in range(5))
+            weight_decays: list[WeightDecay] = []
+            for k in members:
+                lists = gathered[k]
+                for merged, part in zip(
+                    (params, grads, exp_avgs, exp_avg_sqs, steps), lists, strict=True
+                ):
+                    merged.extend(part)
+                weight_decays.extend(group_weight_decays(self.param_groups[k], lists[0]))
             if not params:
                 continue
+            group = self.param_groups[members[0]]
             beta1, beta2 = group["betas"]
             lamb(
                 params,
@@ -219,12 +237,11 @@ class LAMB(Optimizer):
                 exp_avgs,
                 exp_avg_sqs,
                 steps,
-                gather_overrides("LAMB", params, self.decay_overrides),
+                weight_decays,
                 lr=group["lr"],
                 beta1=beta1,
                 beta2=beta2,
                 eps=group["eps"],
-                weight_decay=group["weight_decay"],
                 layer_adaptation=group["layer_adaptation"],
                 bias_correction=group["bias_correction"],
                 grad_scale=clip,
@@ -241,7 +258,7 @@ def _check_group(owner: str, group: dict[str, Any]) -> None:
     check_in_range(owner, "betas[0]", betas[0], 0.0, 1.0)
     check_in_range(owner, "betas[1]", betas[1], 0.0, 1.0)
     check_in_range(owner, "eps", group["eps"], 0.0)
-    check_in_range(owner, "weight_decay", group["weight_decay"], 0.0)
+    check_weight_decay(owner, group["weight_decay"])
     check_layer_adaptation(owner, group)
     if not isinstance(group["bias_correction"], bool):
         raise ValueError(
@@ -267,13 +284,12 @@ def lamb(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     steps: list[int],
-    decay_overrides: list[Tensor | None],
+    weight_decays: Sequence[WeightDecay],
     *,
     lr: float,
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float,
     layer_adaptation: str,
     bias_correction: bool,
     grad_scale: Tensor | None = None,
@@ -284,31 +300,32 @@ def lamb(
     Args:
       params, grads, exp_avgs, exp_avg_sqs: matching lists of tensors (θ, g, m, v).
       steps: the 1-based number of this update for each parameter (t in 1 − βᵗ).
-      decay_overrides: per parameter, a 0-dim tensor replacing ``weight_decay``, or None.
-      lr, beta1, beta2, eps, weight_decay, layer_adaptation, bias_correction: as in
-        :class:`LAMB`.
+      weight_decays: each parameter's λ, a number or a 0-dim tensor on its device.
+      lr, beta1, beta2, eps, layer_adaptation, bias_correction: as in :class:`LAMB`.
       grad_scale: a 0-dim tensor every gradient is multiplied by first (global clipping).
-      foreach: path to use; None picks the measured default for the tensors' device.
+      foreach: True or False for one path for every tensor; None picks per tensor (see
+        ``_FOREACH_IS_FASTER`` and ``_SMALL_TENSOR_NUMEL``).
     """
-    if foreach is None:
-        foreach = default_foreach(params, _FOREACH_IS_FASTER)
-    impl = _multi_tensor_lamb if foreach else _single_tensor_lamb
-    impl(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        steps,
-        decay_overrides,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        adapted=adaptation_flags(layer_adaptation, weight_decay, decay_overrides),
-        bias_correction=bias_correction,
-        grad_scale=grad_scale,
-    )
+    adapted = adaptation_flags(layer_adaptation, weight_decays)
+    loop, multi = path_indices(params, foreach, _FOREACH_IS_FASTER, _SMALL_TENSOR_NUMEL)
+    for impl, idx in ((_single_tensor_lamb, loop), (_multi_tensor_lamb, multi)):
+        if not idx:
+            continue
+        impl(
+            [params[i] for i in idx],
+            [grads[i] for i in idx],
+            [exp_avgs[i] for i in idx],
+            [exp_avg_sqs[i] for i in idx],
+            [steps[i] for i in idx],
+            [weight_decays[i] for i in idx],
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            adapted=[adapted[i] for i in idx],
+            bias_correction=bias_correction,
+            grad_scale=grad_scale,
+        )
 
 
 def _single_tensor_lamb(
@@ -317,13 +334,12 @@ def _single_tensor_lamb(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     steps: list[int],
-    decay_overrides: list[Tensor | None],
+    weight_decays: list[WeightDecay],
     *,
     lr: float,
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float,
     adapted: list[bool | Tensor],
     bias_correction: bool,
     grad_scale: Tensor | None,
@@ -339,20 +355,18 @@ def _single_tensor_lamb(
         scale, eps_scaled = _scalars(steps[i], beta1, beta2, eps, bias_correction)
         update = exp_avg_sq.sqrt().add_(eps_scaled)
         torch.div(exp_avg, update, out=update)  # reuse the buffer: one temporary per tensor
-        per_tensor_decay_(
-            [update], [param], [decay_overrides[i]], weight_decay, 1.0 / scale, foreach=False
-        )
+        per_tensor_decay_([update], [param], [weight_decays[i]], 1.0 / scale, foreach=False)
 
         # ‖θ‖/‖ũ‖ applied to ũ equals r·u; the fallback r = 1 applied to u is s applied to ũ.
         if adapted[i] is False:
-            # The same arithmetic as a "no" decided on the device, so that a decay override of
-            # 0 gives bit-for-bit what a group decay of 0 gives (adaptive β decay at R = ∞).
+            # The same arithmetic as a "no" decided on the device, so that a tensor λ of 0 gives
+            # bit-for-bit what a number λ of 0 gives (adaptive β decay at R = ∞).
             coefficient = param.new_full((), scale)
         else:
             param_norm = l2_norm(param)
             update_norm = l2_norm(update)
             use_ratio = (param_norm > 0) & (update_norm > 0)
-            if adapted[i] is not True:  # a device-side decision (a decay override)
+            if adapted[i] is not True:  # a device-side decision (a tensor λ)
                 use_ratio = use_ratio & adapted[i]
             coefficient = torch.where(use_ratio, param_norm / update_norm, scale)
         param.addcmul_(update, coefficient, value=-lr)
@@ -364,13 +378,12 @@ def _multi_tensor_lamb(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     steps: list[int],
-    decay_overrides: list[Tensor | None],
+    weight_decays: list[WeightDecay],
     *,
     lr: float,
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float,
     adapted: list[bool | Tensor],
     bias_correction: bool,
     grad_scale: Tensor | None,
@@ -381,7 +394,7 @@ def _multi_tensor_lamb(
         bucket_grads = [grads[i] for i in idx]
         bucket_avgs = [exp_avgs[i] for i in idx]
         bucket_sqs = [exp_avg_sqs[i] for i in idx]
-        bucket_overrides = [decay_overrides[i] for i in idx]
+        bucket_decays = [weight_decays[i] for i in idx]
         first = bucket_params[0]
         if grad_scale is not None:
             bucket_grads = torch._foreach_mul(
@@ -399,21 +412,19 @@ def _multi_tensor_lamb(
         torch._foreach_add_(updates, eps_scaled)
         torch._foreach_reciprocal_(updates)
         torch._foreach_mul_(updates, bucket_avgs)
-        per_tensor_decay_(
-            updates, bucket_params, bucket_overrides, weight_decay, 1.0 / scale, foreach=True
-        )
+        per_tensor_decay_(updates, bucket_params, bucket_decays, 1.0 / scale, foreach=True)
 
         flags = [adapted[i] for i in idx]
         ratio = [k for k, flag in enumerate(flags) if flag is not False]
         # Unadapted tensors take s (r = 1) through the same arithmetic as adapted ones, as in
-        # the single-tensor path: a decay override of 0 then equals a group decay of 0 bitwise.
+        # the single-tensor path: a tensor λ of 0 then equals a number λ of 0 bitwise.
         plain = first.new_full((), scale)
         coefficients: list[Tensor] = [plain] * len(idx)
         if ratio:
             param_norms = torch.stack(torch._foreach_norm([bucket_params[k] for k in ratio]))
             update_norms = torch.stack(torch._foreach_norm([updates[k] for k in ratio]))
             use_ratio = (param_norms > 0) & (update_norms > 0)
-            if any(flags[k] is not True for k in ratio):  # device-side decisions (overrides)
+            if any(flags[k] is not True for k in ratio):  # device-side decisions (tensor λ)
                 # A fill kernel stands for the host's True: no host-to-device copy, no sync.
                 yes = use_ratio.new_ones(())
                 use_ratio = use_ratio & torch.stack(

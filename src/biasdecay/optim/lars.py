@@ -8,11 +8,11 @@ For each parameter tensor θ with gradient g (λ: weight decay, μ: momentum, η
     θ  ← θ − η (r d + μ b)            with nesterov
     θ  ← θ − η b                      otherwise
 
-κ is ``trust_coefficient``. λ is the group's ``weight_decay`` unless ``decay_overrides`` holds a
-tensor for θ. Which θ are adapted is the group's ``layer_adaptation``: ``"decayed"`` (default)
-exactly those with λ ≠ 0 at this step (as MLPerf's ResNet-50 LARS, which skips BN parameters and
-biases from both), ``"all"`` every θ, ``"none"`` none, which is exactly SGD with momentum and L2
-decay.
+κ is ``trust_coefficient``. λ is the group's ``weight_decay``: a number, or a 0-dim tensor read on
+the device at every step (adaptive β decay rewrites it in place). Which θ are adapted is the
+group's ``layer_adaptation``: ``"decayed"`` (default) exactly those with λ ≠ 0 at this step (as
+MLPerf's ResNet-50 LARS, which skips BN parameters and biases from both), ``"all"`` every θ,
+``"none"`` none, which is exactly SGD with momentum and L2 decay.
 
 Implementation note: d is never stored. r·d enters the buffer as r·g + (rλ)·θ and the parameter
 as θ(1 − ηrλ) − ηr·g, which saves a temporary the size of θ (and on CPU the page faults of
@@ -30,15 +30,17 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from biasdecay.optim._common import (
-    DecayOverrides,
+    WeightDecay,
     adaptation_flags,
     bucket_indices,
     check_in_range,
     check_layer_adaptation,
     check_lr,
-    default_foreach,
-    gather_overrides,
+    check_weight_decay,
+    group_weight_decays,
     l2_norm,
+    path_indices,
+    same_setting_groups,
 )
 
 __all__ = ["LARS", "lars"]
@@ -49,6 +51,13 @@ __all__ = ["LARS", "lars"]
 # 19.0 ms (they were level before the loop's norms moved to the BLAS dot product, see l2_norm).
 # CUDA follows torch: one launch per op for all tensors beats a launch per tensor.
 _FOREACH_IS_FASTER = {"cpu": False, "cuda": True}
+# Tensors this small take the foreach path whatever the table says (see path_indices).
+_SMALL_TENSOR_NUMEL = 65536
+
+# The group settings that must agree for groups to be stepped together (weight_decay may differ).
+_SHARED_SETTINGS = (
+    "lr", "momentum", "trust_coefficient", "eps", "nesterov", "layer_adaptation", "foreach"
+)  # fmt: skip
 
 
 class LARS(Optimizer):
@@ -63,12 +72,12 @@ class LARS(Optimizer):
 
     with κ = ``trust_coefficient``, μ = ``momentum``, λ = ``weight_decay`` and η = ``lr``.
     ``layer_adaptation`` says which θ get the local rate: ``"decayed"`` (default) exactly those
-    whose λ at this step is non-zero (with a decay override, as under adaptive β decay, the rate
+    whose λ at this step is non-zero (with a tensor λ, as under adaptive β decay, the rate
     follows that step's decision on the device), ``"all"`` every θ, ``"none"`` none.
 
-    Per-parameter decay: ``decay_overrides`` maps a parameter to a 0-dim tensor (its device and
-    dtype) that replaces the group's ``weight_decay`` for it in both d and r. It is read at every
-    step, may be rewritten in place between steps, and is not part of ``state_dict``.
+    Decay that changes from step to step: a group's ``weight_decay`` may be a 0-dim tensor (best
+    on its parameters' device and dtype), used in both d and r. It is read on the device at every
+    step, may be rewritten in place between steps, and is saved by ``state_dict`` with its group.
 
     ``step()`` never synchronises with the device: no ``.item()``, no branch on tensor values.
 
@@ -76,7 +85,7 @@ class LARS(Optimizer):
       params: parameters or parameter groups (dicts; every argument below may be set per group).
       lr: global learning rate η (>= 0, a Python float; schedulers may rewrite ``group["lr"]``).
       momentum: μ in [0, 1).
-      weight_decay: L2 coefficient λ (>= 0).
+      weight_decay: L2 coefficient λ (>= 0; a number, or per group a 0-dim tensor).
       trust_coefficient: κ (> 0), the paper's η of the local rate (0.001 in You et al.).
       eps: ε (>= 0) keeping the local rate finite.
       nesterov: Nesterov momentum (needs momentum > 0).
@@ -115,17 +124,11 @@ class LARS(Optimizer):
         }
         _check_group("LARS", defaults)
         super().__init__(params, defaults)
-        self.decay_overrides: DecayOverrides = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as ``torch.optim.Optimizer``) and check its hyper-parameters."""
         super().add_param_group(param_group)
         _check_group("LARS", self.param_groups[-1])
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # decay_overrides belong to their owner and start empty in a pickled or copied optimiser.
-        super().__setstate__(state)
-        self.__dict__.setdefault("decay_overrides", {})
 
     def _init_group(
         self,
@@ -161,21 +164,26 @@ class LARS(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        for group in self.param_groups:
+        # Groups that differ only in weight_decay (one per role, one per layer's β) step as one.
+        for members in same_setting_groups(self.param_groups, _SHARED_SETTINGS):
             params: list[Tensor] = []
             grads: list[Tensor] = []
             momentum_buffers: list[Tensor | None] = []
-            self._init_group(group, params, grads, momentum_buffers)
+            weight_decays: list[WeightDecay] = []
+            for k in members:
+                start = len(params)
+                self._init_group(self.param_groups[k], params, grads, momentum_buffers)
+                weight_decays.extend(group_weight_decays(self.param_groups[k], params[start:]))
             if not params:
                 continue
+            group = self.param_groups[members[0]]
             lars(
                 params,
                 grads,
                 momentum_buffers,
-                gather_overrides("LARS", params, self.decay_overrides),
+                weight_decays,
                 lr=group["lr"],
                 momentum=group["momentum"],
-                weight_decay=group["weight_decay"],
                 trust_coefficient=group["trust_coefficient"],
                 eps=group["eps"],
                 nesterov=group["nesterov"],
@@ -191,7 +199,7 @@ class LARS(Optimizer):
 def _check_group(owner: str, group: dict[str, Any]) -> None:
     check_lr(owner, group["lr"])
     check_in_range(owner, "momentum", group["momentum"], 0.0, 1.0)
-    check_in_range(owner, "weight_decay", group["weight_decay"], 0.0)
+    check_weight_decay(owner, group["weight_decay"])
     check_in_range(owner, "trust_coefficient", group["trust_coefficient"], 0.0, low_open=True)
     check_in_range(owner, "eps", group["eps"], 0.0)
     check_layer_adaptation(owner, group)
@@ -207,11 +215,10 @@ def lars(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor | None],
-    decay_overrides: list[Tensor | None],
+    weight_decays: list[WeightDecay],
     *,
     lr: float,
     momentum: float,
-    weight_decay: float,
     trust_coefficient: float,
     eps: float,
     nesterov: bool,
@@ -224,27 +231,30 @@ def lars(
       params, grads: matching lists of tensors (θ, g).
       momentum_buffers: the buffers b, None where a parameter has none yet; new buffers are
         written into this list (it is ignored when ``momentum`` is 0).
-      decay_overrides: per parameter, a 0-dim tensor replacing ``weight_decay``, or None.
-      lr, momentum, weight_decay, trust_coefficient, eps, nesterov, layer_adaptation: as in
-        :class:`LARS`.
-      foreach: path to use; None picks the measured default for the tensors' device.
+      weight_decays: each parameter's λ, a number or a 0-dim tensor on its device.
+      lr, momentum, trust_coefficient, eps, nesterov, layer_adaptation: as in :class:`LARS`.
+      foreach: True or False for one path for every tensor; None picks per tensor (see
+        ``_FOREACH_IS_FASTER`` and ``_SMALL_TENSOR_NUMEL``).
     """
-    if foreach is None:
-        foreach = default_foreach(params, _FOREACH_IS_FASTER)
-    impl = _multi_tensor_lars if foreach else _single_tensor_lars
-    impl(
-        params,
-        grads,
-        momentum_buffers,
-        decay_overrides,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        trust_coefficient=trust_coefficient,
-        eps=eps,
-        nesterov=nesterov,
-        layer_adaptation=layer_adaptation,
-    )
+    loop, multi = path_indices(params, foreach, _FOREACH_IS_FASTER, _SMALL_TENSOR_NUMEL)
+    for impl, idx in ((_single_tensor_lars, loop), (_multi_tensor_lars, multi)):
+        if not idx:
+            continue
+        buffers = [momentum_buffers[i] for i in idx]
+        impl(
+            [params[i] for i in idx],
+            [grads[i] for i in idx],
+            buffers,
+            [weight_decays[i] for i in idx],
+            lr=lr,
+            momentum=momentum,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            nesterov=nesterov,
+            layer_adaptation=layer_adaptation,
+        )
+        for i, buffer in zip(idx, buffers, strict=True):  # new buffers go back to the caller
+            momentum_buffers[i] = buffer
 
 
 # A per-tensor coefficient: one Python float shared by every tensor of a bucket, or a vector with
@@ -287,24 +297,27 @@ def _local_rates(
 def _bucket_scalars(
     params: list[Tensor],
     grads: list[Tensor],
-    overrides: list[Tensor | None],
+    weight_decays: list[WeightDecay],
     *,
     lr: float,
-    weight_decay: float,
     trust_coefficient: float,
     eps: float,
     layer_adaptation: str,
     foreach: bool,
 ) -> _BucketScalars:
     """r, r·λ and 1 − η·r·λ for every tensor of one bucket."""
-    decays: Coefficient = weight_decay
-    if any(lam is not None for lam in overrides):
-        # A fill kernel, not torch.tensor(): a host-to-device copy could block the host.
-        group_decay = params[0].new_full((), weight_decay)
-        decays = torch.stack([group_decay if lam is None else lam for lam in overrides])
-    adapted = adaptation_flags(layer_adaptation, weight_decay, overrides)
+    decays: Coefficient = weight_decays[0]
+    if any(isinstance(lam, Tensor) or lam != decays for lam in weight_decays):
+        # Fill kernels, not torch.tensor(): a host-to-device copy could block the host.
+        decays = torch.stack(
+            [
+                lam if isinstance(lam, Tensor) else params[0].new_full((), lam)
+                for lam in weight_decays
+            ]
+        )
+    adapted = adaptation_flags(layer_adaptation, weight_decays)
     # r = 1 of unadapted tensors is a tensor too (a fill kernel), so that they go through the same
-    # arithmetic as adapted ones: a decay override of 0 then equals a group decay of 0 bitwise.
+    # arithmetic as adapted ones: a tensor λ of 0 then equals a number λ of 0 bitwise.
     rates: Coefficient = params[0].new_ones(len(params))
     if any(flag is not False for flag in adapted):
         if foreach:
@@ -316,7 +329,7 @@ def _bucket_scalars(
             torch.stack(param_norms), torch.stack(grad_norms), decays, trust_coefficient, eps
         )
         if not all(flag is True for flag in adapted):
-            # Some tensors are not adapted, or an override decides on the device: r = 1 there.
+            # Some tensors are not adapted, or a tensor λ decides on the device: r = 1 there.
             # Fill kernels stand for the host's bools, so nothing is copied to the device.
             yes, no = rates.new_ones((), dtype=torch.bool), rates.new_zeros((), dtype=torch.bool)
             mask = torch.stack([yes if f is True else no if f is False else f for f in adapted])
@@ -343,11 +356,10 @@ def _single_tensor_lars(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor | None],
-    decay_overrides: list[Tensor | None],
+    weight_decays: list[WeightDecay],
     *,
     lr: float,
     momentum: float,
-    weight_decay: float,
     trust_coefficient: float,
     eps: float,
     nesterov: bool,
@@ -357,9 +369,8 @@ def _single_tensor_lars(
         scalars = _bucket_scalars(
             [params[i] for i in idx],
             [grads[i] for i in idx],
-            [decay_overrides[i] for i in idx],
+            [weight_decays[i] for i in idx],
             lr=lr,
-            weight_decay=weight_decay,
             trust_coefficient=trust_coefficient,
             eps=eps,
             layer_adaptation=layer_adaptation,
@@ -417,11 +428,10 @@ def _multi_tensor_lars(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor | None],
-    decay_overrides: list[Tensor | None],
+    weight_decays: list[WeightDecay],
     *,
     lr: float,
     momentum: float,
-    weight_decay: float,
     trust_coefficient: float,
     eps: float,
     nesterov: bool,
@@ -433,9 +443,8 @@ def _multi_tensor_lars(
         scalars = _bucket_scalars(
             bucket_params,
             bucket_grads,
-            [decay_overrides[i] for i in idx],
+            [weight_decays[i] for i in idx],
             lr=lr,
-            weight_decay=weight_decay,
             trust_coefficient=trust_coefficient,
             eps=eps,
             layer_adaptation=layer_adaptation,
