@@ -134,6 +134,72 @@ def test_callbacks_log_and_decay_exactly_as_the_hand_loop(accumulate: int) -> No
     assert first["sharpness/net.1/r"] == pytest.approx(records[0]["layers"]["net.1"]["r"])
 
 
+def test_under_amp_with_a_grad_scaler_the_callbacks_read_unscaled_gradients() -> None:
+    """16-bit autocast with a GradScaler (on the CPU: float16 autocast and torch's CPU scaler),
+    with gradient accumulation: the monitor's C_m and the controller's decisions equal a hand
+    loop that reads the gradients after ``scaler.unscale_``. A scale of 2^12 would make any
+    scaled reading 4096 times too large."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    accumulate, scale = 2, 2.0**12
+
+    def float_network() -> nn.Module:
+        return network().float()
+
+    class AmpModule(Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = float_network()
+
+    def loader():
+        x, y = digits().tensors
+        data = torch.utils.data.TensorDataset(x.float(), y)
+        return torch.utils.data.DataLoader(data, batch_size=BATCH // accumulate, shuffle=False)
+
+    module = AmpModule()
+    monitor, adaptive = SharpnessMonitor(every=3), AdaptiveBetaDecayCallback(R)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    trainer = pl.Trainer(
+        max_steps=STEPS, accelerator="cpu", devices=1, logger=False,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        callbacks=[monitor, adaptive], accumulate_grad_batches=accumulate,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+        trainer.fit(module, loader())
+
+    model = nn.Module()
+    model.net = float_network()
+    optimizer = LAMB(param_groups(model, decay_policy("adaptive_beta_decay"), 0.01), lr=LR)
+    controller = AdaptiveBetaDecay(model, optimizer, threshold=R)
+    tracker, hand_scaler = SharpnessTracker(model, 3), torch.amp.GradScaler("cpu", init_scale=scale)
+    batches, records, decisions = iter(loader()), [], []
+    for step in range(1, STEPS + 1):
+        optimizer.zero_grad()
+        for _ in range(accumulate):
+            x, y = next(batches)
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = nn.functional.cross_entropy(model.net(x), y) / accumulate
+            hand_scaler.scale(loss).backward()
+        hand_scaler.unscale_(optimizer)
+        if tracker.due(step):
+            records.append(tracker.record(step))
+        decisions.append(controller.step().tolist())
+        hand_scaler.step(optimizer)
+        hand_scaler.update()
+
+    assert [r["step"] for r in monitor.records] == [r["step"] for r in records] == [1, 2, 3, 6]
+    for ours, theirs in zip(monitor.records, records, strict=True):
+        assert ours["c_m"] == pytest.approx(theirs["c_m"], rel=1e-5)
+        assert 0.01 < ours["c_m"] < 100  # an unscaled reading (scaled ones are 4096 times larger)
+    assert adaptive.controller.history()["decisions"] == decisions
+    assert any(row[0] for row in decisions) and not all(row[0] for row in decisions)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(dict(module.named_parameters())[name], p, rtol=1e-5, atol=1e-6)
+
+
 def test_a_model_without_normalisation_warns_once_and_trains() -> None:
     class Plain(Module):
         def __init__(self) -> None:
