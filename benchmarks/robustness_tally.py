@@ -127,7 +127,7 @@ def _bad_grid(root: Path) -> None:
 CASES = [
     Case("unknown key", ["train", "--set", "run.epoch=2"], "did you mean run.epochs?"),
     Case("wrong type", ["train", "--set", "run.epochs=two"], "run.epochs"),
-    Case("out of range", ["train", "--lr", "-1"], "optimizer.lr must be a finite number > 0"),
+    Case("out of range", ["train", "--lr", "-1"], "optimizer.lr must be in (0, inf)"),
     Case("unknown model", ["train", "--model", "resnet19"], "valid: mlp"),
     Case("unknown data set", ["train", "--data", "cifar11"], "valid: cifar10"),
     Case("unknown policy", ["train", "--policy", "no_decay"], "policy.name: unknown value"),
@@ -176,7 +176,7 @@ CASES = [
          untouched="S"),
     Case("unknown study", ["sweep", "tabel4", "--preset", "smoke", "--out", "S"], "table4",
          untouched="S"),
-    Case("unknown preset", ["sweep", "main", "--preset", "gpu", "--out", "S"], "valid presets",
+    Case("unknown preset", ["sweep", "main", "--preset", "gpu", "--out", "S"], "unknown preset",
          untouched="S"),
     Case("sweep bad key", ["sweep", "main", "--preset", "smoke", "--out", "S", "--set",
          "run.epoch=1"], "did you mean run.epochs?", untouched="S"),

@@ -67,10 +67,10 @@ def test_train_then_measure_prints_table2_and_writes_json(trained, tmp_path, cap
     [
         (["measure", "--checkpoint", "x.pt", "--measures", "sharpness"], "valid measures: conn"),
         (["measure", "--checkpoint", "x.pt", "--data", "cifar11"], "valid names: cifar10"),
-        (["measure", "--model", "resnet19", "--data", "digits"], "valid models: mlp"),
+        (["measure", "--model", "resnet19", "--data", "digits"], "valid names: mlp"),
         (["measure", "--checkpoint", "missing.pt", "--data", "digits"], "missing.pt does not"),
         (["measure", "--checkpoint", "x.pt", "--width", "0.5"], "without --model it would be"),
-        (["train", "--data", "digits", "--lr", "-1"], "optimizer.lr must be a finite number > 0"),
+        (["train", "--data", "digits", "--lr", "-1"], "optimizer.lr must be in (0, inf)"),
         (["train", "--set", "run.epoch=2"], "did you mean run.epochs?"),
         (["train", "--set", "run.epochs=two"], "run.epochs"),
         (["train", "--resume", "nowhere"], "no config.toml there"),
@@ -81,6 +81,17 @@ def test_bad_input_gets_one_clear_line(argv, message, capsys, tmp_path, monkeypa
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_list_names_and_settings(capsys) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "optimizers: adamw, lamb, lars, sgd" in out and "policies:" in out
+    assert main(["list", "settings", "optimizer.momentum"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("optimizer.momentum = 0.9") and "[0, 1)" in line
+    assert main(["list", "settings", "optimizer.momentm"]) == 2
+    assert "did you mean optimizer.momentum?" in capsys.readouterr().err
 
 
 def test_mismatched_checkpoint_names_keys(trained, capsys) -> None:

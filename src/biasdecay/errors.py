@@ -9,8 +9,19 @@ traceback. Each subclass also derives from the built-in exception it has always 
 
 from __future__ import annotations
 
-__all__ = ["BiasDecayError"]
+__all__ = ["BiasDecayError", "InputError"]
 
 
 class BiasDecayError(Exception):
-    """Base of every error whose message says what is wrong with the input and how to fix it."""
+    """Base of every error whose message says what is wrong with the input and how to fix it.
+
+    Attributes:
+        exit_status: what the CLI exits with after printing the message (2: bad input).
+    """
+
+    exit_status = 2
+
+
+class InputError(BiasDecayError, ValueError):
+    """An argument the library was given cannot be used (a model, data, a setting, a shape);
+    the message names it and says what to pass instead."""

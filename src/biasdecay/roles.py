@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from biasdecay.errors import InputError
+
 __all__ = [
     "FAMILIES",
     "OPS",
@@ -141,9 +143,9 @@ def register_module_type(
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"register_module_type expects an nn.Module subclass, got {cls!r}")
     if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+        raise InputError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
     if op is not None and op not in OPS:
-        raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)} or None")
+        raise InputError(f"unknown op {op!r}; valid: {', '.join(OPS)} or None")
     _MODULE_TYPES[cls] = ModuleType(family, op)
     return cls
 

@@ -12,7 +12,10 @@ rate used by the update of step ``t``. A run of ``total_steps = T`` updates uses
 weights; for ``t > T`` the final value is held.
 
 Every hyper-parameter is checked exactly (init2winit style): a bad one raises ``ValueError``
-naming the argument, its value and the valid range.
+naming the argument, its value and the valid range. The static part of each range is the
+parameter's annotation (``Annotated[float, Range(...)]``), which the registry, the config and the
+help text read; bounds that depend on another argument (``init_lr <= peak_lr``) are checked in
+the body.
 
 Usage::
 
@@ -25,21 +28,23 @@ Usage::
 
 from __future__ import annotations
 
-import inspect
 import math
-import numbers
-import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler as _TorchLRScheduler
+
+from biasdecay.constraints import Range
+from biasdecay.errors import InputError
+from biasdecay.registry import Entry, Registry
 
 __all__ = [
     "PAPER_BASE_BATCH_SIZE",
     "PAPER_BASE_LR",
     "PAPER_SGD_WARMUP_EPOCHS",
     "PAPER_WARMUP_FRACTION",
+    "SCALING_RULES",
     "SCHEDULES",
     "LRScheduler",
     "constant",
@@ -66,58 +71,53 @@ _DATASET_ALIASES = {
     "cifar100": "cifar",
     "imagenet": "imagenet",
 }
-_SCALING_RULES = ("sqrt", "linear")
+SCALING_RULES = ("sqrt", "linear")
 
 
-# --------------------------------------------------------------------------- argument checks
+# --------------------------------------------------------------------------- argument ranges
+
+_STEP = Range(0, integer=True)  # a step t, counted from 0
+_STEPS = Range(1, integer=True)  # a number of steps
+_POSITIVE = Range(0.0, low_open=True)
+_NONNEGATIVE = Range(0.0)
+_FRACTION = Range(0.0, 1.0, high_open=False)
 
 
-def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
-    """``value`` as an int in ``[minimum, maximum]``; bools and floats are refused, not rounded."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = operator.index(value)
-    upper = "∞)" if maximum is None else f"{maximum}]"
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be in [{minimum}, {upper}, got {value}")
-    return value
+def _up_to(total_steps: int) -> Range:
+    """Steps ``W`` in ``[0, T]``: a warm-up no longer than the run."""
+    return Range(0, total_steps, high_open=False, integer=True)
 
 
-def _check_real(
-    name: str,
-    value: Any,
-    *,
-    low: float,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """``value`` as a finite float in the stated interval (NaN fails every comparison)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    above = value > low if low_open else value >= low
-    below = value < high if high_open else value <= high
-    if not (above and below and math.isfinite(value)):
-        left = "(" if low_open else "["
-        right = ")" if high_open or math.isinf(high) else "]"
-        upper = "∞" if math.isinf(high) else f"{high:g}"
-        raise ValueError(f"{name} must be in {left}{low:g}, {upper}{right}, got {value!r}")
-    return value
+def _at_most(peak: float) -> Range:
+    """A rate in ``[0, η_peak]``: warm-up starts and decay ends no higher than the peak."""
+    return Range(0.0, peak, high_open=False)
+
+
+def _checked_run(
+    step: int, total_steps: int, peak_lr: float, final_lr: float
+) -> tuple[int, int, float, float]:
+    """The arguments every warm-up-and-decay schedule shares, checked: ``(t, T, peak, final)``."""
+    peak = _POSITIVE.check("peak_lr", peak_lr)
+    return (
+        _STEP.check("step", step),
+        _STEPS.check("total_steps", total_steps),
+        peak,
+        _at_most(peak).check("final_lr", final_lr),
+    )
 
 
 def _resolve_warmup_steps(
     total_steps: int, warmup_fraction: float | None, warmup_steps: int | None
 ) -> int:
     if warmup_fraction is not None and warmup_steps is not None:
-        raise ValueError(
+        raise InputError(
             f"give warmup_fraction or warmup_steps, not both "
             f"(got warmup_fraction={warmup_fraction!r}, warmup_steps={warmup_steps!r})"
         )
     if warmup_steps is not None:
-        return _check_int("warmup_steps", warmup_steps, minimum=0, maximum=total_steps)
+        return _up_to(total_steps).check("warmup_steps", warmup_steps)
     fraction = PAPER_WARMUP_FRACTION if warmup_fraction is None else warmup_fraction
-    fraction = _check_real("warmup_fraction", fraction, low=0.0, high=1.0)
+    fraction = _FRACTION.check("warmup_fraction", fraction)
     # Python's round (half to even): W = round(0.3·T) as the paper's "30% of the steps".
     return round(fraction * total_steps)
 
@@ -126,16 +126,16 @@ def _resolve_warmup_steps(
 
 
 def polynomial_warmup_decay(
-    step: int,
+    step: Annotated[int, _STEP],
     *,
-    total_steps: int,
-    peak_lr: float,
-    warmup_fraction: float | None = None,
-    warmup_steps: int | None = None,
-    init_lr: float = 0.0,
-    final_lr: float = 0.0,
-    warmup_power: float = 2.0,
-    decay_power: float = 2.0,
+    total_steps: Annotated[int, _STEPS],
+    peak_lr: Annotated[float, _POSITIVE],
+    warmup_fraction: Annotated[float | None, _FRACTION] = None,
+    warmup_steps: Annotated[int | None, _STEP] = None,
+    init_lr: Annotated[float, _NONNEGATIVE] = 0.0,
+    final_lr: Annotated[float, _NONNEGATIVE] = 0.0,
+    warmup_power: Annotated[float, _POSITIVE] = 2.0,
+    decay_power: Annotated[float, _POSITIVE] = 2.0,
 ) -> float:
     """Polynomial warm-up then polynomial decay (Nado et al., 2021; MLPerf), Appendix A.1.
 
@@ -171,13 +171,10 @@ def polynomial_warmup_decay(
     References:
         Nado et al. (2021), "A large batch optimizer reality check"; Appendix A.1 of the paper.
     """
-    t = _check_int("step", step, minimum=0)
-    T = _check_int("total_steps", total_steps, minimum=1)
-    peak = _check_real("peak_lr", peak_lr, low=0.0, low_open=True)
-    init = _check_real("init_lr", init_lr, low=0.0, high=peak)
-    final = _check_real("final_lr", final_lr, low=0.0, high=peak)
-    p_warmup = _check_real("warmup_power", warmup_power, low=0.0, low_open=True)
-    p_decay = _check_real("decay_power", decay_power, low=0.0, low_open=True)
+    t, T, peak, final = _checked_run(step, total_steps, peak_lr, final_lr)
+    init = _at_most(peak).check("init_lr", init_lr)
+    p_warmup = _POSITIVE.check("warmup_power", warmup_power)
+    p_decay = _POSITIVE.check("decay_power", decay_power)
     W = _resolve_warmup_steps(T, warmup_fraction, warmup_steps)
 
     if t >= T:  # checked first: with W == T there is no decay phase to divide by
@@ -188,12 +185,12 @@ def polynomial_warmup_decay(
 
 
 def cosine_warmup(
-    step: int,
+    step: Annotated[int, _STEP],
     *,
-    total_steps: int,
-    peak_lr: float,
-    warmup_steps: int,
-    final_lr: float = 0.0,
+    total_steps: Annotated[int, _STEPS],
+    peak_lr: Annotated[float, _POSITIVE],
+    warmup_steps: Annotated[int, _STEP],
+    final_lr: Annotated[float, _NONNEGATIVE] = 0.0,
 ) -> float:
     """Linear warm-up from 0, then cosine decay (He et al., 2019b), the paper's SGD schedule.
 
@@ -222,11 +219,8 @@ def cosine_warmup(
     References:
         He et al. (2019b), "Bag of tricks for image classification"; Appendix A.1 of the paper.
     """
-    t = _check_int("step", step, minimum=0)
-    T = _check_int("total_steps", total_steps, minimum=1)
-    peak = _check_real("peak_lr", peak_lr, low=0.0, low_open=True)
-    final = _check_real("final_lr", final_lr, low=0.0, high=peak)
-    W = _check_int("warmup_steps", warmup_steps, minimum=0, maximum=T)
+    t, T, peak, final = _checked_run(step, total_steps, peak_lr, final_lr)
+    W = _up_to(T).check("warmup_steps", warmup_steps)
 
     if t >= T:
         return final
@@ -235,7 +229,7 @@ def cosine_warmup(
     return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * (t - W) / (T - W)))
 
 
-def constant(step: int, *, lr: float) -> float:
+def constant(step: Annotated[int, _STEP], *, lr: Annotated[float, _POSITIVE]) -> float:
     """A constant learning rate (baselines, debugging).
 
     Args:
@@ -245,8 +239,8 @@ def constant(step: int, *, lr: float) -> float:
     Returns:
         ``lr``.
     """
-    _check_int("step", step, minimum=0)
-    return _check_real("lr", lr, low=0.0, low_open=True)
+    _STEP.check("step", step)
+    return _POSITIVE.check("lr", lr)
 
 
 def warmup_steps_from_epochs(epochs: float, steps_per_epoch: int) -> int:
@@ -259,8 +253,8 @@ def warmup_steps_from_epochs(epochs: float, steps_per_epoch: int) -> int:
     Returns:
         ``round(epochs·steps_per_epoch)``.
     """
-    epochs = _check_real("epochs", epochs, low=0.0)
-    steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+    epochs = _NONNEGATIVE.check("epochs", epochs)
+    steps_per_epoch = _STEPS.check("steps_per_epoch", steps_per_epoch)
     return round(epochs * steps_per_epoch)
 
 
@@ -282,11 +276,11 @@ def scale_lr(base_lr: float, batch_size: int, base_batch_size: int, rule: str = 
     Returns:
         The scaled learning rate.
     """
-    if rule not in _SCALING_RULES:
-        raise ValueError(f"rule must be one of {_SCALING_RULES}, got {rule!r}")
-    base_lr = _check_real("base_lr", base_lr, low=0.0, low_open=True)
-    batch_size = _check_int("batch_size", batch_size, minimum=1)
-    base_batch_size = _check_int("base_batch_size", base_batch_size, minimum=1)
+    if rule not in SCALING_RULES:
+        raise InputError(f"rule must be one of {SCALING_RULES}, got {rule!r}")
+    base_lr = _POSITIVE.check("base_lr", base_lr)
+    batch_size = _STEPS.check("batch_size", batch_size)
+    base_batch_size = _STEPS.check("base_batch_size", base_batch_size)
     ratio = batch_size / base_batch_size
     # math.sqrt rather than ** 0.5: correctly rounded, so 0.04 at B₀ and 0.02 at B₀/4 exactly.
     return base_lr * (math.sqrt(ratio) if rule == "sqrt" else ratio)
@@ -303,7 +297,7 @@ def paper_peak_lr(batch_size: int, dataset: str = "cifar") -> float:
         ``η_peak`` of Appendix A.2.
     """
     if dataset not in _DATASET_ALIASES:
-        raise ValueError(f"dataset must be one of {sorted(_DATASET_ALIASES)}, got {dataset!r}")
+        raise InputError(f"dataset must be one of {sorted(_DATASET_ALIASES)}, got {dataset!r}")
     base_batch_size = PAPER_BASE_BATCH_SIZE[_DATASET_ALIASES[dataset]]
     return scale_lr(PAPER_BASE_LR, batch_size, base_batch_size, rule="sqrt")
 
@@ -312,25 +306,35 @@ def paper_peak_lr(batch_size: int, dataset: str = "cifar") -> float:
 
 Schedule = Callable[[int], float]
 
-SCHEDULES: dict[str, Callable[..., float]] = {
-    "polynomial": polynomial_warmup_decay,
-    "cosine": cosine_warmup,
-    "constant": constant,
-}
+#: Every schedule by name: a ``step -> lr`` function whose keyword arguments are its options.
+SCHEDULES: Registry[Entry] = Registry(
+    "schedule",
+    [
+        Entry(
+            "polynomial",
+            polynomial_warmup_decay,
+            description="polynomial warm-up and decay (Appendix A.1, the paper's LAMB runs)",
+            fixed=("step",),
+        ),
+        Entry(
+            "cosine",
+            cosine_warmup,
+            description="linear warm-up, then cosine decay (Appendix A.1, the paper's SGD runs)",
+            fixed=("step",),
+        ),
+        Entry("constant", constant, description="a constant rate (baselines)", fixed=("step",)),
+    ],
+    sort=True,
+)
 
 
 def get_schedule(name: str) -> Callable[..., float]:
     """The schedule function registered under ``name``.
 
     Raises:
-        ValueError: for an unknown name, listing the known ones.
+        RegistryError: for an unknown name, listing the known ones (a ``ValueError``).
     """
-    try:
-        return SCHEDULES[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown schedule {name!r}; known: {', '.join(sorted(SCHEDULES))}"
-        ) from None
+    return SCHEDULES.entry(name).builder
 
 
 class _BoundSchedule:
@@ -361,14 +365,7 @@ def make_schedule(name: str, **kwargs: Any) -> Schedule:
         ValueError: unknown name (listing the known ones), unknown or missing arguments (listing
             the accepted ones), or a bad hyper-parameter.
     """
-    fn = get_schedule(name)
-    params = inspect.signature(fn).parameters
-    accepted = [p for p in params if p != "step"]
-    try:
-        inspect.signature(fn).bind(0, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"schedule {name!r}: {err}; it accepts {', '.join(accepted)}") from None
-    schedule = _BoundSchedule(name, fn, kwargs)
+    schedule = _BoundSchedule(name, get_schedule(name), SCHEDULES.bind(name, **kwargs))
     schedule(0)  # fail at construction, not at the first step, on a bad hyper-parameter
     return schedule
 
@@ -403,7 +400,7 @@ class LRScheduler(_TorchLRScheduler):
     ) -> None:
         if not callable(schedule):
             raise TypeError(f"schedule must be callable step -> lr, got {schedule!r}")
-        last_step = _check_int("last_step", last_step, minimum=-1)
+        last_step = Range(-1, integer=True).check("last_step", last_step)
         self.schedule = schedule
         # torch's base class insists on "initial_lr" when resuming; our rates never use it.
         for group in optimizer.param_groups:

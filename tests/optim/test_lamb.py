@@ -163,7 +163,7 @@ def test_foreach_default_follows_the_measured_table(monkeypatch):
             f"_{name}_tensor_lamb",
             lambda params, *a, name=name, **k: calls.append((name, len(params))),
         )
-    large = nn.Parameter(torch.ones(lamb_module._SMALL_TENSOR_NUMEL + 1, dtype=torch.float64))
+    large = nn.Parameter(torch.ones(lamb_module.SMALL_TENSOR_NUMEL + 1, dtype=torch.float64))
     params = [*make_params(), large]
     for p in params:
         p.grad = torch.ones_like(p)
@@ -197,8 +197,8 @@ def test_all_adapts_without_weight_decay_and_decayed_does_not():
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 def test_a_zero_initialised_beta_grows_only_without_the_ratio(foreach):
-    # The mechanism design.md §4 names: with the ratio on, β starting at 0 takes one plain step,
-    # then grows by at most a factor (1 + η) per step; without it, it grows by about η per step.
+    # The mechanism docs/design.md §4 names: with the ratio on, β starting at 0 takes one plain
+    # step, then grows by at most a factor (1 + η) per step; without it, by about η per step.
     norms = {}
     for mode in ("all", "decayed"):
         beta = nn.Parameter(torch.zeros(8, dtype=torch.float64))

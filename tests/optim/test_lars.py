@@ -156,7 +156,7 @@ def test_foreach_default_follows_the_measured_table(monkeypatch):
             f"_{name}_tensor_lars",
             lambda params, *a, name=name, **k: calls.append((name, len(params))),
         )
-    large = nn.Parameter(torch.ones(lars_module._SMALL_TENSOR_NUMEL + 1, dtype=torch.float64))
+    large = nn.Parameter(torch.ones(lars_module.SMALL_TENSOR_NUMEL + 1, dtype=torch.float64))
     params = [*make_params(), large]
     for p in params:
         p.grad = torch.ones_like(p)

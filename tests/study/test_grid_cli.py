@@ -8,6 +8,7 @@ import pytest
 
 from biasdecay.cli import main
 from biasdecay.study.grid import load_grid
+from biasdecay.study.sweep import SweepError
 
 pytest.importorskip("sklearn")
 
@@ -46,11 +47,14 @@ def test_grid_file_gives_runs_with_shared_settings_first(tmp_path) -> None:
         ("[runs.a]\nset = 'run.epochs=1'\n", r"\[runs.a\] set must be a list"),
         ("[runs.a]\nsett = []\n", r"unknown key\(s\) sett; valid: set, labels"),
         ("[runs.a\n", "not valid TOML"),
+        ("base = 3\n[runs.a]\n", "base must be the path of a config TOML file, got 3"),
+        ('[runs."../up"]\n', r"run name '../up' must be non-empty letters"),
+        ("[runs.a]\nlabels = 3\n", "labels must be a table, got 3"),
     ],
 )
 def test_bad_grid_files(tmp_path, text, message) -> None:
     (tmp_path / "grid.toml").write_text(text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SweepError, match=message):
         load_grid(tmp_path / "grid.toml")
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from biasdecay.study.plan import make_plan, save_plan
-from biasdecay.study.report import write_report
-from biasdecay.study.sections import SECTIONS
+from biasdecay.study.report import REPORT_SECTIONS, write_report
 from biasdecay.study.specs import STUDIES
-from biasdecay.train.tracking import MetricsWriter, write_summary
+from biasdecay.study.sweep import RunSpec
+from biasdecay.train.metrics import MetricsWriter
+from biasdecay.train.summary import write_summary
 
 pytest.importorskip("matplotlib")
 
@@ -133,7 +135,9 @@ def test_every_section_and_plot_comes_from_the_run_files(tmp_path, study) -> Non
             assert f"{100 * f['summary']['test_accuracy']:.2f}%" in text
     assert re.search(r"\| -( \||$)", text, re.M), "the diverged run must show as '-'"
     assert "## Claims: summary" in text or not any(
-        SECTIONS[s] for s in plan.study.sections if s in ("table1", "table2", "table3", "table4")
+        REPORT_SECTIONS[s]
+        for s in plan.study.sections
+        if s in ("table1", "table2", "table3", "table4")
     )
     assert "Preset **smoke**" in text
 
@@ -234,3 +238,37 @@ def test_adaptation_says_which_convention_lets_beta_grow_and_which_runs_plateau(
     # 6 of the 8 settings are flat over their last 20% (3 seeds each); β frozen ones rise.
     assert "18 of 24 finished runs end on a plateau" in training
     assert list((tmp_path / "plots").glob("adaptation_beta.png"))
+
+
+def _fabricate_never_decaying(out: Path, plan) -> None:
+    """Tracked runs whose adaptive β decay never decayed (no ``beta_decayed`` entries)."""
+    for run in plan.runs:
+        _fabricate_tracked(out / run.name, 0.01, 10.0, rising=False)
+
+
+def test_the_threshold_R_is_each_runs_own(tmp_path) -> None:
+    plan = make_plan("adaptation", "smoke", extra=("policy.threshold=0.2",))
+    save_plan(plan, tmp_path)
+    _fabricate_never_decaying(tmp_path, plan)
+    _, text = write_report(tmp_path)
+    section = text.split("## Adaptive β decay")[1].split("\n## ")[0]
+    assert "r_l never reached R = 0.2 in 2 of these runs" in section
+    assert "R = 0.1" not in section and "do not share" not in section
+
+
+def test_runs_made_with_different_thresholds_are_named_not_averaged(tmp_path) -> None:
+    plan = make_plan("adaptation", "smoke")
+    runs = list(plan.runs)
+    i = next(k for k, r in enumerate(runs) if r.setting.policy == "adaptive_beta_decay")
+    spec = runs[i].spec
+    overrides = (*spec.overrides, "policy.threshold=0.3")
+    runs[i] = replace(runs[i], spec=RunSpec(spec.name, overrides, spec.labels))
+    plan = replace(plan, runs=tuple(runs))
+    save_plan(plan, tmp_path)
+    _fabricate_never_decaying(tmp_path, plan)
+    _, text = write_report(tmp_path, plan)
+    section = text.split("## Adaptive β decay")[1].split("\n## ")[0]
+    other = next(r.name for r in plan.runs[i + 1 :] if r.setting.policy == "adaptive_beta_decay")
+    shown = f"R, which these runs do not share (0.3 in {spec.name}, 0.1 in {other})"
+    assert f"The threshold is {shown}: each heat map marks its own run's R." in section
+    assert f"r_l never reached {shown} in 2 of these runs" in section

@@ -126,7 +126,9 @@ def test_sweep_command_errors_and_dry_run(tmp_path) -> None:
     missing = _cli("sweep", "main", "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "a study needs --preset: one of paper" in missing.stderr
     unknown = _cli("sweep", "table9", "--preset", "cpu", "--out", str(tmp_path / "x"))
-    assert unknown.returncode == 2 and "valid studies: table1" in unknown.stderr
+    assert (
+        unknown.returncode == 2 and "unknown study 'table9'; valid names: table1" in unknown.stderr
+    )
     bad_root = _cli("sweep", "main", "--preset", "cpu", "--out", "x", "--data-root", "cifar10")
     assert bad_root.returncode == 2 and "expected NAME=DIR" in bad_root.stderr
     dry = _cli("sweep", "table3", "--preset", "cpu", "--out", str(tmp_path / "t3"), "--dry-run")

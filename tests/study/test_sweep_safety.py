@@ -172,6 +172,6 @@ def test_a_report_refuses_runs_its_plan_did_not_make(tmp_path) -> None:
     (tmp_path / run.name).mkdir()
     (tmp_path / run.name / "config.toml").write_text(dump_toml(cfg))
     with pytest.raises(
-        ValueError, match=r"(?s)do not match study.json: .*run.epochs 7.0 \(on disk\) -> 2.0"
+        SweepError, match=r"(?s)do not match study.json: .*run.epochs 7.0 \(on disk\) -> 2.0"
     ):
         write_report(tmp_path)

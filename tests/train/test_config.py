@@ -211,7 +211,7 @@ def test_tuples_and_lists_are_checked_element_by_element() -> None:
 def test_betas_range_after_parsing(tmp_path: Path) -> None:
     path = write(tmp_path, "[optimizer]\nbetas = [0.8, 1]\n")
     message = error_of(path)
-    assert "optimizer.betas[1]" in message and "< 1" in message
+    assert "optimizer.betas[1]" in message and "[0, 1)" in message
 
 
 def test_type_errors_name_the_file(tmp_path: Path) -> None:
@@ -295,34 +295,34 @@ def test_close_registry_name_is_suggested() -> None:
 @pytest.mark.parametrize(
     ("override", "range_text"),
     [
-        ("run.epochs=0", "> 0"),
-        ("run.epochs=nan", "> 0"),
-        ("run.epochs=inf", "finite"),
-        ("run.batch_size=0", ">= 1"),
-        ("run.micro_batch_size=0", ">= 1"),
-        ("optimizer.lr=-0.1", "> 0"),
-        ("optimizer.base_lr=0", "> 0"),
-        ("optimizer.base_batch_size=0", ">= 1"),
-        ("optimizer.weight_decay=-1e-3", ">= 0"),
-        ("optimizer.momentum=1", "< 1"),
-        ("optimizer.eps=0", "> 0"),
-        ("optimizer.max_grad_norm=0", "> 0"),
-        ("model.width=0", "> 0"),
-        ("model.ghost_batch_size=0", ">= 1"),
-        ("data.train_samples=0", ">= 1"),
-        ("data.pad_to=-32", ">= 1"),
-        ("policy.beta=-1", ">= 0"),
-        ("policy.threshold=nan", ">= 0"),
-        ("schedule.warmup_fraction=1.5", "<= 1"),
-        ("schedule.warmup_power=0", "> 0"),
-        ("run.keep_checkpoints=0", ">= 1"),
-        ("run.log_every=0", ">= 1"),
-        ("run.eval_every=-1", ">= 0"),
-        ("run.seed=-1", ">= 0"),
-        ("run.measure_samples=0", ">= 1"),
-        ("run.max_steps=0", ">= 1"),
-        ("run.divergence_loss=0", "> 0"),
-        ("run.measure_epochs=[-1]", ">= 0"),
+        ("run.epochs=0", "(0, inf)"),
+        ("run.epochs=nan", "(0, inf)"),
+        ("run.epochs=inf", "(0, inf)"),
+        ("run.batch_size=0", "[1, inf)"),
+        ("run.micro_batch_size=0", "[1, inf)"),
+        ("optimizer.lr=-0.1", "(0, inf)"),
+        ("optimizer.base_lr=0", "(0, inf)"),
+        ("optimizer.base_batch_size=0", "[1, inf)"),
+        ("optimizer.weight_decay=-1e-3", "[0, inf)"),
+        ("optimizer.momentum=1", "[0, 1)"),
+        ("optimizer.eps=0", "(0, inf)"),
+        ("optimizer.max_grad_norm=0", "(0, inf)"),
+        ("model.width=0", "(0, inf)"),
+        ("model.ghost_batch_size=0", "[1, inf)"),
+        ("data.train_samples=0", "[1, inf)"),
+        ("data.pad_to=-32", "[1, inf)"),
+        ("policy.beta=-1", "[0, inf)"),
+        ("policy.threshold=nan", "[0, inf]"),
+        ("schedule.warmup_fraction=1.5", "[0, 1]"),
+        ("schedule.warmup_power=0", "(0, inf)"),
+        ("run.keep_checkpoints=0", "[1, inf)"),
+        ("run.log_every=0", "[1, inf)"),
+        ("run.eval_every=-1", "[0, inf)"),
+        ("run.seed=-1", "[0, inf)"),
+        ("run.measure_samples=0", "[1, inf)"),
+        ("run.max_steps=0", "[1, inf)"),
+        ("run.divergence_loss=0", "(0, inf]"),
+        ("run.measure_epochs=[-1]", "[0, inf)"),
     ],
 )
 def test_out_of_range_values_name_key_and_range(override: str, range_text: str) -> None:
@@ -561,3 +561,146 @@ def test_run_measures_are_checked_against_the_suite() -> None:
         load_config(None, ["run.measures=[]", "run.measure_epochs=[1]"])
     with pytest.raises(ConfigError, match="run.measure_matvecs"):
         load_config(None, ["run.measure_matvecs=0"])
+
+
+# ---- settings derived from the registries -----------------------------------------------------
+
+
+def test_component_defaults_are_the_builders_own() -> None:
+    import inspect
+
+    from biasdecay.optim import LAMB, LARS
+    from biasdecay.schedules import polynomial_warmup_decay
+
+    cfg = load_config()
+    lamb = inspect.signature(LAMB).parameters
+    assert cfg.optimizer.betas == lamb["betas"].default and cfg.optimizer.eps == lamb["eps"].default
+    assert cfg.optimizer.max_grad_norm is lamb["max_grad_norm"].default
+    assert cfg.optimizer.momentum == inspect.signature(LARS).parameters["momentum"].default
+    poly = inspect.signature(polynomial_warmup_decay).parameters
+    assert cfg.schedule.decay_power == poly["decay_power"].default
+
+
+def test_setting_help_names_default_range_and_reach() -> None:
+    from biasdecay.train.config_help import format_setting_help, setting_help
+
+    (momentum,) = setting_help("optimizer.momentum")
+    assert (momentum.default, momentum.valid, momentum.applies_to) == (
+        0.9,
+        "[0, 1)",
+        ("lars", "sgd"),
+    )
+    assert momentum.help
+    line = format_setting_help("optimizer.momentum")
+    assert line.startswith("optimizer.momentum = 0.9  (float; [0, 1)) [only lars, sgd]: ")
+    assert [h.key for h in setting_help("policy")][:2] == ["policy.name", "policy.beta"]
+    assert len(setting_help()) == sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
+    with pytest.raises(ConfigError, match="did you mean optimizer.momentum"):
+        setting_help("optimizer.momentun")
+    with pytest.raises(ConfigError, match=r"did you mean \[optimizer\]"):
+        setting_help("optimiser")
+
+
+def test_check_override_checks_one_setting_on_its_own() -> None:
+    from biasdecay.train.config import check_override
+
+    assert check_override("run.epochs=3") == ("run.epochs", 3.0)
+    assert check_override("optimizer.betas=[0.9, 0.99]") == ("optimizer.betas", (0.9, 0.99))
+    with pytest.raises(ConfigError, match=r"run.epochs must be in \(0, inf\), got 0.0"):
+        check_override("run.epochs=0")
+    with pytest.raises(ConfigError, match="expected float"):
+        check_override("run.epochs=soon")
+    with pytest.raises(ConfigError, match="did you mean run.epochs"):
+        check_override("run.epoch=3")
+
+
+# ---- the modules config is made of ---------------------------------------------------------------
+
+
+def test_config_re_exports_what_moved_as_the_same_objects() -> None:
+    import subprocess
+
+    from biasdecay.train import config, config_fields, config_help, config_values
+
+    assert config.ConfigError is config_values.ConfigError
+    assert config.NONE_WORDS is config_values.NONE_WORDS
+    assert config.Setting is config_fields.Setting
+    assert config_help.setting_help  # the help lives in its own module, on top of the config
+    assert all(hasattr(config, name) for name in config.__all__)
+    # The help imports the config, never the other way round: each imports first on its own.
+    for module in ("biasdecay.train.config_help", "biasdecay.train.config_values"):
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+
+
+def test_values_take_any_type_hint_and_name_the_key() -> None:
+    from biasdecay.train.config_values import coerce, describe_type, override_value
+
+    assert describe_type(tuple[int, int, int]) == "a list of 3 ints"
+    assert describe_type(list[str] | None) == "a list of strs or none"
+    assert coerce([1, 2], tuple[float, float], "a.b") == (1.0, 2.0)
+    assert coerce("null", int | None, "a.b") is None
+    assert coerce("null", str, "a.b") == "null"  # a plain str keeps the word
+    with pytest.raises(ConfigError, match=r"^a\.b\[1\]: expected int, got True \(bool\)$"):
+        coerce([1, True], list[int], "a.b")
+    with pytest.raises(ConfigError, match=r"expected a list of 2 ints, got \[1\] \(length 1\)"):
+        coerce([1], tuple[int, int], "a.b")
+    assert override_value("[1, 2]", list[int]) == [1, 2]
+    assert override_value("2024-01-01", str | None) == "2024-01-01"  # a path, not a date
+    assert override_value("1\nother = 2", int) == "1\nother = 2"
+
+
+def test_split_override_suggests_the_section_of_a_bare_key() -> None:
+    from biasdecay.train.config_values import sections_with_key, split_override
+
+    keys = {"a": ("x",), "b": ("y", "x")}
+    assert sections_with_key("x", keys) == ["a", "b"]
+    assert split_override(" b.y = 3 ", keys) == ("b", "y", "3")
+    with pytest.raises(ConfigError, match=r"did you mean a\.x=3\?$"):
+        split_override("x=3", keys)
+    with pytest.raises(
+        ConfigError, match=r"expected the form section\.key=value \(e\.g\. [^)]*\)$"
+    ):
+        split_override("z=3", keys)
+
+
+def test_read_toml_names_the_file(tmp_path: Path) -> None:
+    from biasdecay.train.config_values import read_toml
+
+    assert read_toml(write(tmp_path, "[a]\nx = 1\n")) == {"a": {"x": 1}}
+    with pytest.raises(ConfigError, match="config file not found: .*nowhere.toml"):
+        read_toml(tmp_path / "nowhere.toml")
+    with pytest.raises(ConfigError, match=r"invalid TOML in .*run\.toml: .*\n  line 2: x = = 1"):
+        read_toml(write(tmp_path, "[a]\nx = = 1\n"))
+
+
+def test_check_setting_name_checks_a_section_or_a_key() -> None:
+    from biasdecay.train.config import FIELD_TYPES, check_setting_name
+
+    check_setting_name("run")
+    check_setting_name("run", "epochs")
+    assert FIELD_TYPES["run"]["epochs"] is float
+    with pytest.raises(
+        ConfigError, match=r"^here: unknown key run\.epoch; .*did you mean run\.epochs"
+    ):
+        check_setting_name("run", "epoch", "here")
+    with pytest.raises(ConfigError, match=r"^setting: unknown section \[\]"):
+        check_setting_name("")
+    with pytest.raises(ConfigError, match="replaced by optimizer.layer_adaptation"):
+        check_setting_name("optimizer", "trust_ratio")
+
+
+def test_fields_carry_their_setting_and_read_options_from_the_registry() -> None:
+    from biasdecay.optim import OPTIMIZERS
+    from biasdecay.train.config_fields import Setting, option, setting, setting_of
+
+    @dataclasses.dataclass
+    class Section:
+        steps: list[int] = setting([1], None, "when")
+        momentum: float = option(OPTIMIZERS, "momentum", applies_to=("sgd",), help="μ")
+
+    steps, momentum = dataclasses.fields(Section)
+    assert setting_of(steps) == Setting(None, "when")
+    assert Section().steps is not Section().steps  # a list default is copied per instance
+    spec = setting_of(momentum)
+    assert (spec.option, spec.applies_to, spec.help) == ("momentum", ("sgd",), "μ")
+    assert Section().momentum == 0.9 and spec.constraint.describe() == "[0, 1)"

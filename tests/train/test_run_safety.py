@@ -20,7 +20,7 @@ from biasdecay.train.checkpoint import list_checkpoints
 from biasdecay.train.config import load_config
 from biasdecay.train.engine import StorageError, Trainer
 from biasdecay.train.process import RunDirectoryBusy, RunLock
-from biasdecay.train.tracking import read_metrics
+from biasdecay.train.metrics import read_metrics
 
 pytest.importorskip("sklearn")
 

@@ -11,15 +11,11 @@ import sys
 import pytest
 import torch
 
-from biasdecay.train import tracking
-from biasdecay.train.tracking import (
-    MetricsWriter,
-    Progress,
-    environment_info,
-    read_metrics,
-    write_run_info,
-    write_summary,
-)
+from biasdecay.train import run_info
+from biasdecay.train.metrics import MetricsWriter, read_metrics
+from biasdecay.train.progress import Progress
+from biasdecay.train.run_info import environment_info, write_run_info
+from biasdecay.train.summary import write_summary
 
 
 def _lines(run_dir) -> list[dict]:
@@ -216,13 +212,13 @@ def test_git_commit_when_available_and_silently_none_otherwise(monkeypatch):
         assert args == ["git", "rev-parse", "HEAD"]
         return subprocess.CompletedProcess(args, 0, stdout=commit + "\n", stderr="")
 
-    monkeypatch.setattr(tracking.subprocess, "run", fake_run)
+    monkeypatch.setattr(run_info.subprocess, "run", fake_run)
     assert environment_info("cpu", 1)["git_commit"] == commit
 
     def no_git(args, **kwargs):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(tracking.subprocess, "run", no_git)
+    monkeypatch.setattr(run_info.subprocess, "run", no_git)
     assert environment_info("cpu", 1)["git_commit"] is None
 
 

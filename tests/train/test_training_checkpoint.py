@@ -146,7 +146,7 @@ def test_list_ignores_temporary_and_foreign_files(tmp_path):
         "step-000000020.pt",
         "step-000000003.pt",
         "step-1234567890.pt",  # past 9 digits: still ordered by step
-        ".step-000000040.pt.x1y2.tmp",  # atomic_save's temporary file
+        ".step-000000040.pt.x1y2.tmp",  # save_torch's temporary file
         "step-000000050.pt.tmp",
         "step-7.pt",
         "notes.txt",

@@ -1,15 +1,12 @@
-"""Pieces the subcommands share: devices, data preparation and atomic JSON output."""
+"""Pieces the subcommands share: their error, devices, data preparation and path checks."""
 
 from __future__ import annotations
 
-import enum
-import json
-import math
+import contextlib
 import os
-import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -21,6 +18,29 @@ from biasdecay.nn.models import min_image_size
 
 class UsageError(BiasDecayError, ValueError):
     """Bad command-line input; the message says what is wrong and how to fix it."""
+
+
+@contextlib.contextmanager
+def user_input() -> Iterator[None]:
+    """Turn the library's refusal of a value the user gave into a :class:`UsageError`.
+
+    The library's look-ups and checks (an unknown model, data set, measure, study or preset
+    name, a batch that does not split) raise ``ValueError``, as a library should, and a path
+    that cannot be read raises ``OSError``; the command knows that the value came from the
+    command line. Wrap only calls that look up or check such values before the work starts: an
+    exception from inside the work is a bug and keeps its traceback.
+
+    Raises:
+        UsageError: with the library's message (the original exception is its cause).
+    """
+    try:
+        yield
+    except BiasDecayError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {os_error_text(exc)}") from exc
 
 
 def resolve_device(name: str) -> torch.device:
@@ -139,36 +159,3 @@ def writable_file(path: str | Path, flag: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: {existing} is not writable; give a path you can write")
     return path
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_strict(obj), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _strict(obj: Any) -> Any:
-    """Strict JSON values: inf/nan become the strings "inf"/"-inf"/"nan", enums their value."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {str(getattr(k, "value", k)): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    return obj
-
-
-def show_progress(flag: bool | None) -> bool:
-    """Progress bars only on an interactive terminal unless forced on/off."""
-    return sys.stderr.isatty() if flag is None else flag

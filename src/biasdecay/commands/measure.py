@@ -9,24 +9,132 @@ from typing import Any
 
 import torch
 
+from biasdecay.atomic import write_json
 from biasdecay.commands.common import (
     UsageError,
     measurement_batches,
     model_spec_for,
     pad_for,
     resolve_device,
-    show_progress,
+    user_input,
     writable_file,
-    write_json_atomic,
 )
+from biasdecay.commands.flags import add_progress_flags, add_subcommand, show_progress
 from biasdecay.data import load_dataset
 from biasdecay.nn.checkpoint import load_model
-from biasdecay.sharpness.suite import MeasureOptions, parse_measures, run_measures
+from biasdecay.sharpness.suite import MeasureOptions, measure_names, parse_measures, run_measures
 from biasdecay.tables import text_table
+
+HELP = "connectivity sharpness by substructure, r_l, Tr(H), λmax(H), Fisher-Rao"
+
+DESCRIPTION = """\
+Measure a trained network: connectivity sharpness C (per-sample, paper eq. 4) and C_m
+(mini-batch) split by substructure as in the paper's Table 2 (Conv, γ, β, FC(w), FC(b)), the
+bias-utilisation ratio r_l = C(β_l)/C(γ_l) of every normalisation layer, and the baselines
+Tr(H) (Hutch++), λmax(H) (Lanczos) and the Fisher-Rao norm θᵀFθ (eq. 8).
+
+The measures run on a fixed, seeded subset of the chosen split with BatchNorm in eval mode
+(C_m can use batch statistics with --train-mode). The model and BN statistics are unchanged.
+"""
+
+EPILOG = """\
+examples:
+  biasdecay measure --checkpoint runs/main/model.pt --data fashion-mnist
+  biasdecay measure --checkpoint model.pt --data cifar10 --data-root ~/data/cifar-10-batches-py \\
+      --measures connectivity,connectivity-m --samples 10000 --json measures.json
+  biasdecay measure --model resnet18 --width 0.25 --checkpoint state_dict.pt --data fashion-mnist
+"""
+
+DEFAULT_MEASURES = "connectivity,connectivity-m,hessian-trace,hessian-max,fisher-rao"
+
+# The subset's size and the estimators' budgets: flag, type, default, help.
+SIZES = (
+    ("--samples", int, 1024, "size of the seeded measurement subset (default: 1024)"),
+    ("--batch-size", int, 128, "batch size; C_m depends on it (default: 128)"),
+    ("--matvecs", int, 30, "Hessian-vector products for the Hutch++ trace (default: 30)"),
+    ("--lanczos-iters", int, 20, "maximum Lanczos iterations for λmax (default: 20)"),
+    ("--lanczos-tol", float, 1e-3, "relative Ritz-residual tolerance for λmax (default: 1e-3)"),
+)
+# Options with a fixed set of values: flag, default, choices, help.
+SPLIT_HELP = "which split to measure on (default: test)"
+FISHER_HELP = "Fisher of the model's predictive distribution or of the true labels"
+CHOICES = (
+    ("--split", "test", ["train", "test"], SPLIT_HELP),
+    ("--fisher-labels", "model", ["model", "empirical"], FISHER_HELP),
+    ("--dtype", "float32", ["float32", "float64"], None),
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``measure`` to ``subparsers`` (see :mod:`biasdecay.commands`); returns its parser."""
+    p = add_subcommand(subparsers, "measure", HELP, DESCRIPTION, EPILOG)
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="model checkpoint (from `biasdecay train`"
+        " or a bare state_dict; loaded with weights_only=True)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model name, needed for a bare state_dict "
+        "(see `biasdecay list models`); default: the one stored in the checkpoint",
+    )
+    p.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="width multiplier of --model (default 1; 0.25 = ResNet-18 with 16 base channels); "
+        "only with --model: a biasdecay checkpoint carries its own",
+    )
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="data set (see `biasdecay list data`; default: fashion-mnist)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="directory of the data set's files (default: the standard place, e.g. "
+        "/usr/share/datasets/fashion-mnist for fashion-mnist)",
+    )
+    p.add_argument(
+        "--measures",
+        default=DEFAULT_MEASURES,
+        help=f"comma-separated, from: {', '.join(measure_names())} (default: all but invariance)",
+    )
+    for flag, kind, default, text in SIZES:
+        p.add_argument(flag, type=kind, default=default, help=text)
+    for flag, default, choices, text in CHOICES:
+        p.add_argument(flag, default=default, choices=choices, help=text)
+    p.add_argument(
+        "--train-mode",
+        action="store_true",
+        help="compute C_m with batch statistics (as in training) instead of eval mode",
+    )
+    p.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seed of subsets and random probes")
+    add_progress_flags(p)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
-    measures = parse_measures(args.measures)
+    """Measure the model ``args`` name on its data, print the tables, optionally write JSON.
+
+    Args:
+        args: the parsed ``measure`` arguments.
+
+    Returns:
+        The exit status (0).
+
+    Raises:
+        BiasDecayError: bad input (a name, a path, a checkpoint that does not fit); nothing was
+            measured.
+    """
+    with user_input():
+        measures = parse_measures(args.measures)
     device = resolve_device(args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     if args.checkpoint is None and args.model is None:
@@ -39,13 +147,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.json:  # before the measures, not after they have all been computed
         writable_file(args.json, "--json")
-    test = load_dataset(args.data, split=args.split, root=args.data_root)
-    width = 1.0 if args.width is None else args.width
-    spec = model_spec_for(args.model, test, width) if args.model is not None else None
-    if args.checkpoint is not None:
-        model, spec, meta = load_model(args.checkpoint, spec)
-    else:  # freshly initialised network: allowed, and said so in the output
-        model, meta = spec.build().eval(), {"note": "untrained (no checkpoint)"}
+    with user_input():  # an unknown data set or model name, a width the model refuses
+        test = load_dataset(args.data, split=args.split, root=args.data_root)
+        width = 1.0 if args.width is None else args.width
+        spec = model_spec_for(args.model, test, width) if args.model is not None else None
+        if args.checkpoint is not None:
+            model, spec, meta = load_model(args.checkpoint, spec)
+        else:  # freshly initialised network: allowed, and said so in the output
+            model, meta = spec.build().eval(), {"note": "untrained (no checkpoint)"}
     if spec.in_channels != test.in_channels or spec.num_classes != test.num_classes:
         raise UsageError(
             f"the model expects {spec.in_channels} input channels and {spec.num_classes} classes "
@@ -87,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_results(results))
     if args.json:
-        write_json_atomic(
+        write_json(
             args.json,
             {
                 "model": spec.__dict__,

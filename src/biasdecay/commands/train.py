@@ -3,26 +3,93 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from biasdecay.commands.common import UsageError, show_progress, writable_dir
+from biasdecay.commands.common import UsageError, user_input, writable_dir
+from biasdecay.commands.flags import (
+    add_overrides_flag,
+    add_progress_flags,
+    add_subcommand,
+    show_progress,
+)
 
-# Shortcut flags and the config key each one sets.
-SHORTCUTS = {
-    "model": "model.name",
-    "width": "model.width",
-    "data": "data.name",
-    "data_root": "data.root",
-    "epochs": "run.epochs",
-    "batch_size": "run.batch_size",
-    "micro_batch_size": "run.micro_batch_size",
-    "lr": "optimizer.lr",
-    "optimizer": "optimizer.name",
-    "policy": "policy.name",
-    "device": "run.device",
-    "out": "run.out",
-    "seed": "run.seed",
-}
+HELP = "train a configured run (LAMB/LARS/SGD/AdamW, decay policies, ghost BN, torchrun)"
+
+DESCRIPTION = """\
+Train one run with the engine: the model, data, optimiser (LAMB, LARS, SGD, AdamW), decay
+policy (no_bias_decay, beta_decay, adaptive_beta_decay, ...), schedule and run settings come
+from a TOML file (--config, see configs/) and --set overrides. The logical batch is split into
+world size x accumulation x micro-batch. Writes RUN_DIR/{config.toml, environment.json,
+param_groups.txt, metrics.jsonl, summary.json, summary.csv, checkpoints/}.
+
+Multi-GPU or multi-process: the same command under torchrun, e.g.
+  torchrun --nproc_per_node=8 -m biasdecay train --config configs/cifar10_resnet18.toml
+A diverged run stops, keeps its last good checkpoint and is marked "diverged" (exit status 3).
+"""
+
+EPILOG = """\
+examples:
+  biasdecay train --config configs/fashion_resnet18_cpu.toml
+  biasdecay train --config configs/cifar10_resnet18.toml --data-root ~/data/cifar-10-batches-py \\
+      --set policy.name=adaptive_beta_decay --out runs/c10-adaptive
+  biasdecay train --resume runs/c10-adaptive
+"""
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    """A flag that sets one config key: ``--epochs 2`` is ``--set run.epochs=2``."""
+
+    flag: str
+    type: type
+    key: str
+    note: str = ""  # shown after the key in --help
+
+    @property
+    def dest(self) -> str:
+        """The flag's attribute in the parsed arguments."""
+        return self.flag[2:].replace("-", "_")
+
+
+SHORTCUTS = (
+    Shortcut("--model", str, "model.name"),
+    Shortcut("--width", float, "model.width"),
+    Shortcut("--data", str, "data.name"),
+    Shortcut("--data-root", str, "data.root"),
+    Shortcut("--epochs", float, "run.epochs"),
+    Shortcut("--batch-size", int, "run.batch_size", "the logical batch"),
+    Shortcut("--micro-batch-size", int, "run.micro_batch_size", "per rank"),
+    Shortcut("--lr", float, "optimizer.lr", "peak"),
+    Shortcut("--optimizer", str, "optimizer.name"),
+    Shortcut("--policy", str, "policy.name"),
+    Shortcut("--device", str, "run.device"),
+    Shortcut("--out", str, "run.out", "the run directory"),
+    Shortcut("--seed", int, "run.seed"),
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``train`` to ``subparsers`` (see :mod:`biasdecay.commands`); returns its parser."""
+    p = add_subcommand(subparsers, "train", HELP, DESCRIPTION, EPILOG)
+    p.add_argument("--config", metavar="FILE", help="TOML configuration (see configs/)")
+    add_overrides_flag(
+        p,
+        "override one setting, e.g. --set run.epochs=2 --set policy.name=beta_decay "
+        "(repeatable; wins over --config and the shortcut flags)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its newest checkpoint, with its own config.toml",
+    )
+    shortcuts = p.add_argument_group("shortcuts (each sets one config key)")
+    for s in SHORTCUTS:
+        help = f"{s.key} ({s.note})" if s.note else s.key
+        shortcuts.add_argument(s.flag, type=s.type, default=None, help=help)
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events")
+    add_progress_flags(p)
+    return p
 
 
 def _quote(value: str) -> str:
@@ -31,19 +98,38 @@ def _quote(value: str) -> str:
 
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
-    """``--set`` items, with the shortcut flags first so that ``--set`` wins over them."""
+    """``--set`` items, with the shortcut flags first so that ``--set`` wins over them.
+
+    Args:
+        args: the parsed ``train`` arguments.
+
+    Returns:
+        The overrides, in the order :func:`biasdecay.train.config.load_config` applies them.
+    """
     items = []
-    for flag, key in SHORTCUTS.items():
-        value = getattr(args, flag, None)
+    for s in SHORTCUTS:
+        value = getattr(args, s.dest, None)
         if value is not None:
             text = _quote(value) if isinstance(value, str) else str(value)
-            items.append(f"{key}={text}")
+            items.append(f"{s.key}={text}")
     if args.tensorboard:
         items.append("run.tensorboard=true")
     return items + list(args.set or [])
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train (or resume) the configured run and print how it ended.
+
+    Args:
+        args: the parsed ``train`` arguments.
+
+    Returns:
+        The exit status: 0 for a finished (or stopped, resumable) run, 3 for a diverged one.
+
+    Raises:
+        BiasDecayError: bad input (the config, a resume that would change the run, a run
+            directory that cannot be written or holds another run).
+    """
     from biasdecay.train.config import (
         NON_IDENTIFYING_KEYS,
         config_differences,
@@ -85,9 +171,13 @@ def run(args: argparse.Namespace) -> int:
         f"biasdecay train: stopped by SIGTERM; continue with `biasdecay train --resume "
         f"{cfg.run.out}`"
     )
-    ctx = init_distributed(cfg.run.device)
+    # Setting up checks what the config file alone cannot: the device, whether the batch splits
+    # over ranks and micro-batches, whether the data set holds one batch.
+    with user_input():
+        ctx = init_distributed(cfg.run.device)
     try:
-        trainer = Trainer(cfg, ctx, progress=show_progress(args.progress))
+        with user_input():
+            trainer = Trainer(cfg, ctx, progress=show_progress(args.progress))
         summary = trainer.fit(resume=bool(args.resume))
     finally:
         shutdown(ctx)

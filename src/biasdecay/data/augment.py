@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from biasdecay.errors import InputError
+
 __all__ = [
     "AUGMENTATIONS",
     "CIFAR_CROP_PADDING",
@@ -47,7 +49,7 @@ def pad_to_square(x: torch.Tensor, size: int) -> torch.Tensor:
     """
     height, width = x.shape[-2:]
     if height > size or width > size:
-        raise ValueError(f"cannot pad {height}x{width} images to {size}x{size}")
+        raise InputError(f"cannot pad {height}x{width} images to {size}x{size}")
     top, left = (size - height) // 2, (size - width) // 2
     return F.pad(x, (left, size - width - left, top, size - height - top))
 
@@ -199,7 +201,7 @@ def get_augmentation(name: str) -> Augmentation:
         return AUGMENTATIONS[name]
     except KeyError:
         valid = ", ".join(sorted(AUGMENTATIONS))
-        raise ValueError(f"unknown augmentation {name!r}; valid: {valid} (or None)") from None
+        raise InputError(f"unknown augmentation {name!r}; valid: {valid} (or None)") from None
 
 
 def normalization_affine(

@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from biasdecay.errors import InputError
+
 __all__ = ["ImageDataset", "check_split", "channel_stats", "subset"]
 
 
@@ -44,29 +46,29 @@ class ImageDataset:
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(
+            raise InputError(
                 f"images must be a uint8 N x C x H x W tensor, got {images.dtype} with shape "
                 f"{tuple(images.shape)}"
             )
         if not images.is_contiguous():
-            raise ValueError("images must be contiguous (call .contiguous() first)")
+            raise InputError("images must be contiguous (call .contiguous() first)")
         if labels.dtype != torch.int64 or labels.dim() != 1 or len(labels) != len(images):
-            raise ValueError(
+            raise InputError(
                 f"labels must be an int64 vector with one entry per image ({len(images)}), got "
                 f"{labels.dtype} with shape {tuple(labels.shape)}"
             )
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
+            raise InputError(
                 f"labels must lie in [0, {self.num_classes}), got "
                 f"[{int(labels.min())}, {int(labels.max())}]"
             )
         if len(self.mean) != images.shape[1] or len(self.std) != images.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"mean/std need one value per channel ({images.shape[1]}), got "
                 f"{len(self.mean)}/{len(self.std)}"
             )
         if self.classes is not None and len(self.classes) != self.num_classes:
-            raise ValueError(f"{len(self.classes)} class names for {self.num_classes} classes")
+            raise InputError(f"{len(self.classes)} class names for {self.num_classes} classes")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -103,7 +105,7 @@ def check_split(name: str, split: str, valid: Sequence[str]) -> None:
         valid: the splits the dataset has.
     """
     if split not in valid:
-        raise ValueError(f"unknown split {split!r} for {name}; valid splits: {', '.join(valid)}")
+        raise InputError(f"unknown split {split!r} for {name}; valid splits: {', '.join(valid)}")
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -137,7 +139,7 @@ def subset(dataset: ImageDataset, n: int, seed: int | None = None) -> ImageDatas
         A new :class:`ImageDataset` with the same metadata and statistics.
     """
     if not 0 < n <= len(dataset):
-        raise ValueError(f"subset size must be in [1, {len(dataset)}], got {n}")
+        raise InputError(f"subset size must be in [1, {len(dataset)}], got {n}")
     if seed is None:
         index = torch.arange(n)
     else:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from biasdecay.data.errors import import_optional
+from biasdecay.errors import InputError
 
 __all__ = [
     "EvalTransform",
@@ -126,7 +127,7 @@ def center_crop_box(width: int, height: int, size: int) -> Box:
         ``(left, top, size, size)``.
     """
     if width < size or height < size:
-        raise ValueError(f"cannot centre-crop {size}x{size} from a {width}x{height} image")
+        raise InputError(f"cannot centre-crop {size}x{size} from a {width}x{height} image")
     return round((width - size) / 2), round((height - size) / 2), size, size
 
 
@@ -211,7 +212,7 @@ class EvalTransform:
         image_size: int = 224,
     ) -> None:
         if image_size > resize_size:
-            raise ValueError(f"image_size {image_size} exceeds resize_size {resize_size}")
+            raise InputError(f"image_size {image_size} exceeds resize_size {resize_size}")
         self.mean, self.std = tuple(mean), tuple(std)
         self.resize_size, self.image_size = resize_size, image_size
 

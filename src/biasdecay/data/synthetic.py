@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from biasdecay.data.dataset import ImageDataset, channel_stats, check_split
+from biasdecay.errors import InputError
 
 __all__ = ["load_synthetic"]
 
@@ -57,7 +58,7 @@ def load_synthetic(
     if num_samples is None:
         num_samples = 1024 if split == "train" else 256
     if num_samples < 1 or image_size < 1 or channels < 1 or num_classes < 1:
-        raise ValueError("num_samples, image_size, channels and num_classes must be positive")
+        raise InputError("num_samples, image_size, channels and num_classes must be positive")
     sizes = (channels, image_size, num_classes, seed)
     images, labels = _draw(split, num_samples, *sizes)
     train_images = images if split == "train" else _draw("train", 1024, *sizes)[0]

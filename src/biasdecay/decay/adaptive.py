@@ -6,8 +6,8 @@ After ``backward()`` and before ``optimizer.step()``, for every normalisation la
 
 and β_l is decayed with λ_β in exactly the layers with r_l ≥ R, for this step only. Appendix D's
 pseudo-code writes r^t ← m^t/v^t and then tests "r_l": the Adam ratio and r_l are different
-things, and the test is on r_l (design.md §4). C(γ_l) = 0 with C(β_l) > 0 counts as r_l = ∞;
-both zero as 0.
+things, and the test is on r_l (docs/design.md §4). C(γ_l) = 0 with C(β_l) > 0 counts as
+r_l = ∞; both zero as 0.
 
 The decision lives where torch keeps optimiser settings: each layer's β sits alone in a param
 group (:func:`biasdecay.param_groups` builds them) whose ``weight_decay`` is a 0-dim tensor, and
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from biasdecay.constraints import check_in_range
+from biasdecay.errors import InputError
 from biasdecay.roles import is_norm_module
 
 __all__ = ["AdaptiveBetaDecay", "bias_utilization_from_grads"]
@@ -54,21 +55,19 @@ def bias_utilization_from_grads(
     Returns:
         A 1-D tensor of r_l (``inf`` where only the numerator is non-zero, 0 where both are 0).
     """
-    c_beta = _sensitivity_l1(betas)
-    c_gamma = _sensitivity_l1(gammas)
-    ratio = c_beta / torch.where(c_gamma > 0, c_gamma, torch.ones_like(c_gamma))
-    return torch.where(
-        c_gamma > 0, ratio, torch.where(c_beta > 0, torch.full_like(ratio, math.inf), 0.0)
-    )
+    sums = _sensitivity_l1([*betas, *gammas])  # one foreach pass over both lists
+    c_beta, c_gamma = sums[: len(betas)], sums[len(betas) :]
+    # c/0 is inf where only the numerator is non-zero, and 0/0 (NaN) counts as 0.
+    return torch.nan_to_num(c_beta / c_gamma, nan=0.0, posinf=math.inf)
 
 
 def _sensitivity_l1(params: list[torch.Tensor]) -> torch.Tensor:
     """Σ_i |θ_i g_i| for each tensor, as one stacked float32+ vector (foreach, no host sync)."""
-    values = [p.detach() for p in params]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    products = torch._foreach_mul(values, grads)
+    with torch.no_grad():
+        products = torch._foreach_mul(params, grads)
     norms = torch._foreach_norm(products, 1)
-    return torch.stack(norms).to(torch.promote_types(values[0].dtype, torch.float32))
+    return torch.stack(norms).to(torch.promote_types(params[0].dtype, torch.float32))
 
 
 class AdaptiveBetaDecay:
@@ -107,7 +106,7 @@ class AdaptiveBetaDecay:
         check_in_range(owner, "threshold", threshold, 0.0, high_open=False)  # inf: never
         check_in_range(owner, "beta_decay", beta_decay, 0.0)
         if isinstance(history_every, bool) or not isinstance(history_every, int):
-            raise ValueError(f"{owner}: history_every must be an int >= 0, got {history_every!r}")
+            raise InputError(f"{owner}: history_every must be an int >= 0, got {history_every!r}")
         check_in_range(owner, "history_every", history_every, 0)
         self.threshold = float(threshold)
         self.beta_decay = float(beta_decay)
@@ -132,7 +131,7 @@ class AdaptiveBetaDecay:
             if not isinstance(beta, nn.Parameter) or not beta.requires_grad:
                 continue
             if not isinstance(gamma, nn.Parameter) or not gamma.requires_grad:
-                raise ValueError(
+                raise InputError(
                     f"adaptive β decay needs a trainable γ in every layer with a trainable β; "
                     f"'{name}' has none (r_l = C(β_l)/C(γ_l) is undefined). Do not combine it "
                     "with gamma_frozen, or freeze that layer's β too."
@@ -141,7 +140,7 @@ class AdaptiveBetaDecay:
             gammas.append(gamma)
             betas.append(beta)
         if not betas:
-            raise ValueError(
+            raise InputError(
                 "the model has no normalisation layer with trainable γ and β: adaptive β decay "
                 "has nothing to act on"
             )
@@ -158,7 +157,7 @@ class AdaptiveBetaDecay:
             n for n, b in zip(self.layer_names, self.betas, strict=True) if id(b) not in owner
         ]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"the β of {', '.join(map(repr, missing[:5]))} "
                 f"{'is' if len(missing) == 1 else 'are'} not in the optimiser; " + _HOW_TO_BUILD
             )
@@ -176,7 +175,7 @@ class AdaptiveBetaDecay:
             elif group["weight_decay"].dim() != 0:
                 problem = "is in a group whose weight_decay is not a 0-dim tensor"
             if problem is not None:
-                raise ValueError(
+                raise InputError(
                     f"adaptive β decay writes each layer's decision into the weight_decay of "
                     f"that layer's own param group, but the β of '{name}' {problem}; "
                     + _HOW_TO_BUILD
@@ -237,7 +236,7 @@ class AdaptiveBetaDecay:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; the layers must be the same."""
         if list(state["layer_names"]) != self.layer_names:
-            raise ValueError(
+            raise InputError(
                 "adaptive β decay state is for other layers: saved "
                 f"{len(state['layer_names'])} layers ({', '.join(state['layer_names'][:3])}, ...), "
                 f"this model has {len(self.layer_names)} ({', '.join(self.layer_names[:3])}, ...)"

@@ -10,6 +10,7 @@ from torch import nn
 
 from biasdecay.constraints import check_in_range
 from biasdecay.decay.policies import DecayPolicy
+from biasdecay.errors import InputError
 from biasdecay.roles import Role, param_owners, param_roles
 from biasdecay.tables import text_table
 
@@ -81,7 +82,7 @@ def param_groups(
     unfrozen = [n for n, r in roles.items() if policy.rules[r].frozen and named[n].requires_grad]
     if unfrozen:
         frozen_roles = ", ".join(sorted({roles[n].value for n in unfrozen}))
-        raise ValueError(
+        raise InputError(
             f"policy {policy.name!r} freezes {frozen_roles} but {len(unfrozen)} such "
             f"parameters still train ({', '.join(unfrozen[:3])}"
             f"{', ...' if len(unfrozen) > 3 else ''}); call "

@@ -24,19 +24,23 @@ adaptive_beta_decay    no_bias_decay; β decayed with ``beta`` (1.0) in exactly 
 =====================  ==========================================================================
 
 Conv/linear biases follow the base policy: not decayed under no_bias_decay and every policy built
-on it, unless ``decay_biases=True`` (design.md §4).
+on it, unless ``decay_biases=True`` (docs/design.md §4).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Annotated
 
+from biasdecay.constraints import Range
+from biasdecay.errors import InputError
+from biasdecay.registry import Entry, Registry
 from biasdecay.roles import Role
 
 __all__ = [
+    "POLICIES",
     "RoleRule",
     "DecayPolicy",
     "decay_policy",
@@ -90,7 +94,7 @@ class DecayPolicy:
     def __post_init__(self) -> None:
         missing = [r.value for r in Role if r not in self.rules]
         if missing:
-            raise ValueError(f"policy {self.name!r} has no rule for roles: {', '.join(missing)}")
+            raise InputError(f"policy {self.name!r} has no rule for roles: {', '.join(missing)}")
         object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
@@ -123,12 +127,9 @@ def _rules(
     return rules
 
 
-def _check_coefficient(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0 (a decay coefficient), got {value!r}")
-    return float(value)
+# A decay coefficient is a finite number >= 0; the threshold R may be inf (never decay).
+Coefficient = Annotated[float, Range(0.0)]
+Threshold = Annotated[float, Range(0.0, high_open=False)]
 
 
 def _no_bias_decay(decay_biases: bool = False) -> DecayPolicy:
@@ -147,17 +148,20 @@ def _all_decay() -> DecayPolicy:
     )
 
 
-def _beta_decay(beta: float = 1.0, decay_biases: bool = False) -> DecayPolicy:
-    beta = _check_coefficient("beta", beta)
+def _one_norm_role_decay(role: str, coefficient: Coefficient, decay_biases: bool) -> DecayPolicy:
+    """no_bias_decay plus decay ``coefficient`` on one normalisation role (``beta``/``gamma``)."""
     return DecayPolicy(
-        "beta_decay",
-        _rules(biases=BASE if decay_biases else 0.0, beta=RoleRule(beta)),
-        options={"beta": beta, "decay_biases": decay_biases},
+        f"{role}_decay",
+        _rules(biases=BASE if decay_biases else 0.0, **{role: RoleRule(coefficient)}),
+        options={role: coefficient, "decay_biases": decay_biases},
     )
 
 
-def _bias_decay(bias: float = 1.0) -> DecayPolicy:
-    bias = _check_coefficient("bias", bias)
+def _beta_decay(beta: Coefficient = 1.0, decay_biases: bool = False) -> DecayPolicy:
+    return _one_norm_role_decay("beta", beta, decay_biases)
+
+
+def _bias_decay(bias: Coefficient = 1.0) -> DecayPolicy:
     return DecayPolicy(
         "bias_decay",
         _rules(biases=bias, beta=RoleRule(bias)),
@@ -165,13 +169,8 @@ def _bias_decay(bias: float = 1.0) -> DecayPolicy:
     )
 
 
-def _gamma_decay(gamma: float = 0.01, decay_biases: bool = False) -> DecayPolicy:
-    gamma = _check_coefficient("gamma", gamma)
-    return DecayPolicy(
-        "gamma_decay",
-        _rules(biases=BASE if decay_biases else 0.0, gamma=RoleRule(gamma)),
-        options={"gamma": gamma, "decay_biases": decay_biases},
-    )
+def _gamma_decay(gamma: Coefficient = 0.01, decay_biases: bool = False) -> DecayPolicy:
+    return _one_norm_role_decay("gamma", gamma, decay_biases)
 
 
 def _frozen(name: str, gamma: bool, beta: bool):
@@ -190,47 +189,57 @@ def _frozen(name: str, gamma: bool, beta: bool):
 
 
 def _adaptive_beta_decay(
-    beta: float = 1.0, threshold: float = 0.1, decay_biases: bool = False
+    beta: Coefficient = 1.0, threshold: Threshold = 0.1, decay_biases: bool = False
 ) -> DecayPolicy:
-    beta = _check_coefficient("beta", beta)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
-        raise ValueError(
-            f"threshold must be a number >= 0 (R of adaptive β decay; inf = never decay), "
-            f"got {threshold!r}"
-        )
     return DecayPolicy(
         "adaptive_beta_decay",
         _rules(biases=BASE if decay_biases else 0.0),  # β decayed by the controller, not here
-        adaptive_threshold=float(threshold),
+        adaptive_threshold=threshold,
         adaptive_coefficient=beta,
-        options={"beta": beta, "threshold": float(threshold), "decay_biases": decay_biases},
+        options={"beta": beta, "threshold": threshold, "decay_biases": decay_biases},
     )
 
 
-_POLICIES = {
-    "no_bias_decay": _no_bias_decay,
-    "all_decay": _all_decay,
-    "beta_decay": _beta_decay,
-    "gamma_decay": _gamma_decay,
-    "bias_decay": _bias_decay,
-    "beta_frozen": _frozen("beta_frozen", gamma=False, beta=True),
-    "gamma_frozen": _frozen("gamma_frozen", gamma=True, beta=False),
-    "bn_frozen": _frozen("bn_frozen", gamma=True, beta=True),
-    "adaptive_beta_decay": _adaptive_beta_decay,
+_OPTION_HELP = {
+    "beta": "λ_β, the decay coefficient of every norm shift β (beta_decay, adaptive_beta_decay)",
+    "gamma": "λ_γ, the decay coefficient of every norm scale γ (gamma_decay)",
+    "bias": "the decay coefficient of every bias, conv/linear and β (bias_decay: Figure 1)",
+    "threshold": "R of adaptive β decay: β decays in the layers with r_l >= R (inf: never)",
+    "decay_biases": "decay conv/linear biases with the base weight_decay (else not decayed)",
 }
+
+#: Every policy by name (the rows of Tables 3 and 4), in the order of the module docstring.
+POLICIES: Registry[Entry] = Registry(
+    "decay policy",
+    [
+        Entry("no_bias_decay", _no_bias_decay, description="weights only (Goyal et al. 2017)"),
+        Entry("all_decay", _all_decay, description="every parameter"),
+        Entry("beta_decay", _beta_decay, description="no_bias_decay, plus β with beta"),
+        Entry("gamma_decay", _gamma_decay, description="no_bias_decay, plus γ with gamma"),
+        Entry("bias_decay", _bias_decay, description="no_bias_decay, plus every bias with bias"),
+        Entry("beta_frozen", _frozen("beta_frozen", gamma=False, beta=True), description="β at 0"),
+        Entry(
+            "gamma_frozen", _frozen("gamma_frozen", gamma=True, beta=False), description="γ at 1"
+        ),
+        Entry("bn_frozen", _frozen("bn_frozen", gamma=True, beta=True), description="β 0, γ 1"),
+        Entry(
+            "adaptive_beta_decay",
+            _adaptive_beta_decay,
+            description="β decayed in the layers whose r_l >= threshold (Section 4.2)",
+        ),
+    ],
+    option_help=_OPTION_HELP,
+)
 
 
 def policy_names() -> list[str]:
     """Names accepted by :func:`decay_policy`."""
-    return list(_POLICIES)
+    return POLICIES.names()
 
 
 def policy_options(name: str) -> list[str]:
     """The options :func:`decay_policy` accepts for policy ``name``."""
-    if name not in _POLICIES:
-        raise ValueError(f"unknown decay policy {name!r}; valid policies: {', '.join(_POLICIES)}")
-    build = _POLICIES[name]
-    return list(build.__code__.co_varnames[: build.__code__.co_argcount])
+    return list(POLICIES.entry(name).options)
 
 
 def decay_policy(name: str, **coefficients: float | bool) -> DecayPolicy:
@@ -250,11 +259,4 @@ def decay_policy(name: str, **coefficients: float | bool) -> DecayPolicy:
     Raises:
         ValueError: an unknown name or option (the valid ones are listed), or a bad value.
     """
-    valid = policy_options(name)
-    unknown = sorted(set(coefficients) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"decay policy {name!r} has no option {', '.join(map(repr, unknown))}; valid options: "
-            f"{', '.join(valid) if valid else 'none'}"
-        )
-    return _POLICIES[name](**coefficients)
+    return POLICIES.build(name, **coefficients)

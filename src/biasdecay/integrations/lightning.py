@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from biasdecay.errors import InputError
+
 try:
     import lightning.pytorch as pl
 except ImportError as err:  # the extra is optional: say exactly what to install
@@ -74,11 +76,11 @@ class SharpnessMonitor(pl.Callback):
         prefix: str = "sharpness",
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(
+            raise InputError(
                 f"every must be an integer >= 1 (steps between records), got {every!r}"
             )
         if measure_epochs and measure_data is None:
-            raise ValueError(
+            raise InputError(
                 "measure_epochs needs measure_data: pass a fixed training subset as a list of "
                 "(inputs, targets) batches"
             )

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from biasdecay.errors import InputError
+
 try:
     from transformers import TrainerCallback
 except ImportError as err:  # the extra is optional: say exactly what to install
@@ -93,7 +95,7 @@ class SharpnessMonitorCallback(TrainerCallback):
 
     def __init__(self, every: int = 50, *, prefix: str = "sharpness") -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(
+            raise InputError(
                 f"every must be an integer >= 1 (steps between records), got {every!r}"
             )
         self.every = every

@@ -5,16 +5,13 @@ A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)
     {"format": "biasdecay.model/1", "spec": {...ModelSpec...}, "model": state_dict, "meta": {...}}
 
 A bare ``state_dict`` saved by any other code is accepted too; the model then has to be named.
-Writes are atomic (a temporary file in the same directory, then a rename), so a crash never
-leaves a half-written checkpoint behind.
+Writes go through :func:`biasdecay.atomic.save_torch` (a temporary file in the same directory,
+then a rename), so a crash never leaves a half-written checkpoint behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from biasdecay.atomic import save_torch
 from biasdecay.errors import BiasDecayError
 from biasdecay.nn.models import build_model
 
@@ -59,34 +57,6 @@ class ModelSpec:
         )
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file and a rename (never half-written).
-
-    Raises:
-        OSError: the file could not be written (a full disk: ``ENOSPC``), with its path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Serialised in memory first: torch's writer turns a failed write (a full disk) into a
-    # RuntimeError about stream positions, while writing the bytes here raises the OSError
-    # that names the cause.
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(
     path: str | Path, model: nn.Module, spec: ModelSpec, meta: dict[str, Any] | None = None
 ) -> None:
@@ -97,9 +67,12 @@ def save_model(
         model: the trained network.
         spec: how to rebuild it.
         meta: JSON-like extra information (data set, metrics, ...).
+
+    Raises:
+        FileWriteError: the file could not be written (a full disk: ``ENOSPC``), with its path.
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save(
+    save_torch(
         {"format": FORMAT, "spec": dataclasses.asdict(spec), "model": state, "meta": meta or {}},
         path,
     )

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from biasdecay.constraints import OneOf, Range
+from biasdecay.errors import InputError
 from biasdecay.roles import register_module_type
 
 __all__ = [
@@ -57,16 +59,10 @@ class _GhostBatchNorm(_BatchNorm):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if isinstance(ghost_batch_size, bool) or not isinstance(ghost_batch_size, int):
-            raise ValueError(f"ghost_batch_size must be an integer ≥ 1, got {ghost_batch_size!r}")
-        if ghost_batch_size < 1:
-            raise ValueError(f"ghost_batch_size must be in [1, ∞), got {ghost_batch_size}")
-        if partial not in _PARTIAL_MODES:
-            raise ValueError(f"partial must be one of {_PARTIAL_MODES}, got {partial!r}")
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(
-                f"momentum must be in [0, 1] or None (cumulative average), got {momentum!r}"
-            )
+        owner = type(self).__name__
+        Range(1, integer=True).check("ghost_batch_size", ghost_batch_size, owner)
+        OneOf(_PARTIAL_MODES).check("partial", partial, owner)
+        Range(0.0, 1.0, high_open=False).check("momentum", momentum, owner)  # None: cumulative
         super().__init__(
             num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype
         )
@@ -95,7 +91,7 @@ class _GhostBatchNorm(_BatchNorm):
         batch, g = input.shape[0], self.ghost_batch_size
         n_full, remainder = divmod(batch, g) if batch > g else (1, 0)
         if remainder and self.partial == "error":
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__}: a training batch of {batch} samples is not a multiple of "
                 f"ghost_batch_size={g}. Feed micro-batches whose size is a multiple of {g} (e.g. "
                 f"{n_full * g} or {(n_full + 1) * g}), or construct the layer with partial='last' "
@@ -190,7 +186,7 @@ class GhostBatchNorm1d(_GhostBatchNorm):
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
+            raise InputError(f"expected 2D or 3D input (got {input.dim()}D input)")
 
 
 class GhostBatchNorm2d(_GhostBatchNorm):
@@ -207,7 +203,7 @@ class GhostBatchNorm2d(_GhostBatchNorm):
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() != 4:
-            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+            raise InputError(f"expected 4D input (got {input.dim()}D input)")
 
 
 # In eval mode ghost batch norm is BatchNorm with running statistics: the exact per-sample

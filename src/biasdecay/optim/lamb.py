@@ -1,7 +1,7 @@
 r"""LAMB: Adam moments with a layer-wise trust ratio (You et al., 2020), as used by the paper.
 
 For each parameter tensor θ with gradient g at step t (Appendix D, Algorithm 1, with the typos
-fixed as in design.md §4: the moment lines use (1 − β₁) and β₂, and the last line has −η)::
+fixed as in docs/design.md §4: the moment lines use (1 − β₁) and β₂, and the last line has −η)::
 
     g   ← c·g                                  c = min(1, max_grad_norm / (‖g_all‖ + 1e-6))
     m   ← β₁ m + (1 − β₁) g
@@ -33,13 +33,15 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from biasdecay.constraints import Constraint, OneOf, Range, check_lr
+from biasdecay.errors import InputError
 from biasdecay.optim._common import (
+    LAYER_ADAPTATION,
+    SMALL_TENSOR_NUMEL,
     WeightDecay,
     adaptation_flags,
     bucket_indices,
-    check_in_range,
     check_layer_adaptation,
-    check_lr,
     check_weight_decay,
     clip_coefficient,
     default_foreach,
@@ -60,9 +62,16 @@ __all__ = ["LAMB", "lamb"]
 # (torch's AdamW measured the other way round on the same machine: foreach 27.0, loop 33.7 ms.)
 # CUDA follows torch: one launch per op for all tensors beats a launch per tensor.
 _FOREACH_IS_FASTER = {"cpu": False, "cuda": True}
-# Tensors this small take the foreach path whatever the table says (see path_indices): on CPU
-# the loop's cost for them is a dozen kernel launches each.
-_SMALL_TENSOR_NUMEL = 65536
+
+#: The valid values of LAMB's settings (lr and weight_decay are checked by their own functions,
+#: which also refuse tensors where those are not allowed). Every group is checked against them, and
+#: the optimiser registry, and so the config, reads them from here.
+CONSTRAINTS: dict[str, Constraint] = {
+    "betas": Range(0.0, 1.0),
+    "eps": Range(0.0),
+    "max_grad_norm": Range(0.0, low_open=True),
+    "layer_adaptation": OneOf(LAYER_ADAPTATION),
+}
 
 # The group settings that must agree for groups to be stepped together (weight_decay may differ).
 _SHARED_SETTINGS = ("lr", "betas", "eps", "layer_adaptation", "bias_correction", "foreach")
@@ -139,8 +148,7 @@ class LAMB(Optimizer):
             "foreach": foreach,
         }
         _check_group("LAMB", defaults)
-        if max_grad_norm is not None:
-            check_in_range("LAMB", "max_grad_norm", max_grad_norm, 0.0, low_open=True)
+        CONSTRAINTS["max_grad_norm"].check("max_grad_norm", max_grad_norm, "LAMB")
         self.max_grad_norm = max_grad_norm
         super().__init__(params, defaults)
 
@@ -254,18 +262,17 @@ def _check_group(owner: str, group: dict[str, Any]) -> None:
     check_lr(owner, group["lr"])
     betas = group["betas"]
     if not isinstance(betas, Sequence) or len(betas) != 2:
-        raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-    check_in_range(owner, "betas[0]", betas[0], 0.0, 1.0)
-    check_in_range(owner, "betas[1]", betas[1], 0.0, 1.0)
-    check_in_range(owner, "eps", group["eps"], 0.0)
+        raise InputError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+    CONSTRAINTS["betas"].check("betas", tuple(betas), owner)
+    CONSTRAINTS["eps"].check("eps", group["eps"], owner)
     check_weight_decay(owner, group["weight_decay"])
     check_layer_adaptation(owner, group)
     if not isinstance(group["bias_correction"], bool):
-        raise ValueError(
+        raise InputError(
             f"{owner}: bias_correction must be a bool, got {group['bias_correction']!r}"
         )
     if group["foreach"] not in (None, True, False):
-        raise ValueError(f"{owner}: foreach must be None, True or False, got {group['foreach']!r}")
+        raise InputError(f"{owner}: foreach must be None, True or False, got {group['foreach']!r}")
 
 
 def _scalars(
@@ -304,10 +311,10 @@ def lamb(
       lr, beta1, beta2, eps, layer_adaptation, bias_correction: as in :class:`LAMB`.
       grad_scale: a 0-dim tensor every gradient is multiplied by first (global clipping).
       foreach: True or False for one path for every tensor; None picks per tensor (see
-        ``_FOREACH_IS_FASTER`` and ``_SMALL_TENSOR_NUMEL``).
+        ``_FOREACH_IS_FASTER`` and ``SMALL_TENSOR_NUMEL``).
     """
     adapted = adaptation_flags(layer_adaptation, weight_decays)
-    loop, multi = path_indices(params, foreach, _FOREACH_IS_FASTER, _SMALL_TENSOR_NUMEL)
+    loop, multi = path_indices(params, foreach, _FOREACH_IS_FASTER, SMALL_TENSOR_NUMEL)
     for impl, idx in ((_single_tensor_lamb, loop), (_multi_tensor_lamb, multi)):
         if not idx:
             continue

@@ -29,13 +29,15 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from biasdecay.constraints import Constraint, OneOf, Range, check_lr
+from biasdecay.errors import InputError
 from biasdecay.optim._common import (
+    LAYER_ADAPTATION,
+    SMALL_TENSOR_NUMEL,
     WeightDecay,
     adaptation_flags,
     bucket_indices,
-    check_in_range,
     check_layer_adaptation,
-    check_lr,
     check_weight_decay,
     group_weight_decays,
     l2_norm,
@@ -51,8 +53,15 @@ __all__ = ["LARS", "lars"]
 # 19.0 ms (they were level before the loop's norms moved to the BLAS dot product, see l2_norm).
 # CUDA follows torch: one launch per op for all tensors beats a launch per tensor.
 _FOREACH_IS_FASTER = {"cpu": False, "cuda": True}
-# Tensors this small take the foreach path whatever the table says (see path_indices).
-_SMALL_TENSOR_NUMEL = 65536
+
+#: The valid values of LARS's settings (lr and weight_decay are checked by their own functions).
+#: Every group is checked against them; the optimiser registry, and so the config, reads them here.
+CONSTRAINTS: dict[str, Constraint] = {
+    "momentum": Range(0.0, 1.0),
+    "trust_coefficient": Range(0.0, low_open=True),
+    "eps": Range(0.0),
+    "layer_adaptation": OneOf(LAYER_ADAPTATION),
+}
 
 # The group settings that must agree for groups to be stepped together (weight_decay may differ).
 _SHARED_SETTINGS = (
@@ -198,17 +207,16 @@ class LARS(Optimizer):
 
 def _check_group(owner: str, group: dict[str, Any]) -> None:
     check_lr(owner, group["lr"])
-    check_in_range(owner, "momentum", group["momentum"], 0.0, 1.0)
     check_weight_decay(owner, group["weight_decay"])
-    check_in_range(owner, "trust_coefficient", group["trust_coefficient"], 0.0, low_open=True)
-    check_in_range(owner, "eps", group["eps"], 0.0)
+    for name in ("momentum", "trust_coefficient", "eps"):
+        CONSTRAINTS[name].check(name, group[name], owner)
     check_layer_adaptation(owner, group)
     if not isinstance(group["nesterov"], bool):
-        raise ValueError(f"{owner}: nesterov must be a bool, got {group['nesterov']!r}")
+        raise InputError(f"{owner}: nesterov must be a bool, got {group['nesterov']!r}")
     if group["nesterov"] and group["momentum"] == 0:
-        raise ValueError(f"{owner}: nesterov=True needs momentum in (0, 1), got momentum=0")
+        raise InputError(f"{owner}: nesterov=True needs momentum in (0, 1), got momentum=0")
     if group["foreach"] not in (None, True, False):
-        raise ValueError(f"{owner}: foreach must be None, True or False, got {group['foreach']!r}")
+        raise InputError(f"{owner}: foreach must be None, True or False, got {group['foreach']!r}")
 
 
 def lars(
@@ -234,9 +242,9 @@ def lars(
       weight_decays: each parameter's λ, a number or a 0-dim tensor on its device.
       lr, momentum, trust_coefficient, eps, nesterov, layer_adaptation: as in :class:`LARS`.
       foreach: True or False for one path for every tensor; None picks per tensor (see
-        ``_FOREACH_IS_FASTER`` and ``_SMALL_TENSOR_NUMEL``).
+        ``_FOREACH_IS_FASTER`` and ``SMALL_TENSOR_NUMEL``).
     """
-    loop, multi = path_indices(params, foreach, _FOREACH_IS_FASTER, _SMALL_TENSOR_NUMEL)
+    loop, multi = path_indices(params, foreach, _FOREACH_IS_FASTER, SMALL_TENSOR_NUMEL)
     for impl, idx in ((_single_tensor_lars, loop), (_multi_tensor_lars, multi)):
         if not idx:
             continue

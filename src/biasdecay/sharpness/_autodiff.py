@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from biasdecay.errors import InputError
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -37,7 +39,7 @@ def check_batch_mean(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tens
     with torch.no_grad():
         value = loss_fn(outputs, targets)
         if value.ndim != 0:
-            raise ValueError(
+            raise InputError(
                 f"loss_fn returned shape {tuple(value.shape)}; it must return the mean loss of "
                 "the batch, a scalar (reduction='mean')"
             )
@@ -53,7 +55,7 @@ def check_batch_mean(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tens
             if math.isclose(whole, total, rel_tol=1e-4)
             else ""
         )
-        raise ValueError(
+        raise InputError(
             f"loss_fn does not average over the batch: on {n} samples it gives {whole:.6g}, "
             f"but the size-weighted mean of its values on sample 1 and on the other {n - 1} is "
             f"{mean:.6g}{what}. C, C_m, Tr(H) and λmax are defined on the batch-mean loss "
@@ -128,7 +130,7 @@ def iter_batches(data: Iterable, model: nn.Module) -> Iterator[Batch]:
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise TypeError(f"batch {i}: inputs and targets must be tensors")
         if x.shape[0] == 0:
-            raise ValueError(f"batch {i} is empty; drop empty batches from the data")
+            raise InputError(f"batch {i} is empty; drop empty batches from the data")
         x = x.to(device, non_blocking=True)
         if x.is_floating_point():
             x = x.to(dtype)

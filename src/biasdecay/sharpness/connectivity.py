@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from biasdecay.errors import InputError
 from biasdecay.roles import Role, is_norm_module, param_owners, param_roles
 from biasdecay.sharpness._autodiff import (
     LossFn,
@@ -189,18 +190,18 @@ def connectivity_sharpness(
     """
     model = eager_module(model)
     if per_sample and train_mode:
-        raise ValueError(
+        raise InputError(
             "per-sample C is defined with fixed normalisation statistics (eval mode): a "
             "per-sample gradient does not exist when BatchNorm uses the batch's own statistics. "
             "Use per_sample=False for C_m in train mode."
         )
     if method not in ("auto", "hooks", "vmap"):
-        raise ValueError(f"unknown method {method!r}; valid methods: auto, hooks, vmap")
+        raise InputError(f"unknown method {method!r}; valid methods: auto, hooks, vmap")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     params = trainable_parameters(model)
     if not params:
-        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+        raise InputError("the model has no trainable parameters (all have requires_grad=False)")
     loss = resolve_loss(loss_fn)
     names = [n for n, _ in params]
     roles, owners = param_roles(model), param_owners(model)
@@ -219,7 +220,7 @@ def connectivity_sharpness(
             n_samples = sum(batch_sizes)
             denominator = len(batch_sizes)
     if not batch_sizes:
-        raise ValueError("the data yielded no batches")
+        raise InputError("the data yielded no batches")
 
     # One host transfer for everything: the sums stay on the device until here.
     values = (torch.stack([sums[n] for n in names]) / denominator).tolist()
@@ -264,7 +265,7 @@ def _per_sample_sums(
     """Σ over samples of each parameter's |θ⊙∂ℓ_n/∂θ| sum, accumulated in float64."""
     reason = supports_fast_path(model) if method != "vmap" else "method='vmap' requested"
     if method == "hooks" and reason is not None:
-        raise ValueError(f"method='hooks' cannot handle this model: {reason}")
+        raise InputError(f"method='hooks' cannot handle this model: {reason}")
     hooked = HookedPerSample(model, loss) if reason is None else None
     sums: dict[str, torch.Tensor] = {}
     batch_sizes: list[int] = []
@@ -322,7 +323,7 @@ def _note_failures(failures: list[GuardFailure], guarded: dict[str, float], stri
             f"{f.name}: θ⊙Σ_n g_n differs from θ⊙g by {f.relative_error:.2g} of its largest entry"
             for f in failures
         )
-        raise ValueError(
+        raise InputError(
             f"strict: the per-sample formula of these parameters disagrees with autograd "
             f"({shown}). They are used other than inside their own module's standard forward "
             "(a subclass with its own forward, a tied weight, a reparametrisation); use "

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from biasdecay.errors import InputError
 from biasdecay.sharpness._autodiff import (
     eager_module,
     exact_higher_order,
@@ -93,10 +94,10 @@ def fisher_rao_norm(
     """
     model = eager_module(model)
     if labels not in FISHER_LABELS:
-        raise ValueError(f"unknown labels {labels!r}; valid options are {FISHER_LABELS}")
+        raise InputError(f"unknown labels {labels!r}; valid options are {FISHER_LABELS}")
     theta = {name: p.detach() for name, p in trainable_parameters(model)}
     if not theta:
-        raise ValueError(
+        raise InputError(
             "the model has no trainable parameters (none has requires_grad=True); "
             "unfreeze the parameters whose Fisher-Rao norm you want"
         )
@@ -113,7 +114,7 @@ def fisher_rao_norm(
             total += squared.sum().to("cpu", torch.float64)
             n_samples += x.shape[0]
     if n_samples == 0:
-        raise ValueError("the data yielded no batches; pass a non-empty iterable of (x, y)")
+        raise InputError("the data yielded no batches; pass a non-empty iterable of (x, y)")
     value = (total / n_samples).item()
     return FisherRaoNorm(value=value, norm=math.sqrt(value), labels=labels, n_samples=n_samples)
 
@@ -130,7 +131,7 @@ def _log_softmax_along_theta(
     def log_softmax_of(params: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = functional_call(model, params, (x,))
         if logits.ndim != 2:
-            raise ValueError(
+            raise InputError(
                 f"the model returned outputs of shape {tuple(logits.shape)}; the Fisher-Rao norm "
                 "needs classifier logits of shape (batch, classes)"
             )
@@ -142,7 +143,7 @@ def _log_softmax_along_theta(
 
 def _at_labels(directional: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if targets.is_floating_point() or targets.is_complex() or targets.ndim != 1:
-        raise ValueError(
+        raise InputError(
             "labels='empirical' needs class-index targets of shape (batch,); got "
             f"{targets.dtype} of shape {tuple(targets.shape)}"
         )

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from biasdecay.errors import InputError
 from biasdecay.sharpness._autodiff import (
     LossFn,
     check_batch_mean,
@@ -147,13 +148,13 @@ class DatasetHessian:
     ) -> None:
         named = trainable_parameters(model)
         if not named:
-            raise ValueError(
+            raise InputError(
                 "the model has no trainable parameters (none has requires_grad=True); "
                 "unfreeze the parameters whose Hessian you want"
             )
         kinds = {(p.dtype, p.device) for _, p in named}
         if len(kinds) > 1:
-            raise ValueError(
+            raise InputError(
                 f"trainable parameters mix dtypes/devices {sorted(map(str, kinds))}; "
                 "move the model to one dtype and device first"
             )
@@ -191,7 +192,7 @@ class DatasetHessian:
 
     def _pass(self, vectors: torch.Tensor, *, quadratic_forms: bool) -> torch.Tensor:
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(
+            raise InputError(
                 f"expected vectors of shape (k, {self.dim}), got {tuple(vectors.shape)}"
             )
         k = vectors.shape[0]
@@ -235,7 +236,7 @@ class DatasetHessian:
                         offset = self._offsets[i]
                         total[start:stop, offset : offset + self.sizes[i]].add_(h, alpha=n_batch)
         if n_samples == 0:
-            raise ValueError("the data yielded no batches; pass a non-empty iterable of (x, y)")
+            raise InputError("the data yielded no batches; pass a non-empty iterable of (x, y)")
         self.n_matvecs += k
         return total / n_samples
 
@@ -282,7 +283,7 @@ class DatasetHessian:
             self._mean_checked = True
         loss = self.loss_fn(outputs, y)
         if loss.ndim != 0:
-            raise ValueError(
+            raise InputError(
                 f"loss_fn returned shape {tuple(loss.shape)}; it must return the mean loss of the "
                 "batch (a scalar)"
             )
@@ -333,10 +334,10 @@ def hessian_trace(
     """
     model = eager_module(model)
     if method not in TRACE_METHODS:
-        raise ValueError(f"unknown trace method {method!r}; valid methods are {TRACE_METHODS}")
+        raise InputError(f"unknown trace method {method!r}; valid methods are {TRACE_METHODS}")
     n_matvecs = operator.index(n_matvecs)
     if n_matvecs < _MIN_MATVECS[method]:
-        raise ValueError(
+        raise InputError(
             f"n_matvecs={n_matvecs} is too small for {method!r}, which needs at least "
             f"{_MIN_MATVECS[method]}; raise n_matvecs"
         )
@@ -432,9 +433,9 @@ def hessian_max_eigenvalue(
     model = eager_module(model)
     max_iter = operator.index(max_iter)
     if max_iter < 1:
-        raise ValueError(f"max_iter={max_iter}; Lanczos needs at least one step, pass max_iter>=1")
+        raise InputError(f"max_iter={max_iter}; Lanczos needs at least one step, pass max_iter>=1")
     if not tol >= 0:
-        raise ValueError(f"tol={tol}; pass a relative tolerance >= 0 (e.g. 1e-6)")
+        raise InputError(f"tol={tol}; pass a relative tolerance >= 0 (e.g. 1e-6)")
     generator = torch.Generator().manual_seed(seed)
     with preserved_state(model, train=False), exact_higher_order(), torch.enable_grad():
         hessian = DatasetHessian(model, data, resolve_loss(loss_fn))

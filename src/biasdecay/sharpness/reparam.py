@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from biasdecay.errors import InputError
 from biasdecay.roles import op_of
 
 __all__ = ["fold_batchnorm", "rescalable_pairs", "rescale_neuron"]
@@ -58,7 +59,7 @@ def _resolve(model: nn.Module, module: nn.Module | str, which: str) -> tuple[str
         except AttributeError as err:
             names = [n for n, _ in model.named_modules() if n]
             shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise ValueError(
+            raise InputError(
                 f"{which} {module!r} is not a submodule of the model; use a name from "
                 f"model.named_modules(), e.g. {shown}"
             ) from err
@@ -67,7 +68,7 @@ def _resolve(model: nn.Module, module: nn.Module | str, which: str) -> tuple[str
     for name, candidate in model.named_modules():
         if candidate is module:
             return name, module
-    raise ValueError(
+    raise InputError(
         f"{which} ({type(module).__name__}) is not a submodule of the model; pass a module of "
         "this model or its qualified name"
     )
@@ -87,12 +88,12 @@ def _output_units(module: nn.Module, name: str) -> int:
         return module.out_channels
     if _is_norm_affine(module):
         if module.weight is None or module.bias is None:
-            raise ValueError(
+            raise InputError(
                 f"incoming norm layer {name!r} has no affine γ/β to rescale; build it with "
                 "affine=True or pass the layer before it"
             )
         return module.weight.shape[0]
-    raise ValueError(
+    raise InputError(
         f"incoming {name!r} is a {type(module).__name__}, which is not supported; supported: "
         f"{_SUPPORTED_INCOMING}"
     )
@@ -113,7 +114,7 @@ def _scale_outgoing(
         flattened = not incoming_is_linear and fan_in % units == 0
         if fan_in != units and not flattened:
             allowed = f"{units}" if incoming_is_linear else f"a multiple of {units}"
-            raise ValueError(
+            raise InputError(
                 f"outgoing Linear {name!r} has in_features={fan_in} but the incoming layer has "
                 f"{units} output units; in_features must be {allowed} (channel-major flatten)"
             )
@@ -123,7 +124,7 @@ def _scale_outgoing(
         return
     if _is_plain_conv(module):
         if module.in_channels != units:
-            raise ValueError(
+            raise InputError(
                 f"outgoing conv {name!r} has in_channels={module.in_channels} but the incoming "
                 f"layer has {units} output units; they must be equal"
             )
@@ -135,7 +136,7 @@ def _scale_outgoing(
         rows = slice(group * out_per_group, (group + 1) * out_per_group)
         module.weight[rows, column].div_(c)
         return
-    raise ValueError(
+    raise InputError(
         f"outgoing {name!r} is a {type(module).__name__}, which is not supported; supported: "
         f"{_SUPPORTED_OUTGOING}"
     )
@@ -180,7 +181,7 @@ def rescale_neuron(
             the model or of an unsupported type, or shapes that do not connect.
     """
     if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c) or not c > 0:
-        raise ValueError(
+        raise InputError(
             f"c must be a finite number > 0 (ρ_c of eq. 9 is only function-preserving for "
             f"positive scales through ReLU); got {c!r}"
         )
@@ -189,9 +190,9 @@ def rescale_neuron(
     out_name, out_module = _resolve(model, outgoing, "outgoing")
     units = _output_units(in_module, in_name)
     if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-        raise ValueError(f"index must be an integer in [0, {units}); got {index!r}")
+        raise InputError(f"index must be an integer in [0, {units}); got {index!r}")
     if not 0 <= index < units:
-        raise ValueError(
+        raise InputError(
             f"index {index} is out of range for {in_name!r}, which has {units} output units; "
             f"use 0 <= index < {units}"
         )
@@ -292,7 +293,7 @@ def _trace(model: nn.Module, caller: str) -> tuple[torch.fx.Graph, dict[str, int
     try:
         graph = _LeafTracer().trace(model)
     except Exception as err:  # fx raises many types (TraceError, TypeError, ...)
-        raise ValueError(
+        raise InputError(
             f"{caller} needs a torch.fx-traceable model (no Python control flow on tensor "
             f"values in forward); tracing {type(model).__name__} failed: "
             f"{type(err).__name__}: {err}"
@@ -327,18 +328,18 @@ def _find_pairs(model: nn.Module) -> list[tuple[str, str]]:
                 what = f"{source.op} {source.target!s}"  # e.g. placeholder x, call_function relu
             else:
                 what = "a constant"
-            raise ValueError(
+            raise InputError(
                 f"cannot fold BatchNorm {bn_name!r}: its input comes from {what}, not directly "
                 "from a Conv/Linear layer (e.g. a pre-activation block); only conv/linear -> BN "
                 "pairs can be folded"
             )
         if len(source.users) != 1:
-            raise ValueError(
+            raise InputError(
                 f"cannot fold BatchNorm {bn_name!r}: the output of {source.target!r} is also used "
                 "elsewhere, and folding would change that other use"
             )
         if calls[bn_name] != 1 or calls[source.target] != 1:
-            raise ValueError(
+            raise InputError(
                 f"cannot fold BatchNorm {bn_name!r}: it or {source.target!r} is called more than "
                 "once in forward (shared module)"
             )
@@ -349,14 +350,14 @@ def _find_pairs(model: nn.Module) -> list[tuple[str, str]]:
 def _fold_into(layer: nn.Module, bn: _BatchNorm, bn_name: str) -> None:
     """Fold eval-mode ``bn`` into ``layer``: W' = W·s, b' = (b - μ)·s + β, s = γ/sqrt(σ² + ε)."""
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(
+        raise InputError(
             f"cannot fold BatchNorm {bn_name!r}: it has track_running_stats=False, so eval mode "
             "normalises with batch statistics, which no fixed affine map reproduces"
         )
     weight = layer.weight
     units = weight.shape[0]
     if bn.num_features != units:
-        raise ValueError(
+        raise InputError(
             f"cannot fold BatchNorm {bn_name!r}: num_features={bn.num_features} but the layer "
             f"before it has {units} output units"
         )

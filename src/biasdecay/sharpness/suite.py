@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from biasdecay.constraints import did_you_mean
+from biasdecay.errors import InputError
+from biasdecay.registry import Entry, Registry
 from biasdecay.sharpness.connectivity import bias_utilization, connectivity_sharpness
 from biasdecay.sharpness.fisher_rao import fisher_rao_norm
 from biasdecay.sharpness.hessian import hessian_max_eigenvalue, hessian_trace
@@ -86,7 +89,7 @@ def _invariance(model, data, o: MeasureOptions, earlier: Mapping[str, Any]) -> d
     """
     pairs = rescalable_pairs(model)
     if not pairs:
-        raise ValueError(
+        raise InputError(
             f"the invariance check found no rescalable layer pair in {type(model).__name__}: it "
             "needs a Linear/conv/norm layer feeding a Linear/conv through ReLU or pooling only"
         )
@@ -149,23 +152,32 @@ def _plain(result: Any) -> dict[str, Any]:
     }
 
 
+Measure = Callable[[nn.Module, Iterable, MeasureOptions, Mapping[str, Any]], dict[str, Any]]
+
+
+def _measure(name: str, fn: Measure, description: str) -> Entry:
+    # Every argument is the suite's: a measure's settings live in MeasureOptions.
+    return Entry(name, fn, description=description, fixed=("model", "data", "o", "earlier"))
+
+
 # A measure's function gets the results of the measures run before it in the same call, so a
 # later one can reuse them (the invariance check reuses C and Tr(H) of the original network).
-MEASURES: dict[
-    str, Callable[[nn.Module, Iterable, MeasureOptions, Mapping[str, Any]], dict[str, Any]]
-] = {
-    "connectivity": _connectivity,  # per-sample C (eq. 4), eval mode
-    "connectivity-m": _connectivity_m,  # mini-batch C_m
-    "hessian-trace": _trace,
-    "hessian-max": _max_eig,
-    "fisher-rao": _fisher_rao,  # θᵀFθ (eq. 8)
-    "invariance": _invariance,  # C vs Tr(H) under a neuron rescaling (eq. 9)
-}
+MEASURES: Registry[Entry] = Registry(
+    "measure",
+    [
+        _measure("connectivity", _connectivity, "per-sample connectivity sharpness C (eq. 4)"),
+        _measure("connectivity-m", _connectivity_m, "mini-batch connectivity sharpness C_m"),
+        _measure("hessian-trace", _trace, "Hessian trace Tr(H) (Hutch++)"),
+        _measure("hessian-max", _max_eig, "largest Hessian eigenvalue λmax (Lanczos)"),
+        _measure("fisher-rao", _fisher_rao, "Fisher-Rao norm θᵀFθ (eq. 8)"),
+        _measure("invariance", _invariance, "C against Tr(H) under a neuron rescaling (eq. 9)"),
+    ],
+)
 
 
 def measure_names() -> list[str]:
     """Names accepted by :func:`run_measures`."""
-    return list(MEASURES)
+    return MEASURES.names()
 
 
 def parse_measures(text: str | Iterable[str]) -> list[str]:
@@ -173,9 +185,10 @@ def parse_measures(text: str | Iterable[str]) -> list[str]:
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     unknown = [n for n in names if n not in MEASURES]
     if unknown or not names:
-        raise ValueError(
+        hint = did_you_mean(unknown[0], MEASURES) if unknown else ""
+        raise InputError(
             f"unknown measure(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"valid measures: {', '.join(MEASURES)}"
+            f"valid measures: {', '.join(MEASURES)}{hint}"
         )
     return list(dict.fromkeys(names))
 
@@ -206,6 +219,6 @@ def run_measures(
         if on_start is not None:
             on_start(name)
         start = time.perf_counter()
-        result = MEASURES[name](model, data, options, results)
+        result = MEASURES[name].builder(model, data, options, results)
         results[name] = {**result, "seconds": time.perf_counter() - start}
     return results

@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from biasdecay.atomic import write_text
 from biasdecay.study.presets import Preset, ScaledRun, get_preset, total_steps
 from biasdecay.study.specs import Setting, Study, get_study
-from biasdecay.study.sweep import RunSpec
-from biasdecay.train.tracking import atomic_write_text
+from biasdecay.study.sweep import RunSpec, SweepError
+from biasdecay.train.config import check_override
 
 __all__ = ["PlannedRun", "StudyPlan", "check_plan", "load_plan", "make_plan", "save_plan"]
 
@@ -97,16 +98,16 @@ def _overrides(
         items.append(f"schedule.warmup_epochs={scaled.warmup_epochs!r}")
     steps = total_steps(scaled)
     items.append(f"run.log_every={max(1, steps // 50)}")
-    items.append(f"run.eval_every={max(1, int(scaled.epochs // preset.eval_points))}")
+    items.append(f"run.eval_every={max(1, int(scaled.epochs // preset.budget.eval_points))}")
     if study.track:
-        items.append(f"run.track_every={max(1, steps // preset.track_records)}")
+        items.append(f"run.track_every={max(1, steps // preset.budget.track_records)}")
     if study.measures:
         items += [
             f"run.measures={json.dumps(list(study.measures))}",
             f"run.measure_epochs=[{math.ceil(scaled.epochs)}]",
-            f"run.measure_samples={preset.measure_samples}",
-            f"run.measure_matvecs={preset.measure_matvecs}",
-            f"run.measure_lanczos_iters={preset.measure_lanczos_iters}",
+            f"run.measure_samples={preset.budget.samples}",
+            f"run.measure_matvecs={preset.budget.matvecs}",
+            f"run.measure_lanczos_iters={preset.budget.lanczos_iters}",
         ]
     return items
 
@@ -136,14 +137,16 @@ def make_plan(
         The plan.
 
     Raises:
-        ValueError: unknown study or preset, seeds < 1.
+        RegistryError: an unknown study or preset (the message lists the valid names).
+        SweepError: ``seeds < 1`` or ``first_seed < 0``.
+        ConfigError: an ``extra`` override that is malformed, unknown or out of range.
     """
     study = get_study(study) if isinstance(study, str) else study
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+        raise SweepError(f"seeds must be >= 1 (runs per setting), got {seeds}")
     if first_seed < 0:
-        raise ValueError(f"the first seed must be >= 0, got {first_seed}")
+        raise SweepError(f"the first seed must be >= 0, got {first_seed}")
     data_roots = dict(data_roots or {})
     epochs = _extra_epochs(extra)
     runs, skipped = [], []
@@ -173,33 +176,39 @@ def make_plan(
 
 
 def _extra_epochs(extra: Sequence[str]) -> float | None:
-    """The epochs an extra ``run.epochs=N`` override sets (the last one wins), else None."""
+    """The epochs an extra ``run.epochs=N`` override sets (the last one wins), else None.
+
+    Every override is checked here, as ``biasdecay train`` checks it, so a bad one is refused
+    before a plan is made of it.
+
+    Raises:
+        ConfigError: a malformed, unknown or out-of-range override.
+    """
     epochs = None
     for item in extra:
-        key, _, value = item.partition("=")
-        if key.strip() == "run.epochs":
-            try:
-                epochs = float(value)
-            except ValueError:
-                raise ValueError(f"--set {item!r}: run.epochs must be a number") from None
-            if not epochs > 0:
-                raise ValueError(f"--set {item!r}: run.epochs must be > 0")
+        key, value = check_override(item)
+        if key == "run.epochs":
+            epochs = value
     return epochs
 
 
 def check_plan(plan: StudyPlan, out: str | Path) -> None:
     """Refuse, writing nothing, when ``OUT`` already holds another study, preset or first seed.
 
+    Args:
+        plan: the plan about to be swept.
+        out: the sweep directory.
+
     Raises:
-        ValueError: ``OUT`` holds a sweep of another study, preset or first seed.
+        SweepError: ``OUT`` holds a sweep of another study, preset or first seed, or an
+            unreadable ``study.json``.
     """
     out = Path(out)
-    path = out / PLAN_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
+    if (out / PLAN_FILE).is_file():
+        old = _read_plan_file(out)
         for key in ("study", "preset", "first_seed"):
             if old.get(key, 0 if key == "first_seed" else None) != plan.to_dict()[key]:
-                raise ValueError(
+                raise SweepError(
                     f"{out} holds a sweep of {key} {old.get(key)!r}, not "
                     f"{plan.to_dict()[key]!r}: one directory holds one study; choose another "
                     "--out"
@@ -210,35 +219,64 @@ def save_plan(plan: StudyPlan, out: str | Path) -> None:
     """Write ``OUT/study.json`` (after :func:`check_plan`).
 
     Raises:
-        ValueError: ``OUT`` holds a sweep of another study, preset or first seed.
+        SweepError: ``OUT`` holds a sweep of another study, preset or first seed.
+        FileWriteError: ``study.json`` could not be written.
     """
     check_plan(plan, out)
-    atomic_write_text(Path(out) / PLAN_FILE, json.dumps(plan.to_dict(), indent=2) + "\n")
+    write_text(Path(out) / PLAN_FILE, json.dumps(plan.to_dict(), indent=2) + "\n")
+
+
+def _read_plan_file(out: str | Path) -> dict[str, Any]:
+    """The contents of ``OUT/study.json``, checked to be a plan.
+
+    Raises:
+        SweepError: ``out`` is not a study sweep directory (no ``study.json``, or ``out`` is not a
+            directory), or its ``study.json`` cannot be read or is not a plan.
+    """
+    path = Path(out) / PLAN_FILE
+    rewrite = "delete it and run the same sweep again, which rewrites it"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        raise SweepError(
+            f"{out} is not a study sweep directory: {PLAN_FILE} is missing. Run "
+            f"`biasdecay sweep STUDY --preset P --out {out}` first"
+        ) from None
+    except OSError as err:
+        raise SweepError(f"{path} cannot be read ({err.strerror or err})") from None
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise SweepError(f"{path} is not valid JSON ({err}); {rewrite}") from None
+    if not isinstance(data, dict) or not {"study", "preset"} <= set(data):
+        raise SweepError(f"{path} is not a study plan (no study and preset); {rewrite}")
+    return data
 
 
 def load_plan(out: str | Path) -> StudyPlan:
     """The plan of the sweep in ``OUT`` (from ``OUT/study.json``).
 
+    Args:
+        out: the sweep directory.
+
+    Returns:
+        The plan, as :func:`make_plan` makes it from what ``study.json`` recorded.
+
     Raises:
-        ValueError: no ``study.json`` (not a study sweep directory), or an unreadable one.
+        SweepError: no ``study.json`` (not a study sweep directory), or an unreadable one.
+        RegistryError: ``study.json`` names a study or preset that does not exist.
     """
-    path = Path(out) / PLAN_FILE
+    data = _read_plan_file(out)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(
-            f"{out} is not a study sweep directory: {PLAN_FILE} is missing. Run "
-            f"`biasdecay sweep STUDY --preset P --out {out}` first"
-        ) from None
-    except ValueError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err}); re-run the sweep to rewrite it"
+        seeds, first_seed = int(data.get("seeds", 1)), int(data.get("first_seed", 0))
+    except (TypeError, ValueError):
+        raise SweepError(
+            f"{Path(out) / PLAN_FILE}: seeds and first_seed must be whole numbers, got "
+            f"{data.get('seeds')!r} and {data.get('first_seed')!r}"
         ) from None
     return make_plan(
         data["study"],
         data["preset"],
-        seeds=int(data.get("seeds", 1)),
-        first_seed=int(data.get("first_seed", 0)),
+        seeds=seeds,
+        first_seed=first_seed,
         data_roots=data.get("data_roots") or {},
         extra=tuple(data.get("extra") or ()),
     )

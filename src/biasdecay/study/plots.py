@@ -14,9 +14,9 @@ are made from runs that may have diverged.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from biasdecay.atomic import write_bytes
 from biasdecay.study.stats import Correlation
 
 if TYPE_CHECKING:
@@ -86,24 +87,23 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically and release it."""
+    """Write ``fig`` as a PNG at ``path`` atomically and release it.
+
+    Raises:
+        FileWriteError: the file could not be written (it names ``path``).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    # Not mkstemp: its files are private (0600) and a figure should get the usual umask mode.
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    # Rendered in memory, so the one atomic writer writes the bytes (and the figure is released
+    # even when the disk is full).
+    buffer = io.BytesIO()
     try:
-        with open(tmp, "xb") as f:
-            fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     finally:
         fig.clear()
-    return target
+    write_bytes(path, buffer.getbuffer())
+    return Path(path)
 
 
 def _pairs(points: Sequence[tuple[float, float]], name: str) -> np.ndarray:

@@ -10,11 +10,12 @@ stays a large batch on a smaller data set and gives the same number of steps per
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from biasdecay.registry import Registry
 from biasdecay.study.specs import PAPER_DATA, Setting
 
-__all__ = ["GHOST_BATCH", "PRESETS", "Preset", "ScaledRun", "get_preset", "preset_names"]
+__all__ = ["GHOST_BATCH", "PRESETS", "Budget", "Preset", "ScaledRun", "get_preset", "preset_names"]
 
 GHOST_BATCH = 32  # Appendix A.2; every batch is a whole number of ghost batches
 
@@ -34,6 +35,25 @@ class ScaledRun:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """What a preset spends on measuring and recording each run (the ``run.*`` settings).
+
+    Attributes:
+        samples: training samples the final measures see (``run.measure_samples``).
+        matvecs: Hessian-vector products of the trace estimate (``run.measure_matvecs``).
+        lanczos_iters: Lanczos iterations of λmax (``run.measure_lanczos_iters``).
+        track_records: about how many tracking records a run writes over its training.
+        eval_points: about how many test-set evaluations a run makes (one at the end at least).
+    """
+
+    samples: int
+    matvecs: int
+    lanczos_iters: int
+    track_records: int = 60
+    eval_points: int = 10
+
+
+@dataclass(frozen=True)
 class Preset:
     """How the paper's settings are scaled to the hardware and data at hand.
 
@@ -41,15 +61,13 @@ class Preset:
         name: the name ``--preset`` takes.
         description: one line for ``--help`` and the report.
         datasets: paper data set -> data registry name (None: not run at this preset).
-        train_size: paper data set -> training samples used (None: the whole train split,
-            whose size is ``full_size``).
         full_size: size of each stand-in's whole train split, for the batch ratio.
         epochs: paper data set -> epochs.
         width: model width multiplier.
+        budget: the measures' budgets and how often a run records and evaluates.
+        train_size: paper data set -> training samples used (missing or None: the whole train
+            split, whose size is ``full_size``).
         micro_batch_cap: largest micro-batch (None: the whole batch at once).
-        measure_samples, measure_matvecs, measure_lanczos_iters: budgets of the measures.
-        track_records: about how many tracking records a run writes over its training.
-        eval_points: about how many test-set evaluations a run makes (one at the end at least).
         augment: the batched augmentation of the CIFAR stand-ins (``data.augment``; None:
             none). ImageNet's own pipeline augments as it decodes.
         augment_note: why a preset departs from the paper's augmentation, for the report.
@@ -58,16 +76,12 @@ class Preset:
     name: str
     description: str
     datasets: dict[str, str | None]
-    train_size: dict[str, int | None]
     full_size: dict[str, int]
     epochs: dict[str, float]
     width: float
-    micro_batch_cap: int | None
-    measure_samples: int
-    measure_matvecs: int
-    measure_lanczos_iters: int
-    track_records: int = 60
-    eval_points: int = 10
+    budget: Budget
+    train_size: dict[str, int | None] = field(default_factory=dict)
+    micro_batch_cap: int | None = None
     augment: str | None = "cifar"  # the paper's: random crop with padding 4, then flip
     augment_note: str = ""
 
@@ -112,24 +126,44 @@ _FASHION_SIZE = {"fashion-mnist": 60_000}
 # ghost batches of 32: 512 -> 32, 2k -> 96, 8k -> 320 (1.6%, 4.7%, 15.6% of it per step).
 _CPU_TRAIN_SIZE: dict[str, int | None] = {"cifar10": 2_048, "cifar100": 2_048, "imagenet": 20_480}
 
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
+_CPU = Preset(
+    "cpu",
+    "real Fashion-MNIST on a few CPU cores, for findings: a 2,048-image training subset "
+    "(20,480 for ImageNet's runs), eighth-width models, 60 epochs (4 for ImageNet's "
+    "runs: 360 steps at 8k, 30% of the paper's 1,221), no augmentation (so every run is "
+    "trained to a plateau), batch sizes kept in proportion to the data set",
+    datasets={"cifar10": "fashion-mnist", "cifar100": None, "imagenet": "fashion-mnist"},
+    train_size=_CPU_TRAIN_SIZE,
+    full_size=_FASHION_SIZE,
+    epochs={"cifar10": 60, "cifar100": 60, "imagenet": 4},
+    width=0.125,
+    micro_batch_cap=512,
+    # 4 evaluations: each one of the 10k test images costs about 5 epochs of 2,048
+    budget=Budget(256, 12, 10, track_records=40, eval_points=4),
+    augment=None,
+    augment_note=(
+        "With the paper's crop-and-flip augmentation the eighth-width network does not "
+        "fit the 2,048 images in 60 epochs: its train accuracy still rose 2.5-2.8 "
+        "points over the last 20% of training at every batch size "
+        "(docs/results/table4-augmented). Without it the networks fit their training "
+        "set, as the paper's do in 200 epochs; the training section shows the plateaus"
+    ),
+)
+
+
+#: Every preset by name, from the paper's scale down (``--preset``).
+PRESETS: Registry[Preset] = Registry(
+    "preset",
+    [
         Preset(
             "paper",
             "Appendix A exactly: CIFAR-10/100 (200 epochs) and ImageNet (90 epochs) from "
             "--data-root, full-width models, the paper's batch sizes; GPUs, torchrun",
             datasets={"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet"},
-            train_size={"cifar10": None, "cifar100": None, "imagenet": None},
             full_size={"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167},
             epochs={"cifar10": 200, "cifar100": 200, "imagenet": 90},
             width=1.0,
-            micro_batch_cap=None,
-            measure_samples=5000,
-            measure_matvecs=60,
-            measure_lanczos_iters=30,
-            track_records=200,
-            eval_points=20,
+            budget=Budget(5000, 60, 30, track_records=200, eval_points=20),
         ),
         Preset(
             "fashion",
@@ -137,91 +171,43 @@ PRESETS: dict[str, Preset] = {
             "CIFAR-100 has none), half-width models, 40 epochs (15 for ImageNet's runs), "
             "batch sizes kept in proportion to the data set; one GPU",
             datasets={"cifar10": "fashion-mnist", "cifar100": None, "imagenet": "fashion-mnist"},
-            train_size={"cifar10": None, "cifar100": None, "imagenet": None},
             full_size=_FASHION_SIZE,
             epochs={"cifar10": 40, "cifar100": 40, "imagenet": 15},
             width=0.5,
-            micro_batch_cap=None,
-            measure_samples=2048,
-            measure_matvecs=30,
-            measure_lanczos_iters=20,
-            track_records=100,
+            budget=Budget(2048, 30, 20, track_records=100),
         ),
-        Preset(
-            "cpu",
-            "real Fashion-MNIST on a few CPU cores, for findings: a 2,048-image training subset "
-            "(20,480 for ImageNet's runs), eighth-width models, 60 epochs (4 for ImageNet's "
-            "runs: 360 steps at 8k, 30% of the paper's 1,221), no augmentation (so every run is "
-            "trained to a plateau), batch sizes kept in proportion to the data set",
-            datasets={"cifar10": "fashion-mnist", "cifar100": None, "imagenet": "fashion-mnist"},
-            train_size=_CPU_TRAIN_SIZE,
-            full_size=_FASHION_SIZE,
-            epochs={"cifar10": 60, "cifar100": 60, "imagenet": 4},
-            width=0.125,
-            micro_batch_cap=512,
-            measure_samples=256,
-            measure_matvecs=12,
-            measure_lanczos_iters=10,
-            track_records=40,
-            eval_points=4,  # each eval of the 10k test images costs about 5 epochs of 2,048
-            augment=None,
-            augment_note=(
-                "With the paper's crop-and-flip augmentation the eighth-width network does not "
-                "fit the 2,048 images in 60 epochs: its train accuracy still rose 2.5-2.8 "
-                "points over the last 20% of training at every batch size "
-                "(docs/results/table4-augmented). Without it the networks fit their training "
-                "set, as the paper's do in 200 epochs; the training section shows the plateaus"
-            ),
-        ),
-        Preset(
-            "quick",
-            "the main job's scale: the cpu preset's data and models, with the paper's "
-            "augmentation, for a third of its epochs (20; 120 steps at 8k) and smaller measure "
-            "budgets, so a study with 3 seeds takes minutes on 2 cores; its runs are not trained "
-            "to a plateau (the report's training section shows how far they got)",
-            datasets={"cifar10": "fashion-mnist", "cifar100": None, "imagenet": "fashion-mnist"},
-            train_size=_CPU_TRAIN_SIZE,
-            full_size=_FASHION_SIZE,
+        _CPU,
+        replace(
+            _CPU,
+            name="quick",
+            description="the main job's scale: the cpu preset's data and models, with the "
+            "paper's augmentation, for a third of its epochs (20; 120 steps at 8k) and smaller "
+            "measure budgets, so a study with 3 seeds takes minutes on 2 cores; its runs are not "
+            "trained to a plateau (the report's training section shows how far they got)",
             epochs={"cifar10": 20, "cifar100": 20, "imagenet": 2},
-            width=0.125,
-            micro_batch_cap=512,
-            measure_samples=128,
-            measure_matvecs=8,
-            measure_lanczos_iters=8,
-            track_records=30,
-            eval_points=2,
+            budget=Budget(128, 8, 8, track_records=30, eval_points=2),
+            augment="cifar",
+            augment_note="",
         ),
         Preset(
             "smoke",
             "a pipeline check in about a minute: scikit-learn's 8x8 digits (always installed) "
             "for every data set, sixteenth-width models, 2 epochs; numbers mean nothing",
             datasets={"cifar10": "digits", "cifar100": "digits", "imagenet": "digits"},
-            train_size={"cifar10": None, "cifar100": None, "imagenet": None},
             full_size={"digits": 1_438},  # the digits train split (80% of 1,797)
             epochs={"cifar10": 2, "cifar100": 2, "imagenet": 2},
             width=0.0625,
-            micro_batch_cap=None,
-            measure_samples=64,
-            measure_matvecs=4,
-            measure_lanczos_iters=4,
-            track_records=4,
-            eval_points=1,
+            budget=Budget(64, 4, 4, track_records=4, eval_points=1),
         ),
-    )
-}
+    ],
+)
 
+#: The preset called ``name``; an unknown name raises :class:`~biasdecay.registry.RegistryError`
+#: listing the valid ones.
+get_preset = PRESETS.entry
 
-def preset_names() -> list[str]:
-    """Names ``--preset`` accepts."""
-    return list(PRESETS)
-
-
-def get_preset(name: str) -> Preset:
-    """The preset called ``name``; an unknown name lists the valid ones."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+#: Names ``--preset`` accepts.
+preset_names = PRESETS.names
 
 
 def steps_per_epoch(scaled: ScaledRun) -> int:

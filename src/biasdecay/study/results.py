@@ -10,33 +10,38 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from biasdecay.study.plan import PlannedRun, StudyPlan
-from biasdecay.study.specs import Setting
 from biasdecay.study.sweep import run_state
-from biasdecay.train.tracking import read_metrics
+from biasdecay.train.metrics import read_metrics
+
+if TYPE_CHECKING:  # the plan is built from the studies, whose tables read results
+    from biasdecay.study.plan import PlannedRun, StudyPlan
+    from biasdecay.study.settings import Setting
+    from biasdecay.train.config import TrainConfig
 
 __all__ = [
-    "PLATEAU_TOLERANCE",
     "Aggregate",
     "RunResult",
     "Stat",
+    "accuracy",
     "collect",
     "final_train_accuracy",
+    "measure_value",
     "plateau_change",
 ]
 
 
 @dataclass
 class RunResult:
-    """One run's final state and numbers."""
+    """One run's final state and numbers, and the configuration that made it."""
 
     run: PlannedRun
     state: str  # finished, diverged, interrupted, pending
+    config: TrainConfig | None = None  # None when the caller gave no configurations
     summary: dict[str, Any] | None = None
     measures: dict[str, Any] | None = None  # the last "measures" record
     tracking: list[dict[str, Any]] = field(default_factory=list)  # "sharpness" records
@@ -49,17 +54,18 @@ class RunResult:
         return self.summary.get("test_accuracy")
 
 
-def _read_run(run: PlannedRun, out: Path) -> RunResult:
+def _read_run(run: PlannedRun, out: Path, config: TrainConfig | None) -> RunResult:
     run_dir = out / run.name
     state = run_state(run_dir)
     if state not in ("finished", "diverged"):
-        return RunResult(run, state)
+        return RunResult(run, state, config)
     summary = json.loads((run_dir / "summary.json").read_text())
     records = read_metrics(run_dir)
     measures = [r for r in records if r.get("kind") == "measures"]
     tracking = [r for r in records if r.get("kind") == "sharpness"]
     train = [r for r in records if r.get("kind") == "train"]
-    return RunResult(run, state, summary, measures[-1] if measures else None, tracking, train)
+    last = measures[-1] if measures else None
+    return RunResult(run, state, config, summary, last, tracking, train)
 
 
 @dataclass(frozen=True)
@@ -109,14 +115,30 @@ class Aggregate:
         return Stat(statistics.fmean(values), std, len(values), tuple(values))
 
 
-def collect(plan: StudyPlan, out: str | Path) -> dict[str, Aggregate]:
-    """Every setting of ``plan`` with its runs' results, keyed by :attr:`Setting.key`."""
+def collect(
+    plan: StudyPlan, out: str | Path, configs: Mapping[str, TrainConfig] | None = None
+) -> dict[str, Aggregate]:
+    """Every setting of ``plan`` with its runs' results, keyed by :attr:`Setting.key`.
+
+    Args:
+        plan: the study plan.
+        out: the sweep directory.
+        configs: run name -> the configuration of that run, e.g. from
+            :func:`biasdecay.study.sweep.check_runs`, which builds each run's configuration
+            and checks it against the ``config.toml`` the run recorded. Each result carries its
+            own (:attr:`RunResult.config`), so what a section reads from a run's settings (the
+            threshold R of adaptive β decay) is that run's.
+
+    Returns:
+        Setting key -> the setting with one result per seed, in plan order.
+    """
     out = Path(out)
+    configs = configs or {}
     aggregates: dict[str, Aggregate] = {}
     for run in plan.runs:
         key = run.setting.key
         aggregates.setdefault(key, Aggregate(run.setting, []))
-        aggregates[key].results.append(_read_run(run, out))
+        aggregates[key].results.append(_read_run(run, out, configs.get(run.name)))
     return aggregates
 
 
@@ -132,10 +154,6 @@ def measure_value(name: str, *path: str) -> Callable[[RunResult], float | None]:
         return float(value) if isinstance(value, (int, float)) else None
 
     return read
-
-
-#: A run is on a plateau when its train accuracy moves by less than this over its last 20%.
-PLATEAU_TOLERANCE = 0.01
 
 
 def _window_mean(records: list[dict[str, Any]], key: str, start: float, end: float) -> float | None:

@@ -27,6 +27,7 @@ atomically, and a run counts as done only through its final summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,12 +35,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biasdecay.atomic import FileWriteError, write_text
 from biasdecay.errors import BiasDecayError
 from biasdecay.train.config import (
     ConfigError,
@@ -49,12 +51,12 @@ from biasdecay.train.config import (
     load_config,
 )
 from biasdecay.train.process import PARENT_ENV, lock_holder
-from biasdecay.train.tracking import atomic_write_text
 
 __all__ = [
     "RunOutcome",
     "RunSpec",
     "SweepError",
+    "SweepWriteError",
     "check_devices",
     "check_runs",
     "run_state",
@@ -68,6 +70,33 @@ _SHOWN_PROBLEMS = 8  # a refusal lists this many problems, then counts the rest
 
 class SweepError(BiasDecayError, ValueError):
     """A sweep that cannot start as asked; nothing was written."""
+
+
+class SweepWriteError(FileWriteError):
+    """The sweep could not write a run directory, a run's log or its index (a full or read-only
+    disk); ``filename`` names what. Nothing finished is lost: the next sweep resumes the rest."""
+
+    def __str__(self) -> str:
+        return (
+            f"{super().__str__()}; free space there (or give another --out) and run the same "
+            "sweep again: finished runs are kept and interrupted ones resume"
+        )
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Raise an ``OSError`` met while writing ``path`` as a :class:`SweepWriteError`.
+
+    Only the sweep's own writes go through here; an ``OSError`` from anywhere else (starting a
+    process) is not about the disk and keeps its traceback.
+    """
+    try:
+        yield
+    except SweepWriteError:
+        raise
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else path
+        raise SweepWriteError(exc.errno, exc.strerror or str(exc), str(where)) from exc
 
 
 @dataclass(frozen=True)
@@ -86,7 +115,7 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-            raise ValueError(
+            raise SweepError(
                 f"run name {self.name!r} must be non-empty letters, digits, '-', '_' or '.' "
                 "(it names the run's directory)"
             )
@@ -151,7 +180,7 @@ def _write_index(out: Path, outcomes: dict[str, RunOutcome], runs: Sequence[RunS
             for r in runs
         ]
     }
-    atomic_write_text(out / "sweep.json", json.dumps(index, indent=2) + "\n")
+    write_text(out / "sweep.json", json.dumps(index, indent=2) + "\n")
 
 
 def _refuse(what: str, problems: list[str], fix: str) -> SweepError:
@@ -375,6 +404,8 @@ def sweep(
     Raises:
         SweepError: repeated run names, ``jobs < 1``, bad devices, an unusable ``out``, invalid
             settings or a run directory made by other settings; nothing was written.
+        SweepWriteError: a run directory, a run's ``train.log`` or ``sweep.json`` could not be
+            written (a full or read-only disk); the sweep's live runs are stopped, resumable.
     """
     names = [r.name for r in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -390,7 +421,8 @@ def sweep(
     if not dry_run:  # a dry run leaves no trace
         if before_start is not None:
             before_start()
-        out.mkdir(parents=True, exist_ok=True)
+        with _writing(out):
+            out.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, RunOutcome] = {}
     total = len(runs)
     children = _Children()
@@ -425,9 +457,12 @@ def sweep(
         if children.stopping:
             return RunOutcome(run.name, state, "not started")
         log(f"{prefix}: {'resuming' if resume else 'starting'}")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = run_dir / "train.log"
+        with _writing(log_path):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            output = open(log_path, "a")  # closed by the `with` below, once the run ends
         start = time.perf_counter()
-        with open(run_dir / "train.log", "a") as output:
+        with output:
             try:
                 proc = children.start(command, run_env, output)
             except _Stopped:
@@ -460,24 +495,31 @@ def sweep(
     previous = {}
     if not dry_run and threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, on_signal) for s in handled}
+    pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            free = list(range(jobs))  # job slots; slot i runs on devices[i]
-            pending = list(enumerate(runs, start=1))
-            running: dict[Any, int] = {}
-            while pending or running:
-                while pending and free:
-                    position, run = pending.pop(0)
-                    slot = free.pop(0)
-                    running[pool.submit(one, position, run, slot)] = slot
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                done = next(iter(finished))
-                free.append(running.pop(done))
-                outcome = done.result()
-                outcomes[outcome.name] = outcome
-                if not dry_run:
+        free = list(range(jobs))  # job slots; slot i runs on devices[i]
+        pending = list(enumerate(runs, start=1))
+        running: dict[Any, int] = {}
+        while pending or running:
+            while pending and free:
+                position, run = pending.pop(0)
+                slot = free.pop(0)
+                running[pool.submit(one, position, run, slot)] = slot
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            done = next(iter(finished))
+            free.append(running.pop(done))
+            outcome = done.result()
+            outcomes[outcome.name] = outcome
+            if not dry_run:
+                with _writing(out / "sweep.json"):
                     _write_index(out, outcomes, runs)
+    except BaseException:
+        # A run that cannot be written (a full disk) ends the sweep now, not once every other
+        # live run has trained to its end: they stop as on SIGTERM, each resumable.
+        children.stop_all(signal.SIGTERM)
+        raise
     finally:
+        pool.shutdown(wait=True)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return [outcomes[r.name] for r in runs]

@@ -7,7 +7,7 @@ python primitives only, never pickled objects), built by the engine and stamped 
     {"format": "biasdecay.train/1", "step": 1234, "epoch": 3, "model": ..., "optimizer": ...,
      "rng": capture_rng_state(...), ...anything else the engine needs...}
 
-Writes go through :func:`biasdecay.nn.checkpoint.atomic_save` (temporary file + rename) and old
+Writes go through :func:`biasdecay.atomic.save_torch` (temporary file + rename) and old
 checkpoints are pruned only after the new one is complete, so a crash at any moment leaves at
 least one complete checkpoint. Reading never modifies the run directory.
 """
@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
-from biasdecay.nn.checkpoint import CheckpointError, atomic_save
+from biasdecay.atomic import save_torch
+from biasdecay.errors import InputError
+from biasdecay.nn.checkpoint import CheckpointError
 
 __all__ = [
     "FORMAT",
@@ -46,7 +48,7 @@ REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "rng")
 _MODEL_FORMAT = "biasdecay.model/1"  # written by biasdecay.nn.checkpoint.save_model
 _ZIP_MAGIC = b"PK\x03\x04"
 # At least 9 digits (``{step:09d}``); more once a run passes a billion steps. Temporary files of
-# atomic_save start with "." and end with ".tmp", so they never match.
+# save_torch start with "." and end with ".tmp", so they never match.
 _NAME = re.compile(r"step-(\d{9,})\.pt")
 
 
@@ -120,23 +122,23 @@ def save_training_checkpoint(
             ``step`` or ``format``.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
+        raise InputError(f"step must be an int >= 0, got {step!r}")
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(
+        raise InputError(
             f"keep must be an int >= 1 (the new checkpoint is always kept), got {keep!r}"
         )
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
     # A conflicting value would mean the engine and the file name disagree about the step.
     if "step" in state and state["step"] != step:
-        raise ValueError(
+        raise InputError(
             f"state['step'] is {state['step']!r} but the checkpoint is for step {step}"
         )
     if "format" in state and state["format"] != FORMAT:
-        raise ValueError(f"state['format'] is {state['format']!r}; it is set to {FORMAT!r} here")
+        raise InputError(f"state['format'] is {state['format']!r}; it is set to {FORMAT!r} here")
 
     path = checkpoint_path(run_dir, step)
-    atomic_save({**state, "format": FORMAT, "step": step}, path)
+    save_torch({**state, "format": FORMAT, "step": step}, path)
 
     # Only now, with the new file complete and in place, is anything deleted.
     found = list_checkpoints(run_dir)

@@ -6,7 +6,7 @@ build the same pieces without running the loop.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -15,27 +15,20 @@ import torch
 from torch import nn
 
 from biasdecay.data import DeviceLoader, ImageDataset, load_dataset, subset
-from biasdecay.decay import (
-    AdaptiveBetaDecay,
-    DecayPolicy,
-    decay_policy,
-    param_groups,
-    policy_options,
-)
+from biasdecay.decay import AdaptiveBetaDecay, DecayPolicy, freeze_roles, param_groups
+from biasdecay.decay.policies import POLICIES
 from biasdecay.nn.checkpoint import ModelSpec
 from biasdecay.nn.ghost_bn import convert_to_ghost_batchnorm
-from biasdecay.nn.models import min_image_size
-from biasdecay.optim import build_optimizer
-from biasdecay.schedules import (
-    LRScheduler,
-    cosine_warmup,
-    polynomial_warmup_decay,
-    warmup_steps_from_epochs,
-)
+from biasdecay.nn.models import MODELS, min_image_size
+from biasdecay.optim import OPTIMIZERS
+from biasdecay.registry import Entry
+from biasdecay.schedules import SCHEDULES, LRScheduler, make_schedule, warmup_steps_from_epochs
 from biasdecay.train.config import ConfigError, TrainConfig, peak_lr
 from biasdecay.train.distributed import DistContext
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+def _dtype(cfg: TrainConfig) -> torch.dtype:
+    return getattr(torch, cfg.run.dtype)  # run.dtype names a torch dtype ("float32")
 
 
 @dataclass(frozen=True)
@@ -52,20 +45,20 @@ def plan_batches(cfg: TrainConfig, ctx: DistContext) -> BatchPlan:
     """Split ``run.batch_size`` over ranks and micro-batches, or say why it cannot be split."""
     logical, world = cfg.run.batch_size, ctx.world_size
     if logical % world:
-        raise ValueError(
+        raise ConfigError(
             f"run.batch_size={logical} is not divisible by the world size {world}; use a "
             f"multiple of {world} (logical batch = micro-batch x accumulation x world size)"
         )
     per_rank = logical // world
     micro = cfg.run.micro_batch_size or per_rank
     if per_rank % micro:
-        raise ValueError(
+        raise ConfigError(
             f"run.micro_batch_size={micro} does not divide the per-rank batch {per_rank} "
             f"(= run.batch_size {logical} / {world} ranks); choose a divisor of {per_rank}"
         )
     ghost = cfg.model.ghost_batch_size
     if ghost and micro % ghost and micro > ghost:
-        raise ValueError(
+        raise ConfigError(
             f"run.micro_batch_size={micro} is not a multiple of model.ghost_batch_size={ghost}: "
             "ghost batches would straddle micro-batches; use a multiple of the ghost size"
         )
@@ -101,19 +94,21 @@ def measure_batches(
         shuffle=False,
         device=device,
         pad_to=pad_size(cfg, train),
-        dtype=_DTYPES[cfg.run.dtype],
+        dtype=_dtype(cfg),
         channels_last=use_channels_last(cfg, device),
     )
     return list(loader)
 
 
 def model_spec(cfg: TrainConfig, data: ImageDataset) -> ModelSpec:
+    """What network the run builds (through the model registry) and records in checkpoints."""
+    entry = MODELS.entry(cfg.model.name)
     return ModelSpec(
-        name=cfg.model.name,
+        name=entry.name,
         in_channels=data.in_channels,
         num_classes=data.num_classes,
-        width=cfg.model.width,
-        image_size=max(data.image_size, cfg.data.pad_to or 0, min_image_size(cfg.model.name)),
+        image_size=max(data.image_size, cfg.data.pad_to or 0, entry.min_image_size),
+        **section_options(cfg.model, entry),
     )
 
 
@@ -156,7 +151,7 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 def make_loaders(
     cfg: TrainConfig, train: ImageDataset, test: ImageDataset, plan: BatchPlan, ctx: DistContext
 ) -> tuple[DeviceLoader, DeviceLoader]:
-    dtype, pad = _DTYPES[cfg.run.dtype], pad_size(cfg, train)
+    dtype, pad = _dtype(cfg), pad_size(cfg, train)
     channels_last = use_channels_last(cfg, ctx.device)
     train_loader = DeviceLoader(
         train,
@@ -173,7 +168,7 @@ def make_loaders(
         world_size=ctx.world_size,
     )
     if len(train_loader) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"the training split has {len(train)} samples, fewer than one logical batch of "
             f"{plan.logical}; lower run.batch_size"
         )
@@ -199,51 +194,40 @@ def build_model(cfg: TrainConfig, spec: ModelSpec, ctx: DistContext) -> nn.Modul
     model = spec.build()
     if cfg.model.ghost_batch_size:
         model = convert_to_ghost_batchnorm(model, cfg.model.ghost_batch_size)
-    model = model.to(device=ctx.device, dtype=_DTYPES[cfg.run.dtype])
+    model = model.to(device=ctx.device, dtype=_dtype(cfg))
     if use_channels_last(cfg, ctx.device):
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def _optimizer_options(cfg: TrainConfig) -> dict:
-    opt = cfg.optimizer
-    if opt.name == "lamb":
-        return {
-            "betas": tuple(opt.betas),
-            "eps": opt.eps,
-            "layer_adaptation": layer_adaptation(cfg),
-            "max_grad_norm": opt.max_grad_norm,
-        }
-    if opt.name == "lars":
-        return {
-            "momentum": opt.momentum,
-            "nesterov": opt.nesterov,
-            "layer_adaptation": layer_adaptation(cfg),
-        }
-    if opt.name == "sgd":
-        return {"momentum": opt.momentum, "nesterov": opt.nesterov}
-    if opt.name == "adamw":
-        return {"betas": tuple(opt.betas), "eps": opt.eps}
-    return {}
+def section_options(section: object, entry: Entry, steps_per_epoch: int | None = None) -> dict:
+    """The options a config section gives the entry it chose: the fields that apply to it.
+
+    Each field's :class:`~biasdecay.train.config.Setting` says which option it sets and for
+    which entries; a value counted in epochs becomes steps with ``steps_per_epoch``.
+    """
+    options = {}
+    for f in dataclasses.fields(section):
+        spec = f.metadata["setting"]
+        if spec.option is None or entry.name not in spec.applies_to:
+            continue
+        value = getattr(section, f.name)
+        if spec.in_epochs:
+            value = warmup_steps_from_epochs(value, steps_per_epoch)
+        options[spec.option] = value
+    return options
 
 
 def layer_adaptation(cfg: TrainConfig) -> str | None:
     """The run's ``layer_adaptation``, or None for an optimiser without a trust ratio."""
-    return cfg.optimizer.layer_adaptation if cfg.optimizer.name in ("lamb", "lars") else None
+    entry = OPTIMIZERS.entry(cfg.optimizer.name)
+    return section_options(cfg.optimizer, entry).get("layer_adaptation")
 
 
 def build_policy(cfg: TrainConfig) -> DecayPolicy:
     """The decay policy, given only the options it takes (the others are ignored)."""
-    p = cfg.policy
-    options = {
-        "beta": p.beta,
-        "gamma": p.gamma,
-        "bias": p.bias,
-        "threshold": p.threshold,
-        "decay_biases": p.decay_biases,
-    }
-    accepted = policy_options(p.name)
-    return decay_policy(p.name, **{k: v for k, v in options.items() if k in accepted})
+    entry = POLICIES.entry(cfg.policy.name)
+    return POLICIES.build(entry.name, **section_options(cfg.policy, entry))
 
 
 def build_optimization(
@@ -251,10 +235,11 @@ def build_optimization(
 ) -> tuple[torch.optim.Optimizer, DecayPolicy, AdaptiveBetaDecay | None]:
     """The optimiser over the policy's param groups, and the adaptive controller if any."""
     policy = build_policy(cfg)
+    freeze_roles(model, policy)  # the frozen policies' β/γ, fixed before any group is built
     groups = param_groups(model, policy, cfg.optimizer.weight_decay)
-    optimizer = build_optimizer(
-        cfg.optimizer.name, groups, lr=peak_lr(cfg), **_optimizer_options(cfg)
-    )
+    entry = OPTIMIZERS.entry(cfg.optimizer.name)
+    options = section_options(cfg.optimizer, entry)
+    optimizer = OPTIMIZERS.build(entry.name, groups, lr=peak_lr(cfg), **options)
     controller = None
     if policy.adaptive:
         controller = AdaptiveBetaDecay(
@@ -273,28 +258,11 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
 def build_scheduler(
     cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int, steps_per_epoch: int
 ) -> LRScheduler:
-    s, lr = cfg.schedule, peak_lr(cfg)
-    if s.name == "polynomial":
-        schedule = functools.partial(
-            polynomial_warmup_decay,
-            total_steps=steps,
-            peak_lr=lr,
-            warmup_fraction=s.warmup_fraction,
-            init_lr=s.init_lr,
-            final_lr=s.final_lr,
-            warmup_power=s.warmup_power,
-            decay_power=s.decay_power,
-        )
-    elif s.name == "cosine":
-        warmup = warmup_steps_from_epochs(s.warmup_epochs, steps_per_epoch)
-        schedule = functools.partial(
-            cosine_warmup, total_steps=steps, peak_lr=lr, warmup_steps=warmup, final_lr=s.final_lr
-        )
-    else:
-        schedule = functools.partial(_constant, lr=lr)
-    return LRScheduler(optimizer, schedule)
-
-
-def _constant(step: int, *, lr: float) -> float:
-    del step
-    return lr
+    """The run's schedule over ``steps`` updates, from the registry, driving ``optimizer``."""
+    entry, lr = SCHEDULES.entry(cfg.schedule.name), peak_lr(cfg)
+    # What the run itself fixes; a schedule takes the names it accepts (constant calls its
+    # rate lr, the others peak_lr).
+    run = {"total_steps": steps, "peak_lr": lr, "lr": lr}
+    options = {k: v for k, v in run.items() if entry.accepts(k)}
+    options.update(section_options(cfg.schedule, entry, steps_per_epoch))
+    return LRScheduler(optimizer, make_schedule(entry.name, **options))

@@ -1,4 +1,4 @@
-"""Typed training configuration: six flat dataclass sections, a strict TOML loader and writer.
+"""Typed training configuration: six flat dataclass sections, loaded strictly and written as TOML.
 
 A run is described by :class:`TrainConfig`, whose sections ``[model]``, ``[data]``,
 ``[optimizer]``, ``[policy]``, ``[schedule]`` and ``[run]`` are plain dataclasses. Values come,
@@ -11,6 +11,12 @@ naming the key, the value and what is valid. Nothing is executed and nothing sil
 ``"none"`` (also ``"None"``, ``"null"``); an override may give the bare word (``data.root=none``).
 Fields whose type is a plain ``str`` keep such words as strings (``run.amp = "none"`` is a mode).
 
+This module states what only the config knows: each setting with its default, type and
+:class:`Setting`, the checks across sections, and loading and writing whole configurations.
+How a field carries its Setting is :mod:`biasdecay.train.config_fields`, turning one value into
+its type :mod:`biasdecay.train.config_values`, writing one value as TOML
+:mod:`biasdecay.toml_text`, and the settings' help :mod:`biasdecay.train.config_help`.
+
 Usage::
 
     cfg = load_config("configs/cifar10_resnet18.toml", ["run.epochs=2", "policy.name=beta_decay"])
@@ -20,40 +26,59 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import operator
-import re
-import sys
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-from biasdecay.errors import BiasDecayError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, from PyPI (a dependency on 3.10 only)
-    import tomli as tomllib
-
-from biasdecay.data import AUGMENTATIONS, dataset_names
-from biasdecay.decay import policy_names
-from biasdecay.nn.models import model_names
-from biasdecay.optim import LAYER_ADAPTATION, optimizer_names
-from biasdecay.schedules import SCHEDULES, scale_lr
-from biasdecay.sharpness.suite import measure_names
+from biasdecay.constraints import (
+    NonEmpty,
+    OneOf,
+    Pattern,
+    Range,
+    did_you_mean,
+    problems,
+)
+from biasdecay.data import AUGMENTATIONS, DATASETS
+from biasdecay.decay.policies import POLICIES
+from biasdecay.nn.models import MODELS
+from biasdecay.optim import OPTIMIZERS
+from biasdecay.registry import Registry
+from biasdecay.schedules import (
+    PAPER_BASE_BATCH_SIZE,
+    PAPER_BASE_LR,
+    PAPER_SGD_WARMUP_EPOCHS,
+    PAPER_WARMUP_FRACTION,
+    SCALING_RULES,
+    SCHEDULES,
+    scale_lr,
+)
+from biasdecay.sharpness.suite import MEASURES
+from biasdecay.toml_text import toml_value
+from biasdecay.train.config_fields import Setting, choice, option, setting, setting_of
+from biasdecay.train.config_values import (
+    NONE_WORDS,
+    ConfigError,
+    coerce,
+    override_value,
+    read_toml,
+    sections_with_key,
+    split_override,
+)
 
 __all__ = [
     "AMP_MODES",
+    "COMPONENTS",
     "DEFAULT_RUN_MEASURES",
     "DTYPES",
+    "FIELD_TYPES",
     "LR_SCALING_RULES",
     "MEASURE_SPLITS",
     "NONE_WORDS",
     "SECTIONS",
+    "SETTINGS",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
@@ -61,9 +86,12 @@ __all__ = [
     "PolicyConfig",
     "RunConfig",
     "ScheduleConfig",
+    "Setting",
     "TrainConfig",
     "NON_IDENTIFYING_KEYS",
     "check_config",
+    "check_setting_name",
+    "check_override",
     "config_differences",
     "format_differences",
     "config_from_dict",
@@ -74,17 +102,13 @@ __all__ = [
     "peak_lr",
 ]
 
-LR_SCALING_RULES = ("sqrt", "linear", "none")
+LR_SCALING_RULES = (*SCALING_RULES, "none")
 DTYPES = ("float32", "float64")
 AMP_MODES = ("auto", "bf16", "none")
 # Which data the full measures see: "train" (the default) is a fixed, un-augmented subset of the
 # training split, as the paper defines C, C_m, Tr(H) and the Fisher-Rao norm on the training loss
 # (eq. 3-4: D is the ERM training set); "test" the same draw from the test split.
 MEASURE_SPLITS = ("train", "test")
-# Spellings of None in TOML files and overrides (TOML itself has no null).
-NONE_WORDS = frozenset({"none", "None", "null"})
-_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-_DEVICES_TEXT = "auto, cpu, cuda, cuda:N (N = GPU index)"
 # What `run.measure_epochs` measure unless `run.measures` says otherwise.
 DEFAULT_RUN_MEASURES = ("connectivity", "connectivity-m", "hessian-trace", "fisher-rao")
 # Settings that say where a run lives or executes, not what it computes: a resume, or a sweep
@@ -93,110 +117,158 @@ DEFAULT_RUN_MEASURES = ("connectivity", "connectivity-m", "hessian-trace", "fish
 NON_IDENTIFYING_KEYS = frozenset(
     {"run.out", "run.device", "run.compile", "run.tensorboard", "run.max_steps", "data.root"}
 )
-_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
-
-
-class ConfigError(BiasDecayError, ValueError):
-    """A configuration that cannot be used; the message names the key and what is valid."""
-
 
 # --------------------------------------------------------------------------- sections
+
+# Ranges many settings share.
+_POSITIVE = Range(0.0, low_open=True)
+_NONNEGATIVE = Range(0.0)
+_COUNT = Range(1, integer=True)  # a number of things, at least one
+_EVERY = Range(0, integer=True)  # an interval in steps or epochs, 0 for "off" or "at the end"
 
 
 @dataclass
 class ModelConfig:
-    """The network: a name from :func:`biasdecay.nn.models.model_names` and its size."""
+    """The network: a name from :data:`biasdecay.nn.models.MODELS` and its size."""
 
-    name: str = "resnet18"
-    width: float = 1.0  # multiplier of every hidden width
-    ghost_batch_size: int | None = 32  # Appendix A.2; None: plain BatchNorm
+    name: str = choice(MODELS, "resnet18", "the network (see `biasdecay list models`)")
+    width: float = option(MODELS, "width")
+    ghost_batch_size: int | None = setting(
+        32, _COUNT, "samples per ghost batch of every BatchNorm (Appendix A.2); none: plain BN"
+    )
 
 
 @dataclass
 class DataConfig:
-    """The data source (:func:`biasdecay.data.dataset_names`) and its preprocessing."""
+    """The data source (:data:`biasdecay.data.DATASETS`) and its preprocessing."""
 
-    name: str = "cifar10"
-    root: str | None = None  # None: the source's default location
-    augment: str | None = "cifar"  # None, "flip", "cifar" (crop with padding 4, then flip)
-    pad_to: int | None = None  # None: automatic (VGG needs 32)
-    train_samples: int | None = None  # seeded subset of the train split
-    eval_samples: int | None = None  # seeded subset of the test split
+    name: str = choice(DATASETS, "cifar10", "the data source (see `biasdecay list data`)")
+    root: str | None = setting(
+        None,
+        NonEmpty('a path or "none" (the default location)'),
+        "directory of the data set's files; none: the source's default location",
+    )
+    augment: str | None = setting(
+        "cifar",
+        OneOf([*sorted(AUGMENTATIONS), "none"]),
+        'training augmentation: "flip", "cifar" (crop with padding 4, then flip) or none',
+    )
+    pad_to: int | None = setting(None, _COUNT, "pad images to this side; none: automatic")
+    train_samples: int | None = setting(None, _COUNT, "seeded subset of the train split")
+    eval_samples: int | None = setting(None, _COUNT, "seeded subset of the test split")
 
 
 @dataclass
 class OptimizerConfig:
-    """The optimiser (:func:`biasdecay.optim.optimizer_names`) and its hyper-parameters."""
+    """The optimiser (:data:`biasdecay.optim.OPTIMIZERS`) and its hyper-parameters."""
 
-    name: str = "lamb"
-    lr: float | None = None  # peak lr; None: base_lr scaled by lr_scaling from base_batch_size
-    base_lr: float = 0.04  # Appendix A.2: 0.04 at batch 8k (CIFAR) or 32k (ImageNet)
-    base_batch_size: int = 8192
-    lr_scaling: str = "sqrt"  # "sqrt", "linear", "none"
-    weight_decay: float = 0.01  # λ_w of the non-normalisation layers (Appendix A.2)
-    momentum: float = 0.9  # SGD, LARS
-    betas: tuple[float, float] = (0.9, 0.999)  # LAMB, AdamW (Appendix A.1)
-    eps: float = 1e-6
-    # LAMB/LARS: which parameters get the trust ratio: "decayed" (those whose weight decay is
-    # non-zero at the step, as the public ResNet LAMB/LARS code), "all", "none" (design.md §4).
-    layer_adaptation: str = "decayed"
-    nesterov: bool = False
-    max_grad_norm: float | None = None  # None: no clipping
+    name: str = choice(OPTIMIZERS, "lamb", "the optimiser")
+    lr: float | None = setting(
+        None, _POSITIVE, "peak lr; none: base_lr scaled by lr_scaling from base_batch_size"
+    )
+    base_lr: float = setting(
+        PAPER_BASE_LR, _POSITIVE, "lr at base_batch_size (Appendix A.2: 0.04 at 8k or 32k)"
+    )
+    base_batch_size: int = setting(
+        PAPER_BASE_BATCH_SIZE["cifar"], _COUNT, "the batch size base_lr is tuned for"
+    )
+    lr_scaling: str = setting(
+        "sqrt", OneOf(LR_SCALING_RULES), "how base_lr scales to run.batch_size"
+    )
+    weight_decay: float = setting(
+        0.01, _NONNEGATIVE, "λ_w of the non-normalisation layers (Appendix A.2)"
+    )
+    momentum: float = option(OPTIMIZERS, "momentum", applies_to=("lars", "sgd"))
+    betas: tuple[float, float] = option(OPTIMIZERS, "betas", applies_to=("lamb", "adamw"))
+    eps: float = option(OPTIMIZERS, "eps", applies_to=("lamb", "adamw"))
+    # Which parameters get the trust ratio (docs/design.md §4): a named, reported setting.
+    layer_adaptation: str = option(OPTIMIZERS, "layer_adaptation", applies_to=("lamb", "lars"))
+    nesterov: bool = option(OPTIMIZERS, "nesterov", applies_to=("lars", "sgd"))
+    max_grad_norm: float | None = option(OPTIMIZERS, "max_grad_norm", applies_to=("lamb",))
 
 
 @dataclass
 class PolicyConfig:
-    """The weight-decay policy (:func:`biasdecay.decay.policy_names`) and its options."""
+    """The weight-decay policy (:data:`biasdecay.decay.policies.POLICIES`) and its options."""
 
-    name: str = "no_bias_decay"
-    beta: float = 1.0  # λ_β of beta_decay / adaptive_beta_decay
-    gamma: float = 0.01  # λ_γ of gamma_decay
-    bias: float = 1.0  # coefficient of every bias under bias_decay (Figure 1's ablation)
-    threshold: float = 0.1  # R of adaptive_beta_decay (decay where r_l >= R)
-    decay_biases: bool = False  # conv/linear biases follow the base policy unless set
+    name: str = choice(POLICIES, "no_bias_decay", "the weight-decay policy")
+    beta: float = option(POLICIES, "beta")
+    gamma: float = option(POLICIES, "gamma")
+    bias: float = option(POLICIES, "bias")
+    threshold: float = option(POLICIES, "threshold")
+    decay_biases: bool = option(POLICIES, "decay_biases")
 
 
 @dataclass
 class ScheduleConfig:
     """The learning-rate schedule (:data:`biasdecay.schedules.SCHEDULES`)."""
 
-    name: str = "polynomial"  # "polynomial", "cosine", "constant"
-    warmup_fraction: float = 0.3  # polynomial (Appendix A.1: 30% of the steps)
-    warmup_epochs: float = 10.0  # cosine (Appendix A.1: 10 epochs for SGD)
-    init_lr: float = 0.0
-    final_lr: float = 0.0
-    warmup_power: float = 2.0
-    decay_power: float = 2.0
+    name: str = choice(SCHEDULES, "polynomial", "the learning-rate schedule")
+    # A float, not none: the paper's 30% is written out so config.toml records it.
+    warmup_fraction: float = option(
+        SCHEDULES,
+        "warmup_fraction",
+        default=PAPER_WARMUP_FRACTION,
+        help="polynomial warm-up as a fraction of the run's steps (Appendix A.1: 0.3)",
+    )
+    warmup_epochs: float = setting(
+        float(PAPER_SGD_WARMUP_EPOCHS),
+        _NONNEGATIVE,
+        "linear warm-up of the cosine schedule in epochs (Appendix A.1: 10 for SGD)",
+        option="warmup_steps",
+        applies_to=("cosine",),
+        in_epochs=True,
+    )
+    init_lr: float = option(SCHEDULES, "init_lr")
+    final_lr: float = option(SCHEDULES, "final_lr")
+    warmup_power: float = option(SCHEDULES, "warmup_power")
+    decay_power: float = option(SCHEDULES, "decay_power")
 
 
 @dataclass
 class RunConfig:
     """How the run is executed, logged, checkpointed and measured."""
 
-    out: str = "runs/default"
-    epochs: float = 200.0
-    batch_size: int = 8192  # logical batch = micro_batch_size x accumulation x world size
-    micro_batch_size: int | None = None  # per rank; None: the whole per-rank batch at once
-    seed: int = 0
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
-    dtype: str = "float32"  # "float32", "float64" (float64 for exactness tests on CPU)
-    amp: str = "auto"  # "auto" (bf16 autocast on CUDA, none on CPU), "bf16", "none"
-    channels_last: bool | None = None  # None: on for CUDA
-    compile: bool = False
-    eval_every: int = 1  # epochs between evaluations (0: only at the end)
-    log_every: int = 10  # steps between log records
-    checkpoint_every: int = 0  # steps between checkpoints (0: at each epoch end)
-    keep_checkpoints: int = 2
-    divergence_loss: float = 1e4  # training loss above this counts as divergence
-    tensorboard: bool = False
-    track_every: int = 0  # sharpness tracking every k steps (0: off)
-    measure_epochs: list[int] = field(default_factory=list)  # full measures at these epochs
-    measure_samples: int = 512
-    measure_split: str = "train"  # "train" or "test" (MEASURE_SPLITS): the data of those measures
-    measures: list[str] = field(default_factory=lambda: list(DEFAULT_RUN_MEASURES))
-    measure_matvecs: int = 30  # Hutch++ budget of Tr(H) in those measures
-    measure_lanczos_iters: int = 20  # Lanczos iterations of λmax in those measures
-    max_steps: int | None = None  # stop (and checkpoint) after this many steps this invocation
+    out: str = setting("runs/default", NonEmpty("a non-empty path"), "the run's directory")
+    epochs: float = setting(200.0, _POSITIVE, "length of the run in epochs (may be fractional)")
+    batch_size: int = setting(
+        8192, _COUNT, "logical batch = micro_batch_size x accumulation x world size"
+    )
+    micro_batch_size: int | None = setting(
+        None, _COUNT, "per rank; none: the whole per-rank batch at once"
+    )
+    seed: int = setting(0, Range(0, integer=True), "seed of weights, data order and subsets")
+    device: str = setting(
+        "auto",
+        Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda, cuda:N (N = GPU index)"),
+        "where the run executes (auto: CUDA if present)",
+    )
+    dtype: str = setting("float32", OneOf(DTYPES), "float64 for exactness tests on CPU")
+    amp: str = setting(
+        "auto", OneOf(AMP_MODES), "autocast: auto (bf16 on CUDA, none on CPU), bf16, none"
+    )
+    channels_last: bool | None = setting(None, None, "channels-last memory; none: on for CUDA")
+    compile: bool = setting(False, None, "torch.compile the model")
+    eval_every: int = setting(1, _EVERY, "epochs between evaluations (0: only at the end)")
+    log_every: int = setting(10, _COUNT, "steps between log records")
+    checkpoint_every: int = setting(0, _EVERY, "steps between checkpoints (0: each epoch end)")
+    keep_checkpoints: int = setting(2, _COUNT, "checkpoints kept")
+    divergence_loss: float = setting(
+        1e4, Range(0.0, low_open=True, high_open=False), "training loss counted as divergence"
+    )
+    tensorboard: bool = setting(False, None, "mirror the metrics to TensorBoard")
+    track_every: int = setting(0, _EVERY, "sharpness tracking every k steps (0: off)")
+    measure_epochs: list[int] = setting([], _EVERY, "full measures at these epochs")
+    measure_samples: int = setting(512, _COUNT, "images the full measures see")
+    measure_split: str = setting("train", OneOf(MEASURE_SPLITS), "the split those images come from")
+    measures: list[str] = setting(
+        list(DEFAULT_RUN_MEASURES), OneOf(MEASURES.names), "the full measures"
+    )
+    measure_matvecs: int = setting(30, _COUNT, "Hutch++ budget of Tr(H) in those measures")
+    measure_lanczos_iters: int = setting(20, _COUNT, "Lanczos iterations of λmax in them")
+    max_steps: int | None = setting(
+        None, _COUNT, "stop (and checkpoint) after this many steps this invocation"
+    )
 
 
 @dataclass
@@ -212,28 +284,30 @@ class TrainConfig:
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
-# The type hints the loader checks values against, resolved once: section -> key -> type.
-_FIELD_TYPES: dict[str, dict[str, Any]] = {
+#: The registry each component section's ``name`` chooses from.
+COMPONENTS: dict[str, Registry] = {
+    "model": MODELS,
+    "data": DATASETS,
+    "optimizer": OPTIMIZERS,
+    "policy": POLICIES,
+    "schedule": SCHEDULES,
+}
+#: section -> key -> the type hint its values are checked against (resolved once).
+FIELD_TYPES: dict[str, dict[str, Any]] = {
     name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()
+}
+#: section -> key -> its :class:`Setting`.
+SETTINGS: dict[str, dict[str, Setting]] = {
+    name: {f.name: setting_of(f) for f in dataclasses.fields(cls)} for name, cls in SECTIONS.items()
 }
 
 
-# --------------------------------------------------------------------------- messages
-
-
-def _did_you_mean(name: str, valid: Sequence[str], template: str = "{}") -> str:
-    """``"; did you mean X?"`` for the closest valid name, or ``""`` when none is close."""
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f"; did you mean {template.format(close[0])}?" if close else ""
-
-
-def _sections_with_key(key: str) -> list[str]:
-    return [section for section, hints in _FIELD_TYPES.items() if key in hints]
+# --------------------------------------------------------------------------- names
 
 
 def _unknown_section(section: str, source: str) -> ConfigError:
-    hint = _did_you_mean(section, list(SECTIONS), "[{}]")
-    owners = _sections_with_key(section)
+    hint = did_you_mean(section, SECTIONS, "[{}]")
+    owners = sections_with_key(section, FIELD_TYPES)
     if owners:  # `epochs = 3` at the top level: the key exists, it is just not in a section
         hint = f"; settings belong in a section: did you mean {owners[0]}.{section}?"
     return ConfigError(
@@ -254,305 +328,111 @@ _REPLACED_KEYS = {
 def _unknown_key(section: str, key: str, source: str) -> ConfigError:
     if f"{section}.{key}" in _REPLACED_KEYS:
         return ConfigError(f"{source}: {_REPLACED_KEYS[f'{section}.{key}']}")
-    valid = list(_FIELD_TYPES[section])
-    owners = _sections_with_key(key)
+    valid = list(FIELD_TYPES[section])
+    owners = sections_with_key(key, FIELD_TYPES)
     if owners:  # the right key in the wrong section beats a near spelling in this one
         hint = f"; did you mean {owners[0]}.{key}?"
     else:
-        hint = _did_you_mean(key, valid, f"{section}.{{}}")
+        hint = did_you_mean(key, valid, f"{section}.{{}}")
     return ConfigError(
         f"{source}: unknown key {section}.{key}; valid keys of [{section}]: "
         f"{', '.join(valid)}{hint}"
     )
 
 
-def _describe(hint: Any) -> str:
-    """A type hint in words, for error messages."""
-    inner = _optional_inner(hint)
-    if inner is not None:
-        return f"{_describe(inner)} or none"
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple:
-        return f"a list of {len(args)} {_describe(args[0])}s"
-    if origin is list:
-        return f"a list of {_describe(args[0])}s"
-    if hint is bool:
-        return "bool (true or false)"
-    return hint.__name__
-
-
-# --------------------------------------------------------------------------- type checking
-
-
-def _optional_inner(hint: Any) -> Any:
-    """``X`` for a hint ``X | None``; None for any other hint (every union here is optional)."""
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return None
-
-
-def _is_int(value: Any) -> bool:
-    # bool is an int subclass; `batch_size = true` is a mistake, not 1.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """``value`` checked against ``hint`` and normalised (int -> float, list -> tuple).
+def check_setting_name(section: str, key: str | None = None, source: str = "setting") -> None:
+    """Check that ``section`` (and ``key`` in it, when given) names a setting.
 
     Args:
-        value: a value from TOML, an override or a dataclass.
-        hint: the field's type hint.
-        key: ``section.key`` for messages.
-
-    Returns:
-        The value to store.
+        section: e.g. ``"optimizer"``.
+        key: e.g. ``"momentum"``; None to check the section alone.
+        source: where the name came from, for messages.
 
     Raises:
-        ConfigError: the value does not have the hinted type.
+        ConfigError: an unknown section or key; the message lists the valid ones and the closest.
     """
-    inner = _optional_inner(hint)
-    if inner is not None:
-        if value is None or (isinstance(value, str) and value in NONE_WORDS):
-            return None
-        try:
-            return _coerce(value, inner, key)
-        except ConfigError:
-            raise _type_error(key, hint, value) from None
-    origin = typing.get_origin(hint)
-    if origin in (tuple, list) and isinstance(value, (list, tuple)):
-        return _coerce_sequence(value, hint, key)
-    if hint is float and _is_int(value):
-        return float(value)  # `epochs = 2` means 2.0
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = _is_int(value)
-    else:
-        ok = origin is None and isinstance(value, hint) and not isinstance(value, bool)
-    if not ok:
-        raise _type_error(key, hint, value)
-    return value
-
-
-def _type_error(key: str, hint: Any, value: Any) -> ConfigError:
-    shown = "none" if value is None else f"{value!r} ({type(value).__name__})"
-    return ConfigError(f"{key}: expected {_describe(hint)}, got {shown}")
-
-
-def _coerce_sequence(value: Sequence[Any], hint: Any, key: str) -> Any:
-    """A list/tuple field element by element; a tuple field must have its exact length."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is tuple:
-        if len(value) != len(args):
-            raise ConfigError(
-                f"{key}: expected {_describe(hint)}, got {list(value)!r} (length {len(value)})"
-            )
-        return tuple(
-            _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
-    return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-
-
-def _set(cfg: TrainConfig, section: str, key: str, value: Any, source: str) -> None:
-    """Check ``section.key`` exists and ``value`` has its type, then store it."""
-    if key not in _FIELD_TYPES[section]:
+    if section not in SECTIONS:
+        raise _unknown_section(section, source)
+    if key is not None and key not in FIELD_TYPES[section]:
         raise _unknown_key(section, key, source)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _coerced(section: str, key: str, value: Any, source: str) -> Any:
+    """``value`` as ``section.key`` stores it: the name and the type checked, not the range."""
+    check_setting_name(section, key, source)
     try:
-        coerced = _coerce(value, _FIELD_TYPES[section][key], f"{section}.{key}")
+        return coerce(value, FIELD_TYPES[section][key], f"{section}.{key}")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    setattr(getattr(cfg, section), key, coerced)
 
 
 def _merge(cfg: TrainConfig, data: Mapping[str, Any], source: str) -> None:
     """Apply a ``{section: {key: value}}`` mapping onto ``cfg`` (types checked, values not)."""
     for section, table in data.items():
-        if section not in SECTIONS:
-            raise _unknown_section(section, source)
+        check_setting_name(section, source=source)
         if not isinstance(table, Mapping):
             raise ConfigError(
                 f"{source}: [{section}] must be a table of settings, got {table!r}; "
-                f"valid keys of [{section}]: {', '.join(_FIELD_TYPES[section])}"
+                f"valid keys of [{section}]: {', '.join(FIELD_TYPES[section])}"
             )
         for key, value in table.items():
-            _set(cfg, section, key, value, source)
+            setattr(getattr(cfg, section), key, _coerced(section, key, value, source))
 
 
 # --------------------------------------------------------------------------- value checks
 
 
-def _choice(key: str, value: str | None, valid: Sequence[str]) -> list[str]:
-    if value is None or value in valid:
-        return []
-    hint = _did_you_mean(value, valid, "{!r}") if isinstance(value, str) else ""
-    return [f"{key}: unknown value {value!r}; valid: {', '.join(valid)}{hint}"]
-
-
-def _number(
-    key: str,
-    value: float | None,
-    *,
-    gt: float | None = None,
-    ge: float | None = None,
-    lt: float | None = None,
-    le: float | None = None,
-    allow_inf: bool = False,
-) -> list[str]:
-    """A problem unless ``value`` (skipped when None) is in the stated range; NaN never is."""
-    if value is None:
-        return []
-    limits = {">": gt, ">=": ge, "<": lt, "<=": le}
-    wanted = [
-        (f"{op} {bound:g}", _COMPARE[op](value, bound))
-        for op, bound in limits.items()
-        if bound is not None
-    ]
-    finite_ok = allow_inf or math.isfinite(value)
-    if finite_ok and not math.isnan(value) and all(ok for _, ok in wanted):
-        return []
-    kind = "an integer" if _is_int(value) else "a number" if allow_inf else "a finite number"
-    return [f"{key} must be {kind} {' and '.join(text for text, _ in wanted)}, got {value!r}"]
-
-
-def _check_model(m: ModelConfig) -> list[str]:
-    return [
-        *_choice("model.name", m.name, model_names()),
-        *_number("model.width", m.width, gt=0),
-        *_number("model.ghost_batch_size", m.ghost_batch_size, ge=1),
-    ]
-
-
-def _check_data(d: DataConfig) -> list[str]:
-    problems = [
-        *_choice("data.name", d.name, dataset_names()),
-        *_choice("data.augment", d.augment, [*sorted(AUGMENTATIONS), "none"]),
-        *_number("data.pad_to", d.pad_to, ge=1),
-        *_number("data.train_samples", d.train_samples, ge=1),
-        *_number("data.eval_samples", d.eval_samples, ge=1),
-    ]
-    if d.root == "":
-        problems.append('data.root must be a path or "none" (the default location), got ""')
-    return problems
-
-
-def _check_optimizer(o: OptimizerConfig) -> list[str]:
-    return [
-        *_choice("optimizer.name", o.name, optimizer_names()),
-        *_number("optimizer.lr", o.lr, gt=0),
-        *_number("optimizer.base_lr", o.base_lr, gt=0),
-        *_number("optimizer.base_batch_size", o.base_batch_size, ge=1),
-        *_choice("optimizer.lr_scaling", o.lr_scaling, LR_SCALING_RULES),
-        *_number("optimizer.weight_decay", o.weight_decay, ge=0),
-        *_number("optimizer.momentum", o.momentum, ge=0, lt=1),
-        *_number("optimizer.betas[0]", o.betas[0], ge=0, lt=1),
-        *_number("optimizer.betas[1]", o.betas[1], ge=0, lt=1),
-        *_number("optimizer.eps", o.eps, gt=0),
-        *_number("optimizer.max_grad_norm", o.max_grad_norm, gt=0),
-        *_choice("optimizer.layer_adaptation", o.layer_adaptation, LAYER_ADAPTATION),
-    ]
-
-
-def _check_policy(p: PolicyConfig) -> list[str]:
-    return [
-        *_choice("policy.name", p.name, policy_names()),
-        *_number("policy.beta", p.beta, ge=0),
-        *_number("policy.gamma", p.gamma, ge=0),
-        *_number("policy.bias", p.bias, ge=0),
-        # R = inf is meaningful: adaptive β decay that never decays (an ablation).
-        *_number("policy.threshold", p.threshold, ge=0, allow_inf=True),
-    ]
-
-
-def _check_schedule(s: ScheduleConfig) -> list[str]:
-    return [
-        *_choice("schedule.name", s.name, list(SCHEDULES)),
-        *_number("schedule.warmup_fraction", s.warmup_fraction, ge=0, le=1),
-        *_number("schedule.warmup_epochs", s.warmup_epochs, ge=0),
-        *_number("schedule.init_lr", s.init_lr, ge=0),
-        *_number("schedule.final_lr", s.final_lr, ge=0),
-        *_number("schedule.warmup_power", s.warmup_power, gt=0),
-        *_number("schedule.decay_power", s.decay_power, gt=0),
-    ]
-
-
-def _check_run(r: RunConfig) -> list[str]:
-    problems = [
-        *_number("run.epochs", r.epochs, gt=0),
-        *_number("run.batch_size", r.batch_size, ge=1),
-        *_number("run.micro_batch_size", r.micro_batch_size, ge=1),
-        *_number("run.seed", r.seed, ge=0),
-        *_choice("run.dtype", r.dtype, DTYPES),
-        *_choice("run.amp", r.amp, AMP_MODES),
-        *_number("run.eval_every", r.eval_every, ge=0),
-        *_number("run.log_every", r.log_every, ge=1),
-        *_number("run.checkpoint_every", r.checkpoint_every, ge=0),
-        *_number("run.keep_checkpoints", r.keep_checkpoints, ge=1),
-        *_number("run.divergence_loss", r.divergence_loss, gt=0, allow_inf=True),
-        *_number("run.track_every", r.track_every, ge=0),
-        *_number("run.measure_samples", r.measure_samples, ge=1),
-        *_choice("run.measure_split", r.measure_split, MEASURE_SPLITS),
-        *_number("run.measure_matvecs", r.measure_matvecs, ge=1),
-        *_number("run.measure_lanczos_iters", r.measure_lanczos_iters, ge=1),
-        *_number("run.max_steps", r.max_steps, ge=1),
-    ]
-    if not r.out:
-        problems.append('run.out must be a non-empty path, got ""')
-    if not _DEVICE_PATTERN.fullmatch(r.device):
-        problems.append(f"run.device: unknown value {r.device!r}; valid: {_DEVICES_TEXT}")
-    for i, epoch in enumerate(r.measure_epochs):
-        problems += _number(f"run.measure_epochs[{i}]", epoch, ge=0)
-    for name in r.measures:
-        problems += _choice("run.measures", name, measure_names())
-    if r.measure_epochs and not r.measures:
-        problems.append("run.measure_epochs is set but run.measures is empty; name the measures")
-    return problems
-
-
 def _check_across(cfg: TrainConfig) -> list[str]:
     """Checks that involve two sections; run only once each section is valid on its own."""
-    run, schedule, problems = cfg.run, cfg.schedule, []
+    run, schedule, found = cfg.run, cfg.schedule, []
     if run.micro_batch_size is not None and run.micro_batch_size > run.batch_size:
-        problems.append(
+        found.append(
             f"run.micro_batch_size ({run.micro_batch_size}) must be <= run.batch_size "
             f"({run.batch_size}): it is a part of the per-rank batch"
         )
     if run.dtype == "float64" and run.amp == "bf16":
-        problems.append('run.amp = "bf16" contradicts run.dtype = "float64"; use amp = "none"')
+        found.append('run.amp = "bf16" contradicts run.dtype = "float64"; use amp = "none"')
     last_epoch = math.ceil(run.epochs)
+    if run.measure_epochs and not run.measures:
+        found.append("run.measure_epochs is set but run.measures is empty; name the measures")
     late = [e for e in run.measure_epochs if e > last_epoch]
     if late:
-        problems.append(f"run.measure_epochs {late} lie after the last epoch ({last_epoch})")
-    if schedule.name == "cosine" and schedule.warmup_epochs > run.epochs:
-        problems.append(
+        found.append(f"run.measure_epochs {late} lie after the last epoch ({last_epoch})")
+    uses = {key: schedule.name in spec.applies_to for key, spec in SETTINGS["schedule"].items()}
+    if uses["warmup_epochs"] and schedule.warmup_epochs > run.epochs:
+        found.append(
             f"schedule.warmup_epochs ({schedule.warmup_epochs:g}) must be <= run.epochs "
-            f"({run.epochs:g}) for the cosine schedule"
+            f"({run.epochs:g}) for the {schedule.name} schedule"
         )
-    # The schedules require η_init, η_final <= η_peak; cosine starts at 0 (no init_lr).
-    used = {"polynomial": ("init_lr", "final_lr"), "cosine": ("final_lr",)}
+    # The schedules require η_init, η_final <= η_peak (cosine starts at 0: no init_lr).
     peak = peak_lr(cfg)
-    for key in used.get(schedule.name, ()):
+    for key in ("init_lr", "final_lr"):
         value = getattr(schedule, key)
-        if value > peak:
-            problems.append(f"schedule.{key} ({value:g}) must be <= the peak lr ({peak:g})")
-    return problems
+        if uses[key] and value > peak:
+            found.append(f"schedule.{key} ({value:g}) must be <= the peak lr ({peak:g})")
+    return found
 
 
 def _check_values(cfg: TrainConfig) -> None:
     """Raise one :class:`ConfigError` listing every value outside its valid set or range."""
-    problems = [
-        *_check_model(cfg.model),
-        *_check_data(cfg.data),
-        *_check_optimizer(cfg.optimizer),
-        *_check_policy(cfg.policy),
-        *_check_schedule(cfg.schedule),
-        *_check_run(cfg.run),
+    found = [
+        text
+        for section, settings in SETTINGS.items()
+        for key, spec in settings.items()
+        if spec.constraint is not None
+        for text in problems(
+            spec.constraint, f"{section}.{key}", getattr(getattr(cfg, section), key)
+        )
     ]
-    if not problems:  # cross-section checks would only repeat (or trip over) earlier problems
-        problems = _check_across(cfg)
-    if len(problems) == 1:
-        raise ConfigError(problems[0])
-    if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    if not found:  # cross-section checks would only repeat (or trip over) earlier problems
+        found = _check_across(cfg)
+    if len(found) == 1:
+        raise ConfigError(found[0])
+    if found:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(found))
 
 
 # --------------------------------------------------------------------------- public API
@@ -654,7 +534,7 @@ def config_differences(
 def format_differences(differences: Sequence[tuple[str, Any, Any]], old: str, new: str) -> str:
     """``"run.epochs 2.0 (old) -> 5.0 (new), ..."`` for messages; ``old``/``new`` name the sides."""
     return ", ".join(
-        f"{key} {_toml_value(a)} ({old}) -> {_toml_value(b)} ({new})" for key, a, b in differences
+        f"{key} {toml_value(a)} ({old}) -> {toml_value(b)} ({new})" for key, a, b in differences
     )
 
 
@@ -670,61 +550,48 @@ def parse_override(text: str) -> tuple[str, str, str]:
     Raises:
         ConfigError: no ``=``, or a name that is not ``section.key``.
     """
-    name, eq, raw = text.partition("=")
-    section, dot, key = name.strip().partition(".")
-    if eq and dot and section and key and "." not in key:
-        return section, key, raw.strip()
-    owners = _sections_with_key(name.strip())
-    hint = f"; did you mean {owners[0]}.{name.strip()}={raw.strip()}?" if eq and owners else ""
-    raise ConfigError(
-        f"malformed override {text!r}: expected the form section.key=value "
-        f"(e.g. run.epochs=2, optimizer.betas=[0.9, 0.99], data.root=none){hint}"
-    )
+    return split_override(text, FIELD_TYPES)
 
 
-def _override_value(raw: str, hint: Any) -> Any:
-    """The value of an override: TOML when it parses as one value, else the text itself."""
-    try:
-        parsed = tomllib.loads(f"value = {raw}")
-    except tomllib.TOMLDecodeError:
-        return raw  # a bare word: policy.name=beta_decay, data.root=~/data, data.root=none
-    if set(parsed) != {"value"}:
-        return raw  # "1\nother = 2" smuggles a second key in; keep it as text
-    value = parsed["value"]
-    accepts_str = str in (hint, _optional_inner(hint))
-    if accepts_str and not isinstance(value, str):
-        return raw  # run.out=2024-01-01 is a path, not a TOML date
-    return value
+def _typed_override(text: str) -> tuple[str, str, Any, str]:
+    """``(section, key, value, source)`` of an override, its name and type checked."""
+    section, key, raw = parse_override(text)
+    source = f"override {text!r}"
+    check_setting_name(section, key, source)
+    value = _coerced(section, key, override_value(raw, FIELD_TYPES[section][key]), source)
+    return section, key, value, source
 
 
 def _apply_override(cfg: TrainConfig, text: str) -> None:
-    section, key, raw = parse_override(text)
-    source = f"override {text!r}"
-    if section not in SECTIONS:
-        raise _unknown_section(section, source)
-    if key not in _FIELD_TYPES[section]:
-        raise _unknown_key(section, key, source)
-    _set(cfg, section, key, _override_value(raw, _FIELD_TYPES[section][key]), source)
+    # Only the type here: the range is checked once every override is applied, since a later
+    # override may repair an earlier value.
+    section, key, value, _ = _typed_override(text)
+    setattr(getattr(cfg, section), key, value)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; errors name the file and quote the offending line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config file {path}: {err}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        # tomllib reports "(at line N, column M)" in the message only (no attribute before 3.14).
-        where = re.search(r"at line (\d+)", str(err))
-        lines = text.splitlines()
-        quoted = ""
-        if where and 1 <= int(where.group(1)) <= len(lines):
-            quoted = f"\n  line {where.group(1)}: {lines[int(where.group(1)) - 1]}"
-        raise ConfigError(f"invalid TOML in {path}: {err}{quoted}") from None
+def check_override(text: str) -> tuple[str, Any]:
+    """Check one ``section.key=value`` override on its own: name, type and valid range.
+
+    What needs the whole configuration (a value against another section) waits for
+    :func:`load_config`; this is for callers that read an override before loading one (a
+    study plan reading ``run.epochs``).
+
+    Args:
+        text: the override, e.g. ``"run.epochs=2"``.
+
+    Returns:
+        ``("section.key", value)``, the value as the config stores it.
+
+    Raises:
+        ConfigError: malformed, unknown name, wrong type or out of range; the message says what
+            is valid.
+    """
+    section, key, value, source = _typed_override(text)
+    constraint = SETTINGS[section][key].constraint
+    found = problems(constraint, f"{section}.{key}", value) if constraint else []
+    if found:
+        raise ConfigError(f"{source}: {found[0]}")
+    return f"{section}.{key}", value
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -753,49 +620,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     cfg = TrainConfig()
     if path is not None:
         path = Path(path)
-        _merge(cfg, _read_toml(path), str(path))
+        _merge(cfg, read_toml(path), str(path))
     for text in overrides:
         _apply_override(cfg, text)
     # Values are checked once everything is applied: an override may repair a file's setting.
     _check_values(cfg)
     return cfg
-
-
-# --------------------------------------------------------------------------- TOML writer
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and control characters escaped."""
-    out = []
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:  # TOML forbids raw control characters
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(value: Any) -> str:
-    """One value in TOML syntax; None is written as the string "none" (TOML has no null)."""
-    if value is None:
-        return '"none"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)  # shortest text that reads back to the same float
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a TOML value")
 
 
 def dump_toml(cfg: TrainConfig) -> str:
@@ -811,6 +641,6 @@ def dump_toml(cfg: TrainConfig) -> str:
     """
     blocks = []
     for section, values in config_to_dict(cfg).items():
-        lines = [f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+        lines = [f"[{section}]", *(f"{k} = {toml_value(v)}" for k, v in values.items())]
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from biasdecay.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -41,7 +43,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from exc
+        raise InputError(f"environment variable {name}={value!r} is not an integer") from exc
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -51,7 +53,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("run.device asks for CUDA but no CUDA GPU is available; use cpu")
+            raise InputError("run.device asks for CUDA but no CUDA GPU is available; use cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device

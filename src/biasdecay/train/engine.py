@@ -50,15 +50,12 @@ from biasdecay.train.distributed import (
     average_buffers,
     barrier,
 )
+from biasdecay.train.metrics import MetricsWriter
 from biasdecay.train.monitors import SharpnessTracker
 from biasdecay.train.process import RunLock
-from biasdecay.train.tracking import (
-    MetricsWriter,
-    Progress,
-    environment_info,
-    write_run_info,
-    write_summary,
-)
+from biasdecay.train.progress import Progress
+from biasdecay.train.run_info import environment_info, write_run_info
+from biasdecay.train.summary import write_summary
 
 
 def _summary_status(run_dir: Path) -> str | None:
@@ -75,6 +72,8 @@ class StorageError(BiasDecayError, OSError):
 
 class Diverged(BiasDecayError, RuntimeError):
     """The training loss became NaN/inf or exceeded ``run.divergence_loss``."""
+
+    exit_status = 3  # apart from bad input (2): the run itself went wrong, and is kept
 
 
 class Trainer:
@@ -461,7 +460,7 @@ class Trainer:
     def _refuse_to_overwrite(self) -> None:
         """A fresh start never replaces a run's checkpoints or a run that ended."""
         if list_checkpoints(self.run_dir):
-            raise ValueError(
+            raise ConfigError(
                 f"run directory {self.run_dir} already holds checkpoints of a run: continue it "
                 f"with --resume {self.run_dir}, or choose another run.out (--out)"
             )
@@ -470,7 +469,7 @@ class Trainer:
         if status in ("finished", "diverged"):
             ended.insert(0, f"summary.json says {status}")
         if ended:
-            raise ValueError(
+            raise ConfigError(
                 f"run directory {self.run_dir} holds a run that ended ({' and '.join(ended)}), "
                 "and a run that ended is never overwritten: choose another run.out (--out), or "
                 f"delete {self.run_dir} to train it again"

@@ -1,26 +1,42 @@
-"""Model registry: a plain dict of builders and a getter that checks its arguments.
+"""Model registry: each network's builder, the options it takes and the input size it needs.
 
 Every builder takes the same keyword arguments (``in_channels``, ``num_classes``, ``width``,
 ``image_size``) plus its own extras, so a sweep can build any network from one config section.
+Their valid ranges are the annotations below, their defaults the registry's shared ones.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated
 
 from torch import nn
 
+from biasdecay.constraints import Range
 from biasdecay.nn.models.mlp import MLP
 from biasdecay.nn.models.resnet import ResNet18
 from biasdecay.nn.models.resnet_d import ResNet50D
 from biasdecay.nn.models.vgg import VGG, VGG_CONFIGS, min_input_size
+from biasdecay.registry import Entry, Registry
 
-__all__ = ["MODELS", "build_model", "model_names", "scale_width"]
+__all__ = ["MODELS", "ModelEntry", "build_model", "min_image_size", "model_names", "scale_width"]
 
-_COMMON_ARGS = ("in_channels", "num_classes", "width", "image_size")
+# The arguments every builder takes, with their valid ranges.
+Channels = Annotated[int, Range(1, integer=True)]  # channels of the input images, e.g. 1 or 3
+Classes = Annotated[int, Range(1, integer=True)]  # number of output logits, e.g. 10
+Width = Annotated[float, Range(0.0, low_open=True)]  # multiplier of every hidden width
+Pixels = Annotated[int, Range(1, integer=True)]  # height/width of the inputs, e.g. 32
+_COMMON_DEFAULTS = {"in_channels": 3, "num_classes": 10, "width": 1.0, "image_size": 32}
+_COMMON_HELP = {
+    "in_channels": "channels of the input images (1 for MNIST-like data, 3 for CIFAR/ImageNet)",
+    "num_classes": "number of output logits",
+    "width": "multiplier of every hidden width, channels = max(1, round(c * width)); 1.0 is the "
+    "original network, 0.25 gives ResNet-18 with 16 base channels",
+    "image_size": "height/width of the inputs in pixels",
+    "hidden_sizes": "hidden layer sizes before scaling by width",
+    "batch_norm": "a BatchNorm1d after every hidden layer",
+}
 
 
 def scale_width(channels: int, width: float) -> int:
@@ -34,10 +50,10 @@ def _scaled(channels: Sequence[int], width: float) -> tuple[int, ...]:
 
 def _mlp(
     *,
-    in_channels: int,
-    num_classes: int,
-    width: float,
-    image_size: int,
+    in_channels: Channels,
+    num_classes: Classes,
+    width: Width,
+    image_size: Pixels,
     hidden_sizes: Sequence[int] = (512, 512),
     batch_norm: bool = False,
 ) -> MLP:
@@ -45,20 +61,26 @@ def _mlp(
     return MLP(in_features, num_classes, _scaled(hidden_sizes, width), batch_norm=batch_norm)
 
 
-def _resnet18(*, in_channels: int, num_classes: int, width: float, image_size: int) -> ResNet18:
+def _resnet18(
+    *, in_channels: Channels, num_classes: Classes, width: Width, image_size: Pixels
+) -> ResNet18:
     del image_size  # global average pooling accepts any size
     return ResNet18(in_channels, num_classes, _scaled((64, 128, 256, 512), width))
 
 
 def _vgg(config: str, batch_norm: bool) -> Callable[..., VGG]:
-    def build(*, in_channels: int, num_classes: int, width: float, image_size: int) -> VGG:
+    def build(
+        *, in_channels: Channels, num_classes: Classes, width: Width, image_size: Pixels
+    ) -> VGG:
         scaled = [c if isinstance(c, str) else scale_width(c, width) for c in VGG_CONFIGS[config]]
         return VGG(scaled, in_channels, num_classes, batch_norm=batch_norm, image_size=image_size)
 
     return build
 
 
-def _resnet50d(*, in_channels: int, num_classes: int, width: float, image_size: int) -> ResNet50D:
+def _resnet50d(
+    *, in_channels: Channels, num_classes: Classes, width: Width, image_size: Pixels
+) -> ResNet50D:
     del image_size  # global average pooling accepts any size
     return ResNet50D(
         in_channels,
@@ -68,110 +90,84 @@ def _resnet50d(*, in_channels: int, num_classes: int, width: float, image_size: 
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": _mlp,
-    "resnet18": _resnet18,
-    "vgg11": _vgg("A", batch_norm=False),
-    "vgg19_bn": _vgg("E", batch_norm=True),
-    "resnet50d": _resnet50d,
-}
+@dataclass(frozen=True)
+class ModelEntry(Entry):
+    """A registered network (an :class:`~biasdecay.registry.Entry`).
+
+    Attributes:
+      min_image_size: smallest input height/width the feature stack accepts (one halving per
+        max-pool); 1 when any size works.
+    """
+
+    min_image_size: int = 1
+
+
+#: Every network by name, in listing order.
+MODELS: Registry[ModelEntry] = Registry(
+    "model",
+    [
+        ModelEntry("mlp", _mlp, description="multi-layer perceptron (Section 3, eq. 1)"),
+        ModelEntry(
+            "resnet18", _resnet18, description="ResNet-18 with the CIFAR stem (He et al. 2016)"
+        ),
+        ModelEntry(
+            "vgg11",
+            _vgg("A", batch_norm=False),
+            description="VGG-11, CIFAR variant, no normalisation",
+            min_image_size=min_input_size(VGG_CONFIGS["A"]),
+        ),
+        ModelEntry(
+            "vgg19_bn",
+            _vgg("E", batch_norm=True),
+            description="VGG-19 with BatchNorm, CIFAR variant",
+            min_image_size=min_input_size(VGG_CONFIGS["E"]),
+        ),
+        ModelEntry(
+            "resnet50d",
+            _resnet50d,
+            description="ResNet-50-D (He et al. 2019), the ImageNet network",
+        ),
+    ],
+    defaults=_COMMON_DEFAULTS,
+    option_help=_COMMON_HELP,
+)
 
 
 def model_names() -> list[str]:
     """Names accepted by :func:`build_model`, in registry order."""
-    return list(MODELS)
-
-
-# Models whose feature stack needs a minimum input size (one halving per max-pool).
-_MIN_IMAGE_SIZE = {
-    "vgg11": min_input_size(VGG_CONFIGS["A"]),
-    "vgg19_bn": min_input_size(VGG_CONFIGS["E"]),
-}
+    return MODELS.names()
 
 
 def min_image_size(name: str) -> int:
     """Smallest input height/width model ``name`` accepts (1 when any size works).
 
     Data loaders pad smaller images (28x28 Fashion-MNIST for VGG) up to this size.
+
+    Raises:
+        RegistryError: ``name`` is not registered (a ``ValueError``).
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
-    return _MIN_IMAGE_SIZE.get(name, 1)
+    return MODELS.entry(name).min_image_size
 
 
-def _check_count(name: str, value: object, minimum: int, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} ({meaning}); got {value!r}")
-
-
-def _check_width(width: object) -> None:
-    if (
-        isinstance(width, bool)
-        or not isinstance(width, numbers.Real)
-        or not math.isfinite(width)
-        or width <= 0
-    ):
-        raise ValueError(
-            f"width must be a finite number > 0 (a multiplier of every hidden width; 1.0 is the "
-            f"original network, 0.25 gives ResNet-18 with 16 base channels); got {width!r}"
-        )
-
-
-def _extra_args(builder: Callable[..., nn.Module]) -> list[str]:
-    params = inspect.signature(builder).parameters
-    return [p for p in params if p not in _COMMON_ARGS]
-
-
-def build_model(
-    name: str,
-    *,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    width: float = 1.0,
-    image_size: int = 32,
-    **kwargs: object,
-) -> nn.Module:
+def build_model(name: str, **options: object) -> nn.Module:
     """Build a registered network.
 
     Args:
         name: one of :func:`model_names` (``mlp``, ``resnet18``, ``vgg11``, ``vgg19_bn``,
             ``resnet50d``).
-        in_channels: channels of the input images (1 for MNIST-like data, 3 for CIFAR/ImageNet).
-        num_classes: number of output logits.
-        width: multiplier of every hidden width, ``channels = max(1, round(c * width))``; 1.0 is
-            the original network.
-        image_size: height/width of the inputs; sets the MLP's input features and is checked
-            against VGG's minimum of 32.
-        **kwargs: model-specific options: ``mlp`` takes ``hidden_sizes`` (before scaling by
-            ``width``, default ``(512, 512)``) and ``batch_norm`` (default False).
+        **options: ``in_channels`` (default 3), ``num_classes`` (10), ``width`` (1.0;
+            ``channels = max(1, round(c * width))``), ``image_size`` (32; sets the MLP's input
+            features and is checked against VGG's minimum of 32), and model-specific ones:
+            ``mlp`` takes ``hidden_sizes`` (before scaling by ``width``, default ``(512, 512)``)
+            and ``batch_norm`` (default False). ``MODELS[name].describe_options()`` lists them.
 
     Returns:
         The freshly initialised model, in float32 and training mode.
 
     Raises:
-        ValueError: unknown ``name``, or a non-positive ``width`` / ``num_classes`` /
-            ``in_channels`` / ``image_size``.
-        TypeError: keyword arguments the chosen model does not accept.
+        RegistryError: unknown ``name`` (a ``ValueError``).
+        ConstraintError: a non-positive ``width`` / ``num_classes`` / ``in_channels`` /
+            ``image_size`` (a ``ValueError``).
+        OptionError: keyword arguments the chosen model does not accept (a ``TypeError``).
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
-    _check_count("in_channels", in_channels, 1, "channels of the input images, e.g. 1 or 3")
-    _check_count("num_classes", num_classes, 1, "number of output logits, e.g. 10")
-    _check_count("image_size", image_size, 1, "height/width of the inputs in pixels, e.g. 32")
-    _check_width(width)
-    builder = MODELS[name]
-    accepted = _extra_args(builder)
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        options = ", ".join(accepted) if accepted else "none"
-        raise TypeError(
-            f"model {name!r} got unexpected keyword arguments: {', '.join(unknown)}; its options "
-            f"are: {options} (common to all: {', '.join(_COMMON_ARGS)})"
-        )
-    return builder(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        width=width,
-        image_size=image_size,
-        **kwargs,
-    )
+    return MODELS.build(name, **options)

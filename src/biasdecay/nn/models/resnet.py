@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from biasdecay.errors import InputError
+
 __all__ = ["BasicBlock", "ResNet18", "init_conv_weights"]
 
 
@@ -114,7 +116,7 @@ class ResNet18(StagedResNet):
     ) -> None:
         super().__init__()
         if len(stage_widths) != 4:
-            raise ValueError(f"ResNet18 needs 4 stage widths, got {tuple(stage_widths)}")
+            raise InputError(f"ResNet18 needs 4 stage widths, got {tuple(stage_widths)}")
         self.stem = nn.Sequential()
         self.stem.add_module("conv", conv3x3(in_channels, stage_widths[0]))
         self.stem.add_module("bn", nn.BatchNorm2d(stage_widths[0]))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from biasdecay.errors import InputError
 from biasdecay.nn.models.resnet import StagedResNet
 
 __all__ = ["Bottleneck", "ResNet50D"]
@@ -110,9 +111,9 @@ class ResNet50D(StagedResNet):
     ) -> None:
         super().__init__()
         if len(stem_widths) != 3:
-            raise ValueError(f"ResNet50D needs 3 stem widths, got {tuple(stem_widths)}")
+            raise InputError(f"ResNet50D needs 3 stem widths, got {tuple(stem_widths)}")
         if len(stage_widths) != 4 or len(blocks_per_stage) != 4:
-            raise ValueError(
+            raise InputError(
                 f"ResNet50D needs 4 stage widths and 4 block counts, got {tuple(stage_widths)} "
                 f"and {tuple(blocks_per_stage)}"
             )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from biasdecay.errors import InputError
 from biasdecay.nn.models.resnet import init_conv_weights
 
 __all__ = ["POOL", "VGG", "VGG_CONFIGS", "min_input_size"]
@@ -95,7 +96,7 @@ class VGG(nn.Module):
             self.features.add_module(f"relu{n_conv}", nn.ReLU())
             channels = item
         if n_conv == 0:
-            raise ValueError(f"VGG config {tuple(config)} has no conv layer")
+            raise InputError(f"VGG config {tuple(config)} has no conv layer")
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(channels, num_classes)
