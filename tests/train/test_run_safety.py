@@ -19,8 +19,8 @@ from biasdecay.train import engine as engine_module
 from biasdecay.train.checkpoint import list_checkpoints
 from biasdecay.train.config import load_config
 from biasdecay.train.engine import StorageError, Trainer
-from biasdecay.train.process import RunDirectoryBusy, RunLock
 from biasdecay.train.metrics import read_metrics
+from biasdecay.train.process import RunDirectoryBusy, RunLock
 
 pytest.importorskip("sklearn")
 
