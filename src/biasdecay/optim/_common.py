@@ -99,15 +99,16 @@ def adaptation_flags(mode: str, weight_decays: Sequence[WeightDecay]) -> list[bo
       weight_decays: each parameter's λ (its group's ``weight_decay``).
 
     Returns:
-      Per parameter: a Python bool where the answer is known on the host, or a 0-dim bool
-      tensor ``λ ≠ 0`` where a tensor λ decides it on the device (adaptive β decay under
-      ``"decayed"``: the ratio follows that step's decay decision).
+      Per parameter: a Python bool where the answer is known on the host, or, where a tensor λ
+      decides it on the device (adaptive β decay under ``"decayed"``: the ratio follows that
+      step's decay decision), that tensor itself, meaning "adapted where λ ≠ 0". The callers
+      compare a whole bucket's tensors at once (one kernel, not one per tensor).
     """
     if mode == "all":
         return [True] * len(weight_decays)
     if mode == "none":
         return [False] * len(weight_decays)
-    return [lam != 0 for lam in weight_decays]
+    return [lam if isinstance(lam, Tensor) else lam != 0 for lam in weight_decays]
 
 
 def default_foreach(tensors: Iterable[Tensor], faster_by_device: Mapping[str, bool]) -> bool:

@@ -373,8 +373,8 @@ def _single_tensor_lamb(
             param_norm = l2_norm(param)
             update_norm = l2_norm(update)
             use_ratio = (param_norm > 0) & (update_norm > 0)
-            if adapted[i] is not True:  # a device-side decision (a tensor λ)
-                use_ratio = use_ratio & adapted[i]
+            if adapted[i] is not True:  # a device-side decision: adapted where the tensor λ ≠ 0
+                use_ratio = use_ratio & (adapted[i] != 0)
             coefficient = torch.where(use_ratio, param_norm / update_norm, scale)
         param.addcmul_(update, coefficient, value=-lr)
 
@@ -432,11 +432,11 @@ def _multi_tensor_lamb(
             update_norms = torch.stack(torch._foreach_norm([updates[k] for k in ratio]))
             use_ratio = (param_norms > 0) & (update_norms > 0)
             if any(flags[k] is not True for k in ratio):  # device-side decisions (tensor λ)
-                # A fill kernel stands for the host's True: no host-to-device copy, no sync.
-                yes = use_ratio.new_ones(())
-                use_ratio = use_ratio & torch.stack(
-                    [yes if flags[k] is True else flags[k] for k in ratio]
-                )
+                # A fill kernel stands for the host's True (no host-to-device copy, no sync);
+                # the tensor λs are compared with 0 in one kernel.
+                yes = param_norms.new_ones(())
+                decided = torch.stack([yes if flags[k] is True else flags[k] for k in ratio])
+                use_ratio = use_ratio & (decided != 0)
             ratios = torch.where(use_ratio, param_norms / update_norms, scale).unbind(0)
             for k, value in zip(ratio, ratios, strict=True):
                 coefficients[k] = value

@@ -338,10 +338,11 @@ def _bucket_scalars(
         )
         if not all(flag is True for flag in adapted):
             # Some tensors are not adapted, or a tensor λ decides on the device: r = 1 there.
-            # Fill kernels stand for the host's bools, so nothing is copied to the device.
-            yes, no = rates.new_ones((), dtype=torch.bool), rates.new_zeros((), dtype=torch.bool)
-            mask = torch.stack([yes if f is True else no if f is False else f for f in adapted])
-            rates = torch.where(mask, rates, 1.0)
+            # Fill kernels stand for the host's bools, so nothing is copied to the device; the
+            # tensor λs are compared with 0 in one kernel.
+            yes, no = rates.new_ones(()), rates.new_zeros(())
+            decided = torch.stack([yes if f is True else no if f is False else f for f in adapted])
+            rates = torch.where(decided != 0, rates, 1.0)
     rate_decays = rates * decays
     return _BucketScalars(
         rates=rates,
