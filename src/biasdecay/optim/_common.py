@@ -7,7 +7,7 @@ hyper-parameters, tensor metadata), never on tensor contents.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -18,6 +18,7 @@ from biasdecay.errors import InputError
 __all__ = [
     "LAYER_ADAPTATION",
     "SMALL_TENSOR_NUMEL",
+    "CheckedOptimizer",
     "WeightDecay",
     "adaptation_flags",
     "check_layer_adaptation",
@@ -52,6 +53,30 @@ SMALL_TENSOR_NUMEL = 65536
 
 # Tensor types the ``torch._foreach_*`` kernels accept (subclasses may override ops per tensor).
 _FOREACH_TYPES = (Tensor, torch.nn.Parameter)
+
+
+class CheckedOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` that checks every param group's settings when it is added.
+
+    Subclasses (LAMB, LARS) define :meth:`_check_group`; the constructor's defaults should be
+    checked with it before ``super().__init__``, so that a bad value names the argument.
+    """
+
+    def _check_group(self, group: Mapping[str, object]) -> None:
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group (as ``torch.optim.Optimizer``) and check its hyper-parameters."""
+        super().add_param_group(param_group)
+        self._check_group(self.param_groups[-1])
+
+    @staticmethod
+    def _closure_loss(closure: Callable[[], float] | None) -> float | None:
+        """The loss of ``closure`` re-evaluated with gradients on (``step``'s contract), or None."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
 
 
 def check_weight_decay(owner: str, value: object) -> None:

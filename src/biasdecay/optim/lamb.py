@@ -31,13 +31,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT
+from torch.optim.optimizer import ParamsT
 
 from biasdecay.constraints import Constraint, OneOf, Range, check_lr
 from biasdecay.errors import InputError
 from biasdecay.optim._common import (
     LAYER_ADAPTATION,
     SMALL_TENSOR_NUMEL,
+    CheckedOptimizer,
     WeightDecay,
     adaptation_flags,
     bucket_indices,
@@ -77,7 +78,7 @@ CONSTRAINTS: dict[str, Constraint] = {
 _SHARED_SETTINGS = ("lr", "betas", "eps", "layer_adaptation", "bias_correction", "foreach")
 
 
-class LAMB(Optimizer):
+class LAMB(CheckedOptimizer):
     r"""LAMB (Layer-wise Adaptive Moments for Batch training), You et al. (2020).
 
     Update, per parameter tensor θ (see the module docstring for the clipping line)::
@@ -147,15 +148,13 @@ class LAMB(Optimizer):
             "bias_correction": bias_correction,
             "foreach": foreach,
         }
-        _check_group("LAMB", defaults)
+        self._check_group(defaults)
         CONSTRAINTS["max_grad_norm"].check("max_grad_norm", max_grad_norm, "LAMB")
         self.max_grad_norm = max_grad_norm
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (as ``torch.optim.Optimizer``) and check its hyper-parameters."""
-        super().add_param_group(param_group)
-        _check_group("LAMB", self.param_groups[-1])
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_group("LAMB", group)
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickling and deepcopy keep the clipping threshold, which is not a group setting.
@@ -196,18 +195,8 @@ class LAMB(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one update of every parameter that has a gradient.
-
-        Args:
-          closure: re-evaluates the model and returns the loss (optional).
-
-        Returns:
-          The closure's loss, or None.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        """One LAMB update of every parameter that has a gradient; returns ``closure()``'s loss."""
+        loss = self._closure_loss(closure)
 
         gathered = []
         for group in self.param_groups:

@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT
+from torch.optim.optimizer import ParamsT
 
 from biasdecay.constraints import Constraint, OneOf, Range, check_lr
 from biasdecay.errors import InputError
 from biasdecay.optim._common import (
     LAYER_ADAPTATION,
     SMALL_TENSOR_NUMEL,
+    CheckedOptimizer,
     WeightDecay,
     adaptation_flags,
     bucket_indices,
@@ -69,7 +70,7 @@ _SHARED_SETTINGS = (
 )  # fmt: skip
 
 
-class LARS(Optimizer):
+class LARS(CheckedOptimizer):
     r"""LARS (Layer-wise Adaptive Rate Scaling), You, Gitman and Ginsburg (2017).
 
     Update, per parameter tensor θ with gradient g::
@@ -131,13 +132,11 @@ class LARS(Optimizer):
             "layer_adaptation": layer_adaptation,
             "foreach": foreach,
         }
-        _check_group("LARS", defaults)
+        self._check_group(defaults)
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (as ``torch.optim.Optimizer``) and check its hyper-parameters."""
-        super().add_param_group(param_group)
-        _check_group("LARS", self.param_groups[-1])
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_group("LARS", group)
 
     def _init_group(
         self,
@@ -160,18 +159,8 @@ class LARS(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one update of every parameter that has a gradient.
-
-        Args:
-          closure: re-evaluates the model and returns the loss (optional).
-
-        Returns:
-          The closure's loss, or None.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        """One LARS update of every parameter that has a gradient; returns ``closure()``'s loss."""
+        loss = self._closure_loss(closure)
 
         # Groups that differ only in weight_decay (one per role, one per layer's β) step as one.
         for members in same_setting_groups(self.param_groups, _SHARED_SETTINGS):
