@@ -23,16 +23,16 @@ import os
 import shlex
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from _common import cpu_name
+from _common import cpu_name, interleaved_best
 
 SEQ = 32  # tokens per sequence of the BERT task
+CPU = torch.device("cpu")
 
 
 # The decay policy of each run: what a user without the callbacks would train with, and what the
@@ -163,12 +163,7 @@ def step_cost(build: Callable[[str], tuple], rounds: int = 200) -> dict[str, flo
         "controller": controller.step,
         "record": lambda: tracker.record(1),
     }
-    best = dict.fromkeys(parts, float("inf"))
-    for _ in range(rounds):
-        for name, fn in parts.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
+    best = interleaved_best(list(parts.items()), rounds, CPU)
     return {name: 1e3 * seconds for name, seconds in best.items()}
 
 
@@ -217,14 +212,7 @@ def compare(name: str, build, steps: int, rounds: int) -> None:
         logging.getLogger(logger).setLevel(logging.ERROR)
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        for run in runs.values():  # warm-up: imports, allocator, kernels
-            run()
-        best = dict.fromkeys(runs, float("inf"))
-        for _ in range(rounds):
-            for label, run in runs.items():
-                start = time.perf_counter()
-                run()
-                best[label] = min(best[label], time.perf_counter() - start)
+        best = interleaved_best(list(runs.items()), rounds, CPU)  # warm-up included
     print(f"\n## {name}: {steps} optimiser steps per run, best of {rounds} interleaved rounds")
     for label, seconds in best.items():
         print(f"{label:16s} {seconds:8.3f} s")

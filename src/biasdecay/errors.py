@@ -9,7 +9,7 @@ traceback. Each subclass also derives from the built-in exception it has always 
 
 from __future__ import annotations
 
-__all__ = ["BiasDecayError", "InputError"]
+__all__ = ["BiasDecayError", "InputError", "MissingDependencyError"]
 
 
 class BiasDecayError(Exception):
@@ -25,3 +25,7 @@ class BiasDecayError(Exception):
 class InputError(BiasDecayError, ValueError):
     """An argument the library was given cannot be used (a model, data, a setting, a shape);
     the message names it and says what to pass instead."""
+
+
+class MissingDependencyError(BiasDecayError, ImportError):
+    """An optional package is not installed; the message names the ``pip install`` to run."""

@@ -20,7 +20,9 @@ object with a ``name`` attribute is an entry; only :class:`Entry` objects have o
 
 from __future__ import annotations
 
+import functools
 import inspect
+import operator
 import re
 import types
 import typing
@@ -58,12 +60,15 @@ class Option:
       default: its default, or :data:`REQUIRED`.
       constraint: its valid values (None: any the builder accepts).
       help: one line saying what it is.
+      annotation: its type, as the builder's signature gives it without ``Annotated``'s
+        metadata (None where the hints do not resolve, as for some foreign builders).
     """
 
     name: str
     default: Any = REQUIRED
     constraint: Constraint | None = None
     help: str = ""
+    annotation: Any = None
 
     @property
     def required(self) -> bool:
@@ -84,6 +89,16 @@ def _annotated_constraint(hint: Any) -> Constraint | None:
         found = (_annotated_constraint(arg) for arg in typing.get_args(hint))
         return next((c for c in found if c is not None), None)
     return None
+
+
+def _plain_type(hint: Any) -> Any:
+    """``hint`` without ``Annotated``'s metadata (also inside ``X | None``); None stays None."""
+    if typing.get_origin(hint) is Annotated:
+        return typing.get_args(hint)[0]
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = tuple(_plain_type(arg) for arg in typing.get_args(hint))
+        return functools.reduce(operator.or_, args)
+    return hint
 
 
 def _hints(builder: Callable[..., Any]) -> dict[str, Any]:
@@ -177,6 +192,7 @@ class Entry:
                 self.defaults.get(name, p.default),
                 self.constraints.get(name) or _annotated_constraint(hints.get(name)),
                 self.option_help.get(name) or docs.get(name, ""),
+                _plain_type(hints.get(name)),
             )
         return options
 
@@ -319,6 +335,10 @@ class Registry(Mapping[str, E], Generic[E]):
         """Entry ``name``'s component: ``builder(*args, **bind(name, **options))``."""
         entry = self.entry(name)
         return entry.builder(*args, **entry.bind(options, owner=f"{self.kind} {name!r}"))
+
+    def all_options(self) -> tuple[str, ...]:
+        """Every option any entry accepts, in registration order, each once."""
+        return tuple(dict.fromkeys(n for e in self._entries.values() for n in _options_of(e)))
 
     def option(
         self, option: str, applies_to: Iterable[str] | None = None

@@ -11,11 +11,11 @@ rate used by the update of step ``t``. A run of ``total_steps = T`` updates uses
 ``schedule(T)`` is the final value, reached as training ends, so the last update still moves the
 weights; for ``t > T`` the final value is held.
 
-Every hyper-parameter is checked exactly (init2winit style): a bad one raises ``ValueError``
-naming the argument, its value and the valid range. The static part of each range is the
-parameter's annotation (``Annotated[float, Range(...)]``), which the registry, the config and the
-help text read; bounds that depend on another argument (``init_lr <= peak_lr``) are checked in
-the body.
+Every hyper-parameter of every schedule is checked exactly (init2winit style): a bad one raises
+``InputError`` (a ``ValueError``) naming the argument, its value and the valid range. The static
+part of each range is the parameter's annotation (``Annotated[float, Range(...)]``), which the
+registry, the config and the help text read; bounds that depend on another argument
+(``init_lr <= peak_lr``) are checked in the body.
 
 Usage::
 
@@ -137,7 +137,9 @@ def polynomial_warmup_decay(
     warmup_power: Annotated[float, _POSITIVE] = 2.0,
     decay_power: Annotated[float, _POSITIVE] = 2.0,
 ) -> float:
-    """Polynomial warm-up then polynomial decay (Nado et al., 2021; MLPerf), Appendix A.1.
+    """Polynomial warm-up then polynomial decay, the paper's LAMB schedule (Appendix A.1).
+
+    From Nado et al. (2021), "A large batch optimizer reality check", as in MLPerf.
 
     With ``T = total_steps`` and ``W`` warm-up steps::
 
@@ -164,12 +166,6 @@ def polynomial_warmup_decay(
 
     Returns:
         The learning rate of step ``step``.
-
-    Raises:
-        ValueError: naming the argument, its value and the valid range.
-
-    References:
-        Nado et al. (2021), "A large batch optimizer reality check"; Appendix A.1 of the paper.
     """
     t, T, peak, final = _checked_run(step, total_steps, peak_lr, final_lr)
     init = _at_most(peak).check("init_lr", init_lr)
@@ -192,7 +188,9 @@ def cosine_warmup(
     warmup_steps: Annotated[int, _STEP],
     final_lr: Annotated[float, _NONNEGATIVE] = 0.0,
 ) -> float:
-    """Linear warm-up from 0, then cosine decay (He et al., 2019b), the paper's SGD schedule.
+    """Linear warm-up from 0, then cosine decay, the paper's SGD schedule (Appendix A.1).
+
+    From He et al. (2019b), "Bag of tricks for image classification".
 
     With ``T = total_steps`` and ``W = warmup_steps``::
 
@@ -212,12 +210,6 @@ def cosine_warmup(
 
     Returns:
         The learning rate of step ``step``.
-
-    Raises:
-        ValueError: naming the argument, its value and the valid range.
-
-    References:
-        He et al. (2019b), "Bag of tricks for image classification"; Appendix A.1 of the paper.
     """
     t, T, peak, final = _checked_run(step, total_steps, peak_lr, final_lr)
     W = _up_to(T).check("warmup_steps", warmup_steps)

@@ -68,6 +68,20 @@ def test_streaming_loader_with_workers(image_root):
     assert labels == [[0, 0, 0, 1], [1, 1]] and labels == [y.tolist() for _, y in val]
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be positive, got 0"),
+        ({"rank": 2, "world_size": 2}, "need 0 <= rank < world_size, got rank=2, world=2"),
+        ({"dtype": torch.int64}, "dtype must be floating point, got torch.int64"),
+    ],
+)
+def test_streaming_loader_refuses_what_the_device_loader_refuses(image_root, options, message):
+    options = {"batch_size": 4, **options}
+    with pytest.raises(ValueError, match=message):
+        imagenet_loader(image_root, "train", num_workers=0, **options)
+
+
 def test_random_resized_crop_geometry():
     generator = torch.Generator().manual_seed(0)
     for _ in range(200):

@@ -9,7 +9,6 @@ import torch
 from stepping import build_groups, lr_at, make_grads, make_params, run, scheduled_decay
 from torch import nn
 
-import biasdecay.optim.lars as lars_module
 from biasdecay.optim import LARS
 
 BASE = {
@@ -146,30 +145,6 @@ def test_foreach_matches_single_tensor(config, dtype):
     tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
     for single, multi in zip(*results, strict=True):
         torch.testing.assert_close(multi, single, **tol)
-
-
-def test_foreach_default_follows_the_measured_table(monkeypatch):
-    calls = []
-    for name in ("single", "multi"):
-        monkeypatch.setattr(
-            lars_module,
-            f"_{name}_tensor_lars",
-            lambda params, *a, name=name, **k: calls.append((name, len(params))),
-        )
-    large = nn.Parameter(torch.ones(lars_module.SMALL_TENSOR_NUMEL + 1, dtype=torch.float64))
-    params = [*make_params(), large]
-    for p in params:
-        p.grad = torch.ones_like(p)
-    LARS(params, lr=0.1).step()  # CPU: the large tensor loops, the small ones share kernels
-    assert calls == [("single", 1), ("multi", len(params) - 1)]
-    monkeypatch.setitem(lars_module._FOREACH_IS_FASTER, "cpu", True)
-    calls.clear()
-    LARS(params, lr=0.1).step()
-    assert calls == [("multi", len(params))]
-    calls.clear()
-    LARS(params, lr=0.1, foreach=False).step()  # an explicit choice holds for every tensor
-    assert calls == [("single", len(params))]
-    assert lars_module._FOREACH_IS_FASTER["cuda"] is True
 
 
 def test_all_adapts_without_weight_decay():

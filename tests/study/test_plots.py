@@ -273,7 +273,7 @@ def test_failed_save_leaves_no_temporary_file_and_keeps_the_old_figure(tmp_path,
 
 def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r'pip install "biasdecay\[plot\]"'):
+    with pytest.raises(ImportError, match=r"pip install 'biasdecay\[plot\]'"):
         paired_scatter({"a": [(1.0, 2.0)]}, tmp_path / "p.png", title="t", x_label="x", y_label="y")
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import typing
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
+from biasdecay.constraints import Range
 from biasdecay.data import dataset_names
 from biasdecay.decay import policy_names
 from biasdecay.nn.models import model_names
@@ -538,7 +541,8 @@ def test_dataclass_fields_match_the_engine_contract() -> None:
         section: [f.name for f in dataclasses.fields(cls)] for section, cls in SECTIONS.items()
     }
     assert names["model"] == ["name", "width", "ghost_batch_size"]
-    assert names["policy"] == ["name", "beta", "gamma", "bias", "threshold", "decay_biases"]
+    assert names["policy"][0] == "name"
+    assert sorted(names["policy"][1:]) == ["beta", "bias", "decay_biases", "gamma", "threshold"]
     assert names["run"][-7:] == [
         "measure_epochs",
         "measure_samples",
@@ -593,7 +597,7 @@ def test_setting_help_names_default_range_and_reach() -> None:
     assert momentum.help
     line = format_setting_help("optimizer.momentum")
     assert line.startswith("optimizer.momentum = 0.9  (float; [0, 1)) [only lars, sgd]: ")
-    assert [h.key for h in setting_help("policy")][:2] == ["policy.name", "policy.beta"]
+    assert [h.key for h in setting_help("policy")][:2] == ["policy.name", "policy.decay_biases"]
     assert len(setting_help()) == sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
     with pytest.raises(ConfigError, match="did you mean optimizer.momentum"):
         setting_help("optimizer.momentun")
@@ -687,6 +691,52 @@ def test_check_setting_name_checks_a_section_or_a_key() -> None:
         check_setting_name("")
     with pytest.raises(ConfigError, match="replaced by optimizer.layer_adaptation"):
         check_setting_name("optimizer", "trust_ratio")
+
+
+def _plain_builder(*, rate: Annotated[float, Range(0.0)] = 0.5) -> None:
+    """A toy builder.
+
+    Args:
+        rate: how fast.
+    """
+
+
+def _newer_builder(*, rate: float = 0.5, depth: Annotated[int, Range(1, integer=True)] = 3) -> None:
+    """A toy builder with one option more.
+
+    Args:
+        rate: how fast.
+        depth: a new option, in the builder only.
+    """
+
+
+def test_every_option_adds_a_field_for_each_option_a_builder_takes() -> None:
+    from biasdecay.registry import Entry, Registry
+    from biasdecay.train.config_fields import choice, every_option, setting_of
+
+    toy = Registry("toy", [Entry("plain", _plain_builder), Entry("newer", _newer_builder)])
+
+    @dataclasses.dataclass
+    @every_option(toy, exclude=("rate",))
+    class Section:
+        name: str = choice(toy, "plain", "the toy")
+
+    fields = {f.name: f for f in dataclasses.fields(Section)}
+    assert list(fields) == ["name", "depth"]  # declared first; rate excluded
+    assert Section().depth == 3 and typing.get_type_hints(Section)["depth"] is int
+    depth = setting_of(fields["depth"])
+    assert (depth.option, depth.applies_to, depth.help) == (
+        "depth",
+        ("newer",),
+        "a new option, in the builder only.",
+    )
+    with pytest.raises(Exception, match=r"depth must be in \[1, inf\)"):
+        depth.constraint.check("depth", 0)
+
+    def untyped(*, depth=3) -> None: ...
+
+    with pytest.raises(TypeError, match="option 'depth' has no resolvable type"):
+        every_option(Registry("toy", [Entry("u", untyped)]))(type("S", (), {}))
 
 
 def test_fields_carry_their_setting_and_read_options_from_the_registry() -> None:

@@ -6,7 +6,8 @@ Each module has:
     adds the subcommand to ``subparsers`` (what ``ArgumentParser.add_subparsers`` returned),
     with its help line, description, examples and arguments, and returns its parser.
 ``run(args: argparse.Namespace) -> int``
-    does what the parsed ``args`` ask and returns the exit status; bad input raises a
+    does what ``args`` (the subcommand's parsed arguments) ask and returns the exit status, 0
+    unless its docstring says otherwise; bad input raises a
     :class:`~biasdecay.errors.BiasDecayError`, which :mod:`biasdecay.cli` prints in one line.
 
 Flags several subcommands take are defined once, in :mod:`biasdecay.commands.flags`.

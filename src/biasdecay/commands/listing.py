@@ -56,12 +56,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Print the valid names of ``args.what`` (every kind for ``all``), or the settings' help.
 
-    Args:
-        args: the parsed ``list`` arguments.
-
-    Returns:
-        The exit status (0).
-
     Raises:
         ConfigError: ``list settings NAME`` with an unknown section or key.
     """

@@ -123,12 +123,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Measure the model ``args`` name on its data, print the tables, optionally write JSON.
 
-    Args:
-        args: the parsed ``measure`` arguments.
-
-    Returns:
-        The exit status (0).
-
     Raises:
         BiasDecayError: bad input (a name, a path, a checkpoint that does not fit); nothing was
             measured.

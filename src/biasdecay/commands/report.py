@@ -32,12 +32,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Write ``DIR/report.md`` and print it (unless ``--quiet``) and its path.
 
-    Args:
-        args: the parsed ``report`` arguments.
-
-    Returns:
-        The exit status (0).
-
     Raises:
         UsageError: ``DIR`` is not a study sweep directory, or its ``study.json`` cannot be read.
     """

@@ -113,9 +113,6 @@ def _data_roots(items: list[str] | None) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Bring every run of the study or grid to a final state; write the report of a study.
 
-    Args:
-        args: the parsed ``sweep`` arguments.
-
     Returns:
         The exit status: 0 when every run ended, 1 when a run failed or is trained elsewhere,
         130 when the sweep was stopped (run the same command again to resume).

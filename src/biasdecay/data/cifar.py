@@ -30,47 +30,46 @@ _DOWNLOAD_HINT = (
 )
 
 
+# Both datasets: 50000 training and 10000 test images, split evenly over a split's files.
+_SPLIT_SIZES = {"train": 50000, "test": 10000}
+
+
 @dataclass(frozen=True)
 class CifarLayout:
     """What differs between the CIFAR-10 and CIFAR-100 pickle directories."""
 
     name: str
     directory: str  # name of the extracted directory
-    files: dict[str, tuple[str, ...]]  # split -> data files, in order
-    samples_per_file: dict[str, int]  # split -> standard number of samples in each file
-    label_key: bytes
     meta_file: str
-    names_key: bytes
+    label_key: bytes  # the labels in a data file; their names are under "<label>_names" in meta
+    files: dict[str, tuple[str, ...]]  # split -> data files, in order
     num_classes: int
     mean: tuple[float, float, float]  # train split, [0, 1] units
     std: tuple[float, float, float]
 
+    @property
+    def names_key(self) -> bytes:
+        """The meta file's key of the class names (``b"labels"`` -> ``b"label_names"``)."""
+        return self.label_key.removesuffix(b"s") + b"_names"
 
+    def samples_per_file(self, split: str) -> int:
+        """The standard number of samples in each data file of ``split``."""
+        return _SPLIT_SIZES[split] // len(self.files[split])
+
+
+# A compact table: one record a dataset.
+# fmt: off
 CIFAR10 = CifarLayout(
-    name="cifar10",
-    directory="cifar-10-batches-py",
+    name="cifar10", directory="cifar-10-batches-py", meta_file="batches.meta", label_key=b"labels",
     files={"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
-    samples_per_file={"train": 10000, "test": 10000},
-    label_key=b"labels",
-    meta_file="batches.meta",
-    names_key=b"label_names",
-    num_classes=10,
-    mean=(0.4914, 0.4822, 0.4465),
-    std=(0.2470, 0.2435, 0.2616),
+    num_classes=10, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
 )
-
 CIFAR100 = CifarLayout(
-    name="cifar100",
-    directory="cifar-100-python",
+    name="cifar100", directory="cifar-100-python", meta_file="meta", label_key=b"fine_labels",
     files={"train": ("train",), "test": ("test",)},
-    samples_per_file={"train": 50000, "test": 10000},
-    label_key=b"fine_labels",
-    meta_file="meta",
-    names_key=b"fine_label_names",
-    num_classes=100,
-    mean=(0.5071, 0.4865, 0.4409),
-    std=(0.2673, 0.2564, 0.2762),
+    num_classes=100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
 )
+# fmt: on
 
 
 def _resolve_directory(layout: CifarLayout, root: str | Path | None) -> Path:
@@ -202,7 +201,7 @@ def load_cifar(
     """
     check_split(layout.name, split, tuple(layout.files))
     directory = _resolve_directory(layout, root)
-    expected = layout.samples_per_file[split] if expect_standard_size else None
+    expected = layout.samples_per_file(split) if expect_standard_size else None
     parts = [_read_data_file(directory / f, layout, expected) for f in layout.files[split]]
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])

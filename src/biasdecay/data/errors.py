@@ -7,26 +7,20 @@ synthetic data, which would make every number it produces meaningless).
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-from biasdecay.errors import BiasDecayError
+from biasdecay.errors import BiasDecayError, MissingDependencyError
+from biasdecay.extras import import_extra
 
 __all__ = ["DataError", "MissingDependencyError", "import_optional"]
-
-INSTALL_HINT = "pip install 'biasdecay[data]'"
 
 
 class DataError(BiasDecayError, ValueError):
     """A data file is missing, unreadable or does not have the expected layout."""
 
 
-class MissingDependencyError(BiasDecayError, ImportError):
-    """An optional package needed by one data source is not installed."""
-
-
 def import_optional(module: str, needed_for: str) -> ModuleType:
-    """Import an optional dependency on first use, so `import biasdecay.data` stays light.
+    """Import a package of the ``data`` extra on first use, so `import biasdecay.data` stays light.
 
     Args:
         module: dotted module name, e.g. ``"sklearn.datasets"``.
@@ -36,14 +30,6 @@ def import_optional(module: str, needed_for: str) -> ModuleType:
         The imported module.
 
     Raises:
-        MissingDependencyError: when the module cannot be imported; the message says which
-            extra to install.
+        MissingDependencyError: the module cannot be imported; the message names the extra.
     """
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        top_level = module.split(".")[0]
-        raise MissingDependencyError(
-            f"{needed_for} needs the optional package '{top_level}', which is not installed "
-            f"({error}). Install the data extras with: {INSTALL_HINT}"
-        ) from error
+    return import_extra(module, "data", needed_for)

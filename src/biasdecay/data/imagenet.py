@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from biasdecay.data.dataset import check_split
 from biasdecay.data.errors import DataError, import_optional
 from biasdecay.data.image_transforms import EvalTransform, TrainTransform
-from biasdecay.data.loader import epoch_seed
+from biasdecay.data.loader import check_loader_settings, epoch_seed
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -168,6 +168,7 @@ class StreamingLoader:
         world_size: int = 1,
         pin_memory: bool | None = None,
     ) -> None:
+        check_loader_settings(batch_size, rank, world_size, dtype)
         self.dataset, self.seed = dataset, seed
         self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
         self.sampler = DistributedSampler(

@@ -17,7 +17,7 @@ from biasdecay.data.augment import get_augmentation, normalization_affine, pad_t
 from biasdecay.data.dataset import ImageDataset
 from biasdecay.errors import InputError
 
-__all__ = ["DeviceLoader", "epoch_seed"]
+__all__ = ["DeviceLoader", "check_loader_settings", "epoch_seed"]
 
 _ORDER_STREAM, _AUGMENT_STREAM = 0, 1  # independent random streams per (seed, epoch)
 
@@ -38,6 +38,23 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """
     words = np.random.SeedSequence([seed, epoch, stream]).generate_state(2)
     return (int(words[0]) << 32 | int(words[1])) & ((1 << 63) - 1)
+
+
+def check_loader_settings(batch_size: int, rank: int, world_size: int, dtype: torch.dtype) -> None:
+    """Raise unless the settings every loader here shares are valid.
+
+    Args:
+        batch_size: samples per batch (per rank), >= 1.
+        rank: this process's rank, in ``[0, world_size)``.
+        world_size: number of processes.
+        dtype: the floating dtype of the batches' ``x``.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise InputError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
+    if not dtype.is_floating_point:
+        raise InputError(f"dtype must be floating point, got {dtype}")
 
 
 class DeviceLoader:
@@ -93,12 +110,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if batch_size < 1:
-            raise InputError(f"batch_size must be positive, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise InputError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
-        if not dtype.is_floating_point:
-            raise InputError(f"dtype must be floating point, got {dtype}")
+        check_loader_settings(batch_size, rank, world_size, dtype)
         self.dataset = dataset
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.augment_name = augment

@@ -101,9 +101,8 @@ DATASETS: Registry[DatasetSpec] = Registry(
 )
 
 
-def dataset_names() -> list[str]:
-    """Names of all registered data sources, sorted."""
-    return DATASETS.names()
+#: Names of all registered data sources, sorted.
+dataset_names = DATASETS.names
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:

@@ -232,9 +232,8 @@ POLICIES: Registry[Entry] = Registry(
 )
 
 
-def policy_names() -> list[str]:
-    """Names accepted by :func:`decay_policy`."""
-    return POLICIES.names()
+#: Names accepted by :func:`decay_policy`.
+policy_names = POLICIES.names
 
 
 def policy_options(name: str) -> list[str]:
@@ -247,11 +246,10 @@ def decay_policy(name: str, **coefficients: float | bool) -> DecayPolicy:
 
     Args:
         name: one of :func:`policy_names`.
-        **coefficients: the policy's own options: ``beta`` (beta_decay,
-            adaptive_beta_decay; default 1.0), ``gamma`` (gamma_decay; default 0.01), ``bias``
-            (bias_decay; default 1.0),
-            ``threshold`` (adaptive_beta_decay's R; default 0.1), ``decay_biases`` (every policy
-            but all_decay; default False: conv/linear biases follow no_bias_decay).
+        **coefficients: the policy's own options, such as ``beta``, ``gamma``, ``bias``,
+            ``threshold`` (adaptive_beta_decay's R) and ``decay_biases``. Which policy takes
+            which, with its default and range: :func:`policy_options`, or
+            ``biasdecay list settings policy``.
 
     Returns:
         The :class:`DecayPolicy`.

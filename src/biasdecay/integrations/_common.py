@@ -1,15 +1,20 @@
-"""What the framework integrations share: LAMB under a role-based policy, the β check, records."""
+"""What the framework integrations share: LAMB under a role-based policy, the deferred β
+controller, records."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
-from biasdecay.decay import decay_policy, freeze_roles, param_groups
+from biasdecay.decay import AdaptiveBetaDecay, decay_policy, freeze_roles, param_groups
+from biasdecay.errors import InputError
 from biasdecay.optim import LAMB
 from biasdecay.roles import is_norm_module
+from biasdecay.train.monitors import SharpnessTracker
 
 
 def lamb_for(
@@ -58,6 +63,76 @@ def has_trainable_beta(module: nn.Module) -> bool:
         and m.bias.requires_grad
         for m in module.modules()
     )
+
+
+def check_every(every: object) -> None:
+    """Raise unless ``every`` (a monitor's steps between records) is an integer >= 1."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise InputError(f"every must be an integer >= 1 (steps between records), got {every!r}")
+
+
+def start_tracker(owner: str, model: nn.Module, every: int) -> SharpnessTracker:
+    """The monitors' tracker of ``model``; a model without norm layers gets a warning, once.
+
+    Args:
+        owner: the callback's name, for the warning.
+        model: the network being trained.
+        every: steps between records.
+
+    Returns:
+        The :class:`~biasdecay.train.monitors.SharpnessTracker`.
+    """
+    tracker = SharpnessTracker(model, every)
+    if not tracker.layers:
+        warnings.warn(
+            f"{owner}: the model has no normalisation layer with trainable γ and β; it records "
+            "C_m by role only (no ‖β_l‖, ‖γ_l‖ or r_l)",
+            stacklevel=3,
+        )
+    return tracker
+
+
+class DeferredBetaDecay:
+    """Base of both frameworks' adaptive β decay callbacks (Section 4.2): the deferred controller.
+
+    A framework hands its callbacks the model and the optimiser only once training runs, so the
+    controller is built at the first :meth:`_decay_step`. A model without a trainable β gets
+    one warning, and every step after it does nothing.
+
+    Args:
+        threshold: R (decay β_l where r_l >= R).
+        beta_decay: λ_β.
+
+    Attributes:
+        controller: the :class:`~biasdecay.AdaptiveBetaDecay`, once built (None before the first
+            step, or for a model without a trainable β).
+    """
+
+    def __init__(self, threshold: float = 0.1, beta_decay: float = 1.0) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.beta_decay = beta_decay
+        self.controller: AdaptiveBetaDecay | None = None
+        self._disabled = False
+
+    def _decay_step(self, model: nn.Module, optimizer: Any) -> None:
+        """One controller step, before ``optimizer.step()`` (a wrapper's ``.optimizer`` is used)."""
+        if self._disabled:
+            return
+        if self.controller is None:
+            if not has_trainable_beta(model):
+                warnings.warn(
+                    f"{type(self).__name__}: the model has no normalisation layer with a "
+                    "trainable β, so there is no β to decay; the callback does nothing",
+                    stacklevel=3,
+                )
+                self._disabled = True
+                return
+            inner: torch.optim.Optimizer = getattr(optimizer, "optimizer", optimizer)
+            self.controller = AdaptiveBetaDecay(
+                model, inner, threshold=self.threshold, beta_decay=self.beta_decay
+            )
+        self.controller.step()
 
 
 def flatten_record(record: Mapping[str, Any], prefix: str = "sharpness") -> dict[str, float]:

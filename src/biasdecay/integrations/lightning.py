@@ -21,7 +21,6 @@ same gradients, so every rank takes the same decisions).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -29,18 +28,20 @@ import torch
 from torch import nn
 
 from biasdecay.errors import InputError
-
-try:
-    import lightning.pytorch as pl
-except ImportError as err:  # the extra is optional: say exactly what to install
-    raise ImportError(
-        "biasdecay.integrations.lightning needs PyTorch Lightning: pip install "
-        "'biasdecay[lightning]' (or pip install lightning)"
-    ) from err
-
-from biasdecay.decay import AdaptiveBetaDecay
-from biasdecay.integrations._common import flatten_record, has_trainable_beta, lamb_for
+from biasdecay.extras import import_extra
+from biasdecay.integrations._common import (
+    DeferredBetaDecay,
+    check_every,
+    flatten_record,
+    lamb_for,
+    start_tracker,
+)
 from biasdecay.train.monitors import SharpnessTracker
+
+# The extra is optional; without it, importing this module says what to install.
+pl = import_extra(
+    "lightning.pytorch", "lightning", "biasdecay.integrations.lightning", package="lightning"
+)
 
 __all__ = ["AdaptiveBetaDecayCallback", "SharpnessMonitor", "configure_lamb", "flatten_record"]
 
@@ -75,10 +76,7 @@ class SharpnessMonitor(pl.Callback):
         measures: Sequence[str] = ("connectivity", "hessian-trace", "fisher-rao"),
         prefix: str = "sharpness",
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise InputError(
-                f"every must be an integer >= 1 (steps between records), got {every!r}"
-            )
+        check_every(every)
         if measure_epochs and measure_data is None:
             raise InputError(
                 "measure_epochs needs measure_data: pass a fixed training subset as a list of "
@@ -94,13 +92,7 @@ class SharpnessMonitor(pl.Callback):
         self._tracker: SharpnessTracker | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._tracker = SharpnessTracker(pl_module, self.every)
-        if not self._tracker.layers:
-            warnings.warn(
-                "SharpnessMonitor: the model has no normalisation layer with trainable γ and β; "
-                "it logs C_m by role only (no ‖β_l‖, ‖γ_l‖ or r_l)",
-                stacklevel=2,
-            )
+        self._tracker = start_tracker(type(self).__name__, pl_module, self.every)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -140,7 +132,7 @@ def _scalars(results: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-class AdaptiveBetaDecayCallback(pl.Callback):
+class AdaptiveBetaDecayCallback(DeferredBetaDecay, pl.Callback):
     """Adaptive β decay (Section 4.2, Algorithm 1) in a Lightning loop.
 
     Builds :class:`biasdecay.AdaptiveBetaDecay` for the module and its optimiser at the first
@@ -157,31 +149,10 @@ class AdaptiveBetaDecayCallback(pl.Callback):
             has no normalisation layer with trainable γ and β: then a warning and no decay).
     """
 
-    def __init__(self, threshold: float = 0.1, beta_decay: float = 1.0) -> None:
-        self.threshold = threshold
-        self.beta_decay = beta_decay
-        self.controller: AdaptiveBetaDecay | None = None
-        self._disabled = False
-
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self._disabled:
-            return
-        if self.controller is None:
-            inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps it
-            if not has_trainable_beta(pl_module):
-                warnings.warn(
-                    "AdaptiveBetaDecayCallback: the model has no normalisation layer with "
-                    "trainable γ and β, so there is no β to decay; the callback does nothing",
-                    stacklevel=2,
-                )
-                self._disabled = True
-                return
-            self.controller = AdaptiveBetaDecay(
-                pl_module, inner, threshold=self.threshold, beta_decay=self.beta_decay
-            )
-        self.controller.step()
+        self._decay_step(pl_module, optimizer)  # a LightningOptimizer wraps the optimiser
 
 
 def configure_lamb(module: nn.Module, *, scheduler: Any = None, **settings: Any) -> Any:

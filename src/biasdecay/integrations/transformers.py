@@ -22,29 +22,32 @@ like weights, as BERT's LAMB recipe does), ``nn.Linear`` and GPT-2's ``Conv1D`` 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from biasdecay.errors import InputError
-
-try:
-    from transformers import TrainerCallback
-except ImportError as err:  # the extra is optional: say exactly what to install
-    raise ImportError(
-        "biasdecay.integrations.transformers needs Hugging Face Transformers: pip install "
-        "'biasdecay[transformers]' (or pip install transformers accelerate)"
-    ) from err
-
-from biasdecay.decay import AdaptiveBetaDecay
+from biasdecay.extras import import_extra
 
 # lamb_for (re-exported): LAMB for a Hugging Face model, for ``Trainer(optimizers=(lamb_for(model,
 # lr=...), None))``; the same builder as Lightning's configure_lamb.
-from biasdecay.integrations._common import flatten_record, has_trainable_beta, lamb_for
+from biasdecay.integrations._common import (
+    DeferredBetaDecay,
+    check_every,
+    flatten_record,
+    lamb_for,
+    start_tracker,
+)
 from biasdecay.train.monitors import SharpnessTracker
+
+# The extra is optional; without it, importing this module says what to install.
+TrainerCallback = import_extra(
+    "transformers",
+    "transformers",
+    "biasdecay.integrations.transformers",
+    note=" (its Trainer also needs accelerate: pip install accelerate)",
+).TrainerCallback
 
 __all__ = [
     "AdaptiveBetaDecayTrainerCallback",
@@ -71,11 +74,6 @@ def add_callbacks(trainer: Any, *callbacks: TrainerCallback) -> None:
         handler.callbacks.insert(0, callback)
 
 
-def _inner(optimizer: Any) -> torch.optim.Optimizer:
-    """The optimiser under Accelerate's wrapper, if any."""
-    return getattr(optimizer, "optimizer", optimizer)
-
-
 class SharpnessMonitorCallback(TrainerCallback):
     """Record C_m per role and per normalisation layer, ‖β_l‖, ‖γ_l‖ and r_l every ``every`` steps.
 
@@ -94,10 +92,7 @@ class SharpnessMonitorCallback(TrainerCallback):
     """
 
     def __init__(self, every: int = 50, *, prefix: str = "sharpness") -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise InputError(
-                f"every must be an integer >= 1 (steps between records), got {every!r}"
-            )
+        check_every(every)
         self.every = every
         self.prefix = prefix
         self.records: list[dict[str, Any]] = []
@@ -105,13 +100,7 @@ class SharpnessMonitorCallback(TrainerCallback):
         self._unlogged: dict[str, float] = {}
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
-        self._tracker = SharpnessTracker(model, self.every)
-        if not self._tracker.layers:
-            warnings.warn(
-                "SharpnessMonitorCallback: the model has no normalisation layer with trainable "
-                "γ and β; it records C_m by role only (no ‖β_l‖, ‖γ_l‖ or r_l)",
-                stacklevel=2,
-            )
+        self._tracker = start_tracker(type(self).__name__, model, self.every)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step + 1  # the step this update makes, counted from 1
@@ -131,7 +120,7 @@ class SharpnessMonitorCallback(TrainerCallback):
             self._unlogged = {}
 
 
-class AdaptiveBetaDecayTrainerCallback(TrainerCallback):
+class AdaptiveBetaDecayTrainerCallback(DeferredBetaDecay, TrainerCallback):
     """Adaptive β decay (Section 4.2, Algorithm 1) in a Hugging Face Trainer.
 
     Builds :class:`biasdecay.AdaptiveBetaDecay` for the model and the Trainer's optimiser at the
@@ -151,30 +140,10 @@ class AdaptiveBetaDecayTrainerCallback(TrainerCallback):
             has no normalisation layer with trainable β: then a warning and no decay).
     """
 
-    def __init__(self, threshold: float = 0.1, beta_decay: float = 1.0) -> None:
-        self.threshold = threshold
-        self.beta_decay = beta_decay
-        self.controller: AdaptiveBetaDecay | None = None
-        self._disabled = False
-
     def on_pre_optimizer_step(
         self, args, state, control, model: nn.Module | None = None, optimizer=None, **kwargs
     ):
-        if self._disabled:
-            return
-        if self.controller is None:
-            if not has_trainable_beta(model):
-                warnings.warn(
-                    "AdaptiveBetaDecayTrainerCallback: the model has no normalisation layer "
-                    "with a trainable β, so there is no β to decay; the callback does nothing",
-                    stacklevel=2,
-                )
-                self._disabled = True
-                return
-            self.controller = AdaptiveBetaDecay(
-                model, _inner(optimizer), threshold=self.threshold, beta_decay=self.beta_decay
-            )
-        self.controller.step()
+        self._decay_step(model, optimizer)  # Accelerate wraps the optimiser
 
 
 class LogitsOf(nn.Module):

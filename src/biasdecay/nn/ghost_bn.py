@@ -226,31 +226,38 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 
 def _fold_ghosts(x: torch.Tensor, n_ghosts: int, channels_last: bool) -> torch.Tensor:
     """``(G·g, C, *S) -> (g, G·C, *S)``: channel ``k·C + c`` is channel ``c`` of ghost ``k``."""
-    if n_ghosts == 1:
-        return x
-    batch, channels, *spatial = x.shape
-    ghost = batch // n_ghosts
-    if channels_last:
-        # Copy in (g, H, W, G, C) order so the folded tensor is channels_last itself and the
-        # kernel returns channels_last: no layout conversion on top of the fold.
-        nhwc = x.permute(0, 2, 3, 1).unflatten(0, (n_ghosts, ghost))  # (G, g, H, W, C) view
-        folded = nhwc.permute(1, 2, 3, 0, 4).reshape(ghost, *spatial, n_ghosts * channels)
-        return folded.permute(0, 3, 1, 2)
-    return x.unflatten(0, (n_ghosts, ghost)).transpose(0, 1).reshape(ghost, -1, *spatial)
+    return _move_ghosts(x, n_ghosts, channels_last, into_channels=True)
 
 
 def _unfold_ghosts(y: torch.Tensor, n_ghosts: int, channels_last: bool) -> torch.Tensor:
     """Inverse of :func:`_fold_ghosts`: ``(g, G·C, *S) -> (G·g, C, *S)``."""
+    return _move_ghosts(y, n_ghosts, channels_last, into_channels=False)
+
+
+def _move_ghosts(
+    x: torch.Tensor, n_ghosts: int, channels_last: bool, *, into_channels: bool
+) -> torch.Tensor:
+    """Move the ghost index G from the batch dim into the channel dim, or back."""
     if n_ghosts == 1:
-        return y
-    ghost, folded_channels, *spatial = y.shape
-    channels = folded_channels // n_ghosts
+        return x
+    batch, channels, *spatial = x.shape
+    if into_channels:
+        shape = (batch // n_ghosts, n_ghosts * channels)
+    else:
+        shape = (n_ghosts * batch, channels // n_ghosts)
     if channels_last:
-        nhwc = y.permute(0, 2, 3, 1).unflatten(3, (n_ghosts, channels))  # (g, H, W, G, C)
-        out = nhwc.permute(3, 0, 1, 2, 4).reshape(n_ghosts * ghost, *spatial, channels)
-        return out.permute(0, 3, 1, 2)
-    out = y.unflatten(1, (n_ghosts, channels)).transpose(0, 1)
-    return out.reshape(n_ghosts * ghost, channels, *spatial)
+        # Copy in (batch, H, W, channel) order so that the result is channels_last itself and
+        # the kernel returns channels_last: no layout conversion on top of the fold.
+        nhwc = x.permute(0, 2, 3, 1)
+        if into_channels:  # (G, g, H, W, C) -> (g, H, W, G, C)
+            moved = nhwc.unflatten(0, (n_ghosts, shape[0])).permute(1, 2, 3, 0, 4)
+        else:  # (g, H, W, G, C) -> (G, g, H, W, C)
+            moved = nhwc.unflatten(3, (n_ghosts, shape[1])).permute(3, 0, 1, 2, 4)
+        return moved.reshape(shape[0], *spatial, shape[1]).permute(0, 3, 1, 2)
+    # (G, g, C, *S) <-> (g, G, C, *S): split the dim G leaves, swap G with the batch dim.
+    split = 0 if into_channels else 1
+    moved = x.unflatten(split, (n_ghosts, x.shape[split] // n_ghosts)).transpose(0, 1)
+    return moved.reshape(*shape, *spatial)
 
 
 # --------------------------------------------------------------------------- conversion

@@ -8,20 +8,23 @@ hyper-parameters, tensor metadata), never on tensor contents.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from biasdecay.constraints import check_in_range
+from biasdecay.constraints import check_in_range, check_lr
 from biasdecay.errors import InputError
 
 __all__ = [
     "LAYER_ADAPTATION",
     "SMALL_TENSOR_NUMEL",
+    "FOREACH_IS_FASTER",
     "CheckedOptimizer",
     "WeightDecay",
     "adaptation_flags",
     "check_layer_adaptation",
+    "check_shared_settings",
     "check_weight_decay",
     "bucket_indices",
     "clip_coefficient",
@@ -31,6 +34,7 @@ __all__ = [
     "path_indices",
     "per_tensor_decay_",
     "same_setting_groups",
+    "step_by_path",
 ]
 
 #: A group's ``weight_decay``: a Python number, or a 0-dim tensor read at every step without a
@@ -44,11 +48,22 @@ WeightDecay = float | Tensor
 #: defaults, MLPerf LARS); ``"all"``: every parameter (optax, torch-optimizer); ``"none"``: none.
 LAYER_ADAPTATION = ("decayed", "all", "none")
 
-#: Tensors of at most this many elements take the foreach path when ``foreach=None``, whatever the
-#: device's table says (see :func:`path_indices`). On the cpu preset's ResNet-18 (width 8, 176 k
-#: parameters in 62 tensors, 2-core Xeon, torch 2.13) ``benchmarks/bench_optim.py --width 0.125
-#: --rounds 100`` measured a LAMB step at 3.23 ms median on the loop, 1.60 ms on foreach and 1.63
-#: ms on this default; at width 64 the default stays with the loop's time (28.7 against 28.2 ms).
+#: Which path ``foreach=None`` takes, per device type, for LAMB and LARS alike. Measured with
+#: benchmarks/bench_optim.py on the ResNet-18 parameter set (11.2 M float32 parameters in 62
+#: tensors, 2-core Xeon, torch 2.13 CPU, 40 interleaved rounds), median step, single-tensor (its
+#: two rows) against foreach: LAMB 25.2-27.7 against 35.8 ms, LARS 15.0-15.4 against 19.0 ms.
+#: Likely reasons: the loop reuses one temporary per tensor, takes its norms with the BLAS dot
+#: product (see :func:`l2_norm`), and runs each tensor's kernels while it is still in cache.
+#: (torch's AdamW measured the other way round on the same machine: foreach 27.0, loop 33.7 ms.)
+#: CUDA follows torch: one launch per op for all tensors beats a launch per tensor.
+FOREACH_IS_FASTER = {"cpu": False, "cuda": True}
+
+#: Tensors of at most this many elements take the foreach path when ``foreach=None``, whatever
+#: the device's entry of :data:`FOREACH_IS_FASTER` says (see :func:`path_indices`). On the cpu
+#: preset's ResNet-18 (width 8, 176 k parameters in 62 tensors, 2-core Xeon, torch 2.13)
+#: ``benchmarks/bench_optim.py --width 0.125 --rounds 100`` measured a LAMB step at 3.23 ms
+#: median on the loop, 1.60 ms on foreach and 1.63 ms on this default; at width 64 the default
+#: stays with the loop's time (28.7 against 28.2 ms).
 SMALL_TENSOR_NUMEL = 65536
 
 # Tensor types the ``torch._foreach_*`` kernels accept (subclasses may override ops per tensor).
@@ -95,6 +110,19 @@ def check_weight_decay(owner: str, value: object) -> None:
     check_in_range(owner, "weight_decay", value, 0.0)
 
 
+def check_shared_settings(owner: str, group: Mapping[str, object]) -> None:
+    """Raise unless the settings every optimiser here has are valid in ``group``.
+
+    Those are ``lr``, ``weight_decay``, ``layer_adaptation`` and ``foreach``; each optimiser
+    checks its own settings against its ``CONSTRAINTS`` table.
+    """
+    check_lr(owner, group["lr"])
+    check_weight_decay(owner, group["weight_decay"])
+    check_layer_adaptation(owner, group)
+    if group["foreach"] not in (None, True, False):
+        raise InputError(f"{owner}: foreach must be None, True or False, got {group['foreach']!r}")
+
+
 def check_layer_adaptation(owner: str, group: Mapping[str, object]) -> None:
     """Raise unless the group's ``layer_adaptation`` is one of :data:`LAYER_ADAPTATION`.
 
@@ -136,36 +164,31 @@ def adaptation_flags(mode: str, weight_decays: Sequence[WeightDecay]) -> list[bo
     return [lam if isinstance(lam, Tensor) else lam != 0 for lam in weight_decays]
 
 
-def default_foreach(tensors: Iterable[Tensor], faster_by_device: Mapping[str, bool]) -> bool:
+def default_foreach(tensors: Iterable[Tensor]) -> bool:
     """Whether the ``torch._foreach_*`` path should run when the user left ``foreach=None``.
 
-    Like torch, the default is per device type, but the table is the optimiser's own measured
-    one: on CPU the answer differs between update rules (see each module's table).
+    Like torch, the default is per device type, but from this module's own measured table
+    (:data:`FOREACH_IS_FASTER`): on CPU the answer is the opposite of torch's for these updates.
 
     Args:
       tensors: every tensor the step will touch.
-      faster_by_device: device type -> True where the foreach path measured faster.
 
     Returns:
       True only if every tensor is a plain tensor on a device whose entry is True.
     """
     return all(
-        type(t) in _FOREACH_TYPES and faster_by_device.get(t.device.type, False) for t in tensors
+        type(t) in _FOREACH_TYPES and FOREACH_IS_FASTER.get(t.device.type, False) for t in tensors
     )
 
 
-def path_indices(
-    params: Sequence[Tensor],
-    foreach: bool | None,
-    faster_by_device: Mapping[str, bool],
-    small_numel: int,
-) -> tuple[list[int], list[int]]:
+def path_indices(params: Sequence[Tensor], foreach: bool | None) -> tuple[list[int], list[int]]:
     """Which tensors take the per-tensor loop and which the ``torch._foreach_*`` path.
 
-    With ``foreach=None`` each tensor goes where it measured faster: the device's entry of
-    ``faster_by_device``, except that tensors of at most ``small_numel`` elements always take the
-    foreach path. For those (BN γ and β, biases) the per-tensor loop is all Python dispatch: a
-    dozen kernel launches per tensor where foreach launches a dozen for the whole list.
+    With ``foreach=None`` each tensor goes where it measured faster: its device's entry of
+    :data:`FOREACH_IS_FASTER`, except that tensors of at most :data:`SMALL_TENSOR_NUMEL` elements
+    always take the foreach path. For those (BN γ and β, biases) the per-tensor loop is all
+    Python dispatch: a dozen kernel launches per tensor where foreach launches a dozen for the
+    whole list.
 
     Returns:
       ``(loop, multi)``: indices into ``params``, each in order.
@@ -176,9 +199,39 @@ def path_indices(
     loop, multi = [], []
     for i, p in enumerate(params):
         plain = type(p) in _FOREACH_TYPES
-        fast = faster_by_device.get(p.device.type, False) or p.numel() <= small_numel
+        fast = FOREACH_IS_FASTER.get(p.device.type, False) or p.numel() <= SMALL_TENSOR_NUMEL
         (multi if plain and fast else loop).append(i)
     return loop, multi
+
+
+def step_by_path(
+    paths: tuple[Callable[..., None], Callable[..., None]],
+    per_tensor: Sequence[list[Any]],
+    settings: Mapping[str, Any],
+    *,
+    foreach: bool | None,
+    written: Sequence[int] = (),
+) -> None:
+    """Run each path's update on the tensors :func:`path_indices` sends it.
+
+    Args:
+      paths: ``(loop, multi)``: the per-tensor-loop update and the ``torch._foreach_*`` one. Each
+        is called with the lists of ``per_tensor`` cut to its tensors, then ``**settings``.
+      per_tensor: lists with one entry per parameter, the parameters first.
+      settings: the hyper-parameters, the same for both paths.
+      foreach: True or False for one path for every tensor; None picks per tensor.
+      written: positions in ``per_tensor`` of lists the update writes new entries into (LARS's
+        new momentum buffers); those entries are copied back into the caller's list.
+    """
+    loop, multi = path_indices(per_tensor[0], foreach)
+    for update, idx in zip(paths, (loop, multi), strict=True):
+        if not idx:
+            continue
+        parts = [[entries[i] for i in idx] for entries in per_tensor]
+        update(*parts, **settings)
+        for position in written:
+            for i, entry in zip(idx, parts[position], strict=True):
+                per_tensor[position][i] = entry
 
 
 def bucket_indices(params: Sequence[Tensor], extra_keys: Sequence[Hashable]) -> list[list[int]]:

@@ -33,36 +33,25 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from biasdecay.constraints import Constraint, OneOf, Range, check_lr
+from biasdecay.constraints import Constraint, OneOf, Range
 from biasdecay.errors import InputError
 from biasdecay.optim._common import (
     LAYER_ADAPTATION,
-    SMALL_TENSOR_NUMEL,
     CheckedOptimizer,
     WeightDecay,
     adaptation_flags,
     bucket_indices,
-    check_layer_adaptation,
-    check_weight_decay,
+    check_shared_settings,
     clip_coefficient,
     default_foreach,
     group_weight_decays,
     l2_norm,
-    path_indices,
     per_tensor_decay_,
     same_setting_groups,
+    step_by_path,
 )
 
 __all__ = ["LAMB", "lamb"]
-
-# Which path ``foreach=None`` takes, per device type. Measured with benchmarks/bench_optim.py on
-# the ResNet-18 parameter set (11.2 M float32 parameters in 62 tensors, 2-core Xeon, torch 2.13
-# CPU, 40 interleaved rounds): single-tensor 25.2-27.7 ms median step (its two rows), foreach
-# 35.8 ms. Likely reasons: the loop reuses one temporary per tensor, takes its norms with the
-# BLAS dot product (see l2_norm), and runs each tensor's kernels while it is still in cache.
-# (torch's AdamW measured the other way round on the same machine: foreach 27.0, loop 33.7 ms.)
-# CUDA follows torch: one launch per op for all tensors beats a launch per tensor.
-_FOREACH_IS_FASTER = {"cpu": False, "cuda": True}
 
 #: The valid values of LAMB's settings (lr and weight_decay are checked by their own functions,
 #: which also refuse tensors where those are not allowed). Every group is checked against them, and
@@ -119,7 +108,7 @@ class LAMB(CheckedOptimizer):
       max_grad_norm: if set (> 0), clip the global gradient norm of all parameters of this
         optimiser to it before the moments are updated.
       foreach: True for the ``torch._foreach_*`` path, False for the per-tensor loop, None for
-        the measured default of the parameters' device (see ``_FOREACH_IS_FASTER``).
+        the measured default of the parameters' device (``_common.FOREACH_IS_FASTER``).
 
     References:
       You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
@@ -210,7 +199,7 @@ class LAMB(CheckedOptimizer):
             if all_grads:
                 use_foreach = self.defaults["foreach"]
                 if use_foreach is None:
-                    use_foreach = default_foreach(all_grads, _FOREACH_IS_FASTER)
+                    use_foreach = default_foreach(all_grads)
                 clip = clip_coefficient(all_grads, self.max_grad_norm, foreach=use_foreach)
 
         # Groups that differ only in weight_decay (one per role, one per layer's β) step as one.
@@ -248,20 +237,16 @@ class LAMB(CheckedOptimizer):
 
 
 def _check_group(owner: str, group: dict[str, Any]) -> None:
-    check_lr(owner, group["lr"])
+    check_shared_settings(owner, group)
     betas = group["betas"]
     if not isinstance(betas, Sequence) or len(betas) != 2:
         raise InputError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
     CONSTRAINTS["betas"].check("betas", tuple(betas), owner)
     CONSTRAINTS["eps"].check("eps", group["eps"], owner)
-    check_weight_decay(owner, group["weight_decay"])
-    check_layer_adaptation(owner, group)
     if not isinstance(group["bias_correction"], bool):
         raise InputError(
             f"{owner}: bias_correction must be a bool, got {group['bias_correction']!r}"
         )
-    if group["foreach"] not in (None, True, False):
-        raise InputError(f"{owner}: foreach must be None, True or False, got {group['foreach']!r}")
 
 
 def _scalars(
@@ -300,28 +285,22 @@ def lamb(
       lr, beta1, beta2, eps, layer_adaptation, bias_correction: as in :class:`LAMB`.
       grad_scale: a 0-dim tensor every gradient is multiplied by first (global clipping).
       foreach: True or False for one path for every tensor; None picks per tensor (see
-        ``_FOREACH_IS_FASTER`` and ``SMALL_TENSOR_NUMEL``).
+        ``FOREACH_IS_FASTER`` and ``SMALL_TENSOR_NUMEL`` in ``biasdecay.optim._common``).
     """
     adapted = adaptation_flags(layer_adaptation, weight_decays)
-    loop, multi = path_indices(params, foreach, _FOREACH_IS_FASTER, SMALL_TENSOR_NUMEL)
-    for impl, idx in ((_single_tensor_lamb, loop), (_multi_tensor_lamb, multi)):
-        if not idx:
-            continue
-        impl(
-            [params[i] for i in idx],
-            [grads[i] for i in idx],
-            [exp_avgs[i] for i in idx],
-            [exp_avg_sqs[i] for i in idx],
-            [steps[i] for i in idx],
-            [weight_decays[i] for i in idx],
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            adapted=[adapted[i] for i in idx],
-            bias_correction=bias_correction,
-            grad_scale=grad_scale,
-        )
+    step_by_path(
+        (_single_tensor_lamb, _multi_tensor_lamb),
+        (params, grads, exp_avgs, exp_avg_sqs, steps, weight_decays, adapted),
+        {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "bias_correction": bias_correction,
+            "grad_scale": grad_scale,
+        },
+        foreach=foreach,
+    )
 
 
 def _single_tensor_lamb(
@@ -331,12 +310,12 @@ def _single_tensor_lamb(
     exp_avg_sqs: list[Tensor],
     steps: list[int],
     weight_decays: list[WeightDecay],
+    adapted: list[bool | Tensor],
     *,
     lr: float,
     beta1: float,
     beta2: float,
     eps: float,
-    adapted: list[bool | Tensor],
     bias_correction: bool,
     grad_scale: Tensor | None,
 ) -> None:
@@ -375,12 +354,12 @@ def _multi_tensor_lamb(
     exp_avg_sqs: list[Tensor],
     steps: list[int],
     weight_decays: list[WeightDecay],
+    adapted: list[bool | Tensor],
     *,
     lr: float,
     beta1: float,
     beta2: float,
     eps: float,
-    adapted: list[bool | Tensor],
     bias_correction: bool,
     grad_scale: Tensor | None,
 ) -> None:

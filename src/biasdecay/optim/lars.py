@@ -29,34 +29,15 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from biasdecay.constraints import Constraint, OneOf, Range, check_lr
+from biasdecay.constraints import Constraint, OneOf, Range
 from biasdecay.errors import InputError
-from biasdecay.optim._common import (
-    LAYER_ADAPTATION,
-    SMALL_TENSOR_NUMEL,
-    CheckedOptimizer,
-    WeightDecay,
-    adaptation_flags,
-    bucket_indices,
-    check_layer_adaptation,
-    check_weight_decay,
-    group_weight_decays,
-    l2_norm,
-    path_indices,
-    same_setting_groups,
-)
+from biasdecay.optim import _common
+from biasdecay.optim._common import LAYER_ADAPTATION, CheckedOptimizer, WeightDecay
 
 __all__ = ["LARS", "lars"]
 
-# Which path ``foreach=None`` takes, per device type. Measured with benchmarks/bench_optim.py on
-# the ResNet-18 parameter set (11.2 M float32 parameters in 62 tensors, 2-core Xeon, torch 2.13
-# CPU, 40 interleaved rounds): single-tensor 15.0-15.4 ms median step (its two rows), foreach
-# 19.0 ms (they were level before the loop's norms moved to the BLAS dot product, see l2_norm).
-# CUDA follows torch: one launch per op for all tensors beats a launch per tensor.
-_FOREACH_IS_FASTER = {"cpu": False, "cuda": True}
-
-#: The valid values of LARS's settings (lr and weight_decay are checked by their own functions).
-#: Every group is checked against them; the optimiser registry, and so the config, reads them here.
+#: What LARS's own settings may be (the shared ones: ``_common.check_shared_settings``). Groups
+#: are checked against this table, and the optimiser registry (so the config) reads it.
 CONSTRAINTS: dict[str, Constraint] = {
     "momentum": Range(0.0, 1.0),
     "trust_coefficient": Range(0.0, low_open=True),
@@ -102,7 +83,7 @@ class LARS(CheckedOptimizer):
       layer_adaptation: which parameters get the local rate r: ``"decayed"``, ``"all"`` or
         ``"none"`` (see above).
       foreach: True for the ``torch._foreach_*`` path, False for the per-tensor loop, None for
-        the measured default of the parameters' device (see ``_FOREACH_IS_FASTER``).
+        the measured default of the parameters' device (``_common.FOREACH_IS_FASTER``).
 
     References:
       You, Gitman and Ginsburg, "Large Batch Training of Convolutional Networks",
@@ -163,7 +144,7 @@ class LARS(CheckedOptimizer):
         loss = self._closure_loss(closure)
 
         # Groups that differ only in weight_decay (one per role, one per layer's β) step as one.
-        for members in same_setting_groups(self.param_groups, _SHARED_SETTINGS):
+        for members in _common.same_setting_groups(self.param_groups, _SHARED_SETTINGS):
             params: list[Tensor] = []
             grads: list[Tensor] = []
             momentum_buffers: list[Tensor | None] = []
@@ -171,7 +152,9 @@ class LARS(CheckedOptimizer):
             for k in members:
                 start = len(params)
                 self._init_group(self.param_groups[k], params, grads, momentum_buffers)
-                weight_decays.extend(group_weight_decays(self.param_groups[k], params[start:]))
+                weight_decays.extend(
+                    _common.group_weight_decays(self.param_groups[k], params[start:])
+                )
             if not params:
                 continue
             group = self.param_groups[members[0]]
@@ -195,17 +178,13 @@ class LARS(CheckedOptimizer):
 
 
 def _check_group(owner: str, group: dict[str, Any]) -> None:
-    check_lr(owner, group["lr"])
-    check_weight_decay(owner, group["weight_decay"])
+    _common.check_shared_settings(owner, group)
     for name in ("momentum", "trust_coefficient", "eps"):
         CONSTRAINTS[name].check(name, group[name], owner)
-    check_layer_adaptation(owner, group)
     if not isinstance(group["nesterov"], bool):
         raise InputError(f"{owner}: nesterov must be a bool, got {group['nesterov']!r}")
     if group["nesterov"] and group["momentum"] == 0:
         raise InputError(f"{owner}: nesterov=True needs momentum in (0, 1), got momentum=0")
-    if group["foreach"] not in (None, True, False):
-        raise InputError(f"{owner}: foreach must be None, True or False, got {group['foreach']!r}")
 
 
 def lars(
@@ -231,27 +210,22 @@ def lars(
       weight_decays: each parameter's λ, a number or a 0-dim tensor on its device.
       lr, momentum, trust_coefficient, eps, nesterov, layer_adaptation: as in :class:`LARS`.
       foreach: True or False for one path for every tensor; None picks per tensor (see
-        ``_FOREACH_IS_FASTER`` and ``SMALL_TENSOR_NUMEL``).
+        ``FOREACH_IS_FASTER`` and ``SMALL_TENSOR_NUMEL`` in ``biasdecay.optim._common``).
     """
-    loop, multi = path_indices(params, foreach, _FOREACH_IS_FASTER, SMALL_TENSOR_NUMEL)
-    for impl, idx in ((_single_tensor_lars, loop), (_multi_tensor_lars, multi)):
-        if not idx:
-            continue
-        buffers = [momentum_buffers[i] for i in idx]
-        impl(
-            [params[i] for i in idx],
-            [grads[i] for i in idx],
-            buffers,
-            [weight_decays[i] for i in idx],
-            lr=lr,
-            momentum=momentum,
-            trust_coefficient=trust_coefficient,
-            eps=eps,
-            nesterov=nesterov,
-            layer_adaptation=layer_adaptation,
-        )
-        for i, buffer in zip(idx, buffers, strict=True):  # new buffers go back to the caller
-            momentum_buffers[i] = buffer
+    _common.step_by_path(
+        (_single_tensor_lars, _multi_tensor_lars),
+        (params, grads, momentum_buffers, weight_decays),
+        {
+            "lr": lr,
+            "momentum": momentum,
+            "trust_coefficient": trust_coefficient,
+            "eps": eps,
+            "nesterov": nesterov,
+            "layer_adaptation": layer_adaptation,
+        },
+        foreach=foreach,
+        written=(2,),  # new momentum buffers go back to the caller
+    )
 
 
 # A per-tensor coefficient: one Python float shared by every tensor of a bucket, or a vector with
@@ -312,7 +286,7 @@ def _bucket_scalars(
                 for lam in weight_decays
             ]
         )
-    adapted = adaptation_flags(layer_adaptation, weight_decays)
+    adapted = _common.adaptation_flags(layer_adaptation, weight_decays)
     # r = 1 of unadapted tensors is a tensor too (a fill kernel), so that they go through the same
     # arithmetic as adapted ones: a tensor λ of 0 then equals a number λ of 0 bitwise.
     rates: Coefficient = params[0].new_ones(len(params))
@@ -320,8 +294,8 @@ def _bucket_scalars(
         if foreach:
             param_norms, grad_norms = torch._foreach_norm(params), torch._foreach_norm(grads)
         else:
-            param_norms = [l2_norm(p) for p in params]
-            grad_norms = [l2_norm(g) for g in grads]
+            param_norms = [_common.l2_norm(p) for p in params]
+            grad_norms = [_common.l2_norm(g) for g in grads]
         rates = _local_rates(
             torch.stack(param_norms), torch.stack(grad_norms), decays, trust_coefficient, eps
         )
@@ -363,7 +337,7 @@ def _single_tensor_lars(
     nesterov: bool,
     layer_adaptation: str,
 ) -> None:
-    for idx in bucket_indices(params, [None] * len(params)):
+    for idx in _common.bucket_indices(params, [None] * len(params)):
         scalars = _bucket_scalars(
             [params[i] for i in idx],
             [grads[i] for i in idx],
@@ -435,7 +409,7 @@ def _multi_tensor_lars(
     nesterov: bool,
     layer_adaptation: str,
 ) -> None:
-    for idx in bucket_indices(params, [None] * len(params)):
+    for idx in _common.bucket_indices(params, [None] * len(params)):
         bucket_params = [params[i] for i in idx]
         bucket_grads = [grads[i] for i in idx]
         scalars = _bucket_scalars(

@@ -83,9 +83,8 @@ OPTIMIZERS: Registry[OptimizerSpec] = Registry(
 )
 
 
-def optimizer_names() -> list[str]:
-    """The registered names, sorted."""
-    return OPTIMIZERS.names()
+#: The registered names, sorted.
+optimizer_names = OPTIMIZERS.names
 
 
 def optimizer_spec(name: str) -> OptimizerSpec:

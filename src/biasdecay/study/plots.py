@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from biasdecay.atomic import write_bytes
+from biasdecay.extras import import_extra
 from biasdecay.study.stats import Correlation
 
 if TYPE_CHECKING:
@@ -67,15 +68,8 @@ class ScatterPanel:
 
 
 def _matplotlib() -> Any:
-    """The matplotlib module, or an ImportError that says how to install it."""
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise ImportError(
-            'biasdecay plots need matplotlib: pip install "biasdecay[plot]" '
-            "(or pip install matplotlib)"
-        ) from e
-    return matplotlib
+    """The matplotlib module, or a MissingDependencyError that says how to install it."""
+    return import_extra("matplotlib", "plot", "biasdecay plots")
 
 
 def _figure(width: float, height: float) -> Figure:

@@ -57,7 +57,14 @@ from biasdecay.schedules import (
 )
 from biasdecay.sharpness.suite import MEASURES
 from biasdecay.toml_text import toml_value
-from biasdecay.train.config_fields import Setting, choice, option, setting, setting_of
+from biasdecay.train.config_fields import (
+    Setting,
+    choice,
+    every_option,
+    option,
+    setting,
+    setting_of,
+)
 from biasdecay.train.config_values import (
     NONE_WORDS,
     ConfigError,
@@ -188,15 +195,15 @@ class OptimizerConfig:
 
 
 @dataclass
+@every_option(POLICIES)
 class PolicyConfig:
-    """The weight-decay policy (:data:`biasdecay.decay.policies.POLICIES`) and its options."""
+    """The weight-decay policy (:data:`biasdecay.decay.policies.POLICIES`) and its options.
+
+    Every option of every policy is a field, added from the registry (``biasdecay list settings
+    policy`` lists them): a policy builder's new option needs no edit here.
+    """
 
     name: str = choice(POLICIES, "no_bias_decay", "the weight-decay policy")
-    beta: float = option(POLICIES, "beta")
-    gamma: float = option(POLICIES, "gamma")
-    bias: float = option(POLICIES, "bias")
-    threshold: float = option(POLICIES, "threshold")
-    decay_biases: bool = option(POLICIES, "decay_biases")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 from biasdecay.constraints import Constraint, OneOf
 from biasdecay.registry import Registry
 
-__all__ = ["Setting", "choice", "option", "setting", "setting_of"]
+__all__ = ["Setting", "choice", "every_option", "option", "setting", "setting_of"]
 
 _KEY = "setting"  # the key of a field's metadata that holds its Setting
 
@@ -100,6 +100,41 @@ def option(
     default = spec.default if default is dataclasses.MISSING else default
     help = spec.help if help is None else help
     return setting(default, spec.constraint, help, option=name, applies_to=names)
+
+
+def every_option(registry: Registry, *, exclude: tuple[str, ...] = ()) -> Any:
+    """Class decorator (under ``@dataclass``): an :func:`option` field for each of the options.
+
+    The section then holds every option any entry of ``registry`` accepts (less ``exclude`` and
+    the fields the class declares itself), each typed as its builder's signature types it. A new
+    option of a builder is thus a config setting, with its default, range and help, without an
+    edit here.
+
+    Args:
+      registry: the component's registry.
+      exclude: options the config does not expose (the engine sets them).
+
+    Returns:
+      The decorator; it adds the fields after the declared ones, in registration order.
+
+    Raises:
+      TypeError: an option whose builder's type hints do not resolve (declare it explicitly).
+    """
+
+    def add_fields(section: type) -> type:
+        annotations = section.__dict__.get("__annotations__", {})
+        for name in registry.all_options():
+            if name in exclude or name in annotations:
+                continue
+            spec, _ = registry.option(name)
+            if spec.annotation is None:
+                raise TypeError(f"{section.__name__}: option {name!r} has no resolvable type")
+            annotations[name] = spec.annotation
+            setattr(section, name, option(registry, name))
+        section.__annotations__ = annotations
+        return section
+
+    return add_fields
 
 
 def setting_of(item: dataclasses.Field[Any]) -> Setting:

@@ -12,21 +12,20 @@ from typing import Any
 
 import torch
 
-from biasdecay.data.errors import MissingDependencyError
+from biasdecay.extras import import_extra
 
 __all__ = ["TensorBoardMirror"]
 
 
 def _import_summary_writer() -> type:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "tensorboard=True needs the tensorboard package, which is not installed: "
-            "pip install tensorboard (or install biasdecay with the 'tensorboard' extra), "
-            "or turn TensorBoard logging off; metrics.jsonl is written either way"
-        ) from exc
-    return SummaryWriter
+    module = import_extra(
+        "torch.utils.tensorboard",
+        "tensorboard",
+        "tensorboard=True",
+        package="tensorboard",
+        note="; or turn TensorBoard logging off: metrics.jsonl is written either way",
+    )
+    return module.SummaryWriter
 
 
 def numeric_fields(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:

@@ -133,9 +133,8 @@ MODELS: Registry[ModelEntry] = Registry(
 )
 
 
-def model_names() -> list[str]:
-    """Names accepted by :func:`build_model`, in registry order."""
-    return MODELS.names()
+#: Names accepted by :func:`build_model`, in registry order.
+model_names = MODELS.names
 
 
 def min_image_size(name: str) -> int:
