@@ -23,7 +23,7 @@ def _net() -> nn.Module:
     ("name", "expected"),
     [
         ("lamb", {"betas", "eps", "layer_adaptation", "max_grad_norm"}),
-        ("lars", {"momentum", "nesterov", "layer_adaptation"}),
+        ("lars", {"momentum", "nesterov", "layer_adaptation", "trust_coefficient"}),
         ("sgd", {"momentum", "nesterov"}),
         ("adamw", {"betas", "eps"}),
     ],
@@ -40,6 +40,9 @@ def test_optimiser_is_built_with_the_configured_options() -> None:
     assert isinstance(optimizer, LARS) and controller is None and policy.name == "no_bias_decay"
     group = optimizer.param_groups[0]
     assert group["momentum"] == 0.8 and group["eps"] == 1e-8  # LARS's own eps: not the config's
+    assert group["trust_coefficient"] == 0.001  # LARS's default, through the config
+    cfg = load_config(None, ["optimizer.name=lars", "optimizer.trust_coefficient=0.02"])
+    assert C.build_optimization(cfg, _net())[0].param_groups[0]["trust_coefficient"] == 0.02
     assert group["lr"] == 0.04 * math.sqrt(512 / 8192)
     cfg = load_config(None, ["optimizer.max_grad_norm=1.0"])
     optimizer, _, _ = C.build_optimization(cfg, _net())

@@ -192,6 +192,7 @@ class OptimizerConfig:
     layer_adaptation: str = option(OPTIMIZERS, "layer_adaptation", applies_to=("lamb", "lars"))
     nesterov: bool = option(OPTIMIZERS, "nesterov", applies_to=("lars", "sgd"))
     max_grad_norm: float | None = option(OPTIMIZERS, "max_grad_norm", applies_to=("lamb",))
+    trust_coefficient: float = option(OPTIMIZERS, "trust_coefficient", applies_to=("lars",))
 
 
 @dataclass
