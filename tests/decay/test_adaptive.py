@@ -154,6 +154,31 @@ def test_decisions_survive_an_optimiser_state_dict_round_trip(optimizer: str) ->
     assert got == new.double().tolist()
 
 
+def test_r_of_layers_of_any_shape_and_dtype_equals_a_loop() -> None:
+    from biasdecay.decay import bias_utilization_from_grads
+
+    torch.manual_seed(1)
+    layers = [nn.LayerNorm((3, 4)), nn.GroupNorm(2, 6), nn.BatchNorm1d(5)]
+    for m in layers:
+        for p in m.parameters():
+            p.data = torch.randn_like(p, dtype=torch.float64)
+            p.grad = torch.randn_like(p)
+    layers[2].bias.grad = None  # no gradient yet: C(β) = 0
+    betas, gammas = [m.bias for m in layers], [m.weight for m in layers]
+    with torch.no_grad():
+        loop = [
+            float((b * (0 if b.grad is None else b.grad)).abs().sum() / (g * g.grad).abs().sum())
+            for b, g in zip(betas, gammas, strict=True)
+        ]
+    assert bias_utilization_from_grads(betas, gammas).tolist() == pytest.approx(loop, rel=1e-12)
+    assert loop[2] == 0.0
+    half = [p.detach().half().requires_grad_() for p in (*betas, *gammas)]
+    for h, p in zip(half, (*betas, *gammas), strict=True):
+        h.grad = None if p.grad is None else (p.grad * 1e3).half()  # summed in float32
+    ratios = bias_utilization_from_grads(half[:3], half[3:])
+    assert ratios.dtype == torch.float32 and ratios.tolist() == pytest.approx(loop, rel=2e-3)
+
+
 def test_edge_cases_of_r() -> None:
     model = net()
     backward(model)

@@ -17,7 +17,7 @@ exactly as it would a number, so R = 0 reproduces the ``beta_decay`` policy and 
 gradient term for SGD/Adam, decoupled for AdamW. The decision is saved with the optimiser's
 ``state_dict``, and LAMB/LARS's ``layer_adaptation="decayed"`` reads the same tensor.
 
-Every r_l comes from one batched reduction, and no value leaves the device in :meth:`step`
+Every r_l comes from one segmented reduction, and no value leaves the device in :meth:`step`
 (torch's own optimisers read the tensor as a number, which costs them a sync per β).
 """
 
@@ -44,30 +44,42 @@ _HOW_TO_BUILD = (
 
 
 def bias_utilization_from_grads(
-    betas: list[torch.Tensor], gammas: list[torch.Tensor]
+    betas: list[torch.Tensor], gammas: list[torch.Tensor], lengths: torch.Tensor | None = None
 ) -> torch.Tensor:
     """r_l = Σ|β⊙∂L/∂β| / Σ|γ⊙∂L/∂γ| for each layer, from the parameters' current ``.grad``.
 
     Args:
-        betas: β of each layer (``.grad`` None counts as zero).
+        betas: β of each layer (``.grad`` None counts as zero), all on one device.
         gammas: γ of the same layers, in the same order.
+        lengths: ``[β.numel() ..., γ.numel() ...]`` on their device, if the caller keeps it
+            (the controller does, so a step builds no tensor from host values).
 
     Returns:
         A 1-D tensor of r_l (``inf`` where only the numerator is non-zero, 0 where both are 0).
     """
-    sums = _sensitivity_l1([*betas, *gammas])  # one foreach pass over both lists
+    sums = _sensitivity_l1([*betas, *gammas], lengths)
     c_beta, c_gamma = sums[: len(betas)], sums[len(betas) :]
     # c/0 is inf where only the numerator is non-zero, and 0/0 (NaN) counts as 0.
     return torch.nan_to_num(c_beta / c_gamma, nan=0.0, posinf=math.inf)
 
 
-def _sensitivity_l1(params: list[torch.Tensor]) -> torch.Tensor:
-    """Σ_i |θ_i g_i| for each tensor, as one stacked float32+ vector (foreach, no host sync)."""
+def _sensitivity_l1(params: list[torch.Tensor], lengths: torch.Tensor | None) -> torch.Tensor:
+    """Σ_i |θ_i g_i| for each tensor, as one float32-or-wider vector, with no host sync.
+
+    The tensors are concatenated and reduced in segments: five kernels whatever the number of
+    layers, where a foreach product and norm launch two per tensor on the CPU.
+    """
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    dtype = torch.promote_types(params[0].dtype, torch.float32)
+    if lengths is None:
+        lengths = torch.tensor([p.numel() for p in params], device=params[0].device)
+    flat = [p.reshape(-1) for p in params] if any(p.dim() != 1 for p in params) else params
+    flat_grads = [g.reshape(-1) for g in grads] if flat is not params else grads
     with torch.no_grad():
-        products = torch._foreach_mul(params, grads)
-    norms = torch._foreach_norm(products, 1)
-    return torch.stack(norms).to(torch.promote_types(params[0].dtype, torch.float32))
+        products = torch.cat(flat).to(dtype).mul_(torch.cat(flat_grads).to(dtype)).abs_()
+    # unsafe: the lengths are ours and right by construction; checking them would cost the
+    # host a sync (segment_reduce validates them with .item()).
+    return torch.segment_reduce(products, "sum", lengths=lengths, unsafe=True)
 
 
 class AdaptiveBetaDecay:
@@ -114,6 +126,8 @@ class AdaptiveBetaDecay:
         self.optimizer = optimizer
         self.layer_names, self.gammas, self.betas = self._find_layers(model)
         self._group_index = self._decay_groups(optimizer)
+        sizes = [p.numel() for p in (*self.betas, *self.gammas)]
+        self._lengths = torch.tensor(sizes, device=self.betas[0].device)
         self.step_count = 0
         self._history_steps: list[int] = []
         self._history_ratios: list[torch.Tensor] = []
@@ -143,6 +157,12 @@ class AdaptiveBetaDecay:
             raise InputError(
                 "the model has no normalisation layer with trainable γ and β: adaptive β decay "
                 "has nothing to act on"
+            )
+        devices = {p.device for p in (*gammas, *betas)}
+        if len(devices) > 1:
+            raise InputError(
+                "adaptive β decay reduces every layer's r_l in one pass, so its γ and β must be "
+                f"on one device; this model has them on {sorted(map(str, devices))}"
             )
         return names, gammas, betas
 
@@ -190,7 +210,7 @@ class AdaptiveBetaDecay:
         Returns:
             The per-layer decisions (bool tensor on the device, in :attr:`layer_names` order).
         """
-        ratios = bias_utilization_from_grads(self.betas, self.gammas)
+        ratios = bias_utilization_from_grads(self.betas, self.gammas, self._lengths)
         decisions = ratios >= self.threshold
         coefficients = decisions.to(ratios.dtype) * self.beta_decay
         # Looked up each step, not kept: loading the optimiser's state_dict replaces the tensors.

@@ -7,6 +7,7 @@ hyper-parameters, tensor metadata), never on tensor contents.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -271,15 +272,16 @@ def same_setting_groups(
     normalisation layer under adaptive β decay) are stepped as one list, so that the small
     tensors of many groups share each kernel launch of the foreach path.
     """
-    merged: dict[tuple[object, ...], list[int]] = {}
+    values = operator.itemgetter(*settings)  # C-level: this runs at every step
+    merged: dict[object, list[int]] = {}
     for k, group in enumerate(groups):
-        key = tuple(_hashable(group[name]) for name in settings)
-        merged.setdefault(key, []).append(k)
+        key = values(group)
+        try:
+            merged.setdefault(key, []).append(k)
+        except TypeError:  # a list setting (betas=[0.9, 0.999]): compare its values
+            key = tuple(tuple(v) if isinstance(v, list) else v for v in key)
+            merged.setdefault(key, []).append(k)
     return list(merged.values())
-
-
-def _hashable(value: object) -> object:
-    return tuple(value) if isinstance(value, list) else value
 
 
 def per_tensor_decay_(
@@ -319,7 +321,8 @@ def per_tensor_decay_(
         # tensor holding λ gives bit-for-bit the result of a number λ (in float64).
         lams = [weight_decays[i] for i in tensors]
         if foreach:
-            coefficients = torch._foreach_mul(lams, scale)
+            # One multiply over the stacked λs, not one per tensor (elementwise, so equal bits).
+            coefficients = list((torch.stack(lams) * scale).unbind())
             torch._foreach_addcmul_(
                 [targets[i] for i in tensors], [params[i] for i in tensors], coefficients
             )

@@ -187,42 +187,31 @@ class LAMB(CheckedOptimizer):
         """One LAMB update of every parameter that has a gradient; returns ``closure()``'s loss."""
         loss = self._closure_loss(closure)
 
-        gathered = []
-        for group in self.param_groups:
-            lists: tuple[list[Any], ...] = ([], [], [], [], [])
-            self._init_group(group, *lists)
-            gathered.append(lists)
+        # Groups that differ only in weight_decay (one per role, one per layer's β) step as one.
+        merged = []
+        for members in same_setting_groups(self.param_groups, _SHARED_SETTINGS):
+            lists: tuple[list[Any], ...] = ([], [], [], [], [])  # θ, g, m, v, step
+            weight_decays: list[WeightDecay] = []
+            for k in members:
+                start = len(lists[0])
+                self._init_group(self.param_groups[k], *lists)
+                weight_decays.extend(group_weight_decays(self.param_groups[k], lists[0][start:]))
+            if lists[0]:
+                merged.append((self.param_groups[members[0]], lists, weight_decays))
 
         clip = None
         if self.max_grad_norm is not None:
-            all_grads = [g for lists in gathered for g in lists[1]]
+            all_grads = [g for _, lists, _ in merged for g in lists[1]]
             if all_grads:
                 use_foreach = self.defaults["foreach"]
                 if use_foreach is None:
                     use_foreach = default_foreach(all_grads)
                 clip = clip_coefficient(all_grads, self.max_grad_norm, foreach=use_foreach)
 
-        # Groups that differ only in weight_decay (one per role, one per layer's β) step as one.
-        for members in same_setting_groups(self.param_groups, _SHARED_SETTINGS):
-            params, grads, exp_avgs, exp_avg_sqs, steps = ([] for _ in range(5))
-            weight_decays: list[WeightDecay] = []
-            for k in members:
-                lists = gathered[k]
-                for merged, part in zip(
-                    (params, grads, exp_avgs, exp_avg_sqs, steps), lists, strict=True
-                ):
-                    merged.extend(part)
-                weight_decays.extend(group_weight_decays(self.param_groups[k], lists[0]))
-            if not params:
-                continue
-            group = self.param_groups[members[0]]
+        for group, lists, weight_decays in merged:
             beta1, beta2 = group["betas"]
             lamb(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                steps,
+                *lists,
                 weight_decays,
                 lr=group["lr"],
                 beta1=beta1,
