@@ -27,21 +27,28 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_best(
+def interleaved_times(
     rows: list[tuple[str, Callable[[], object]]], repeats: int, device: torch.device
-) -> dict[str, float]:
-    """Best wall time (s) of each row over ``repeats`` rounds, rows interleaved in every round.
+) -> dict[str, list[float]]:
+    """Wall time (s) of each row in each of ``repeats`` rounds, rows interleaved in every round.
 
     Interleaving keeps a noisy stretch of the machine from favouring one row over another.
     """
     for _, fn in rows:  # warm-up: allocator, kernels, caches
         fn()
-    best = {name: float("inf") for name, _ in rows}
+    times: dict[str, list[float]] = {name: [] for name, _ in rows}
     for _ in range(repeats):
         for name, fn in rows:
             sync(device)
             start = time.perf_counter()
             fn()
             sync(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_best(
+    rows: list[tuple[str, Callable[[], object]]], repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Best wall time (s) of each row over ``repeats`` interleaved rounds."""
+    return {name: min(t) for name, t in interleaved_times(rows, repeats, device).items()}

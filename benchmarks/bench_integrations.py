@@ -10,7 +10,7 @@ also timed alone, as shares of a training step.
 Each run is a fresh trainer of ``--steps`` optimiser steps; the two variants alternate over
 ``--rounds`` rounds, and the ratio of their best times is printed (goal: at most 1.05).
 
-    python benchmarks/bench_integrations.py [--steps 100] [--rounds 5]
+    python benchmarks/bench_integrations.py [--steps 100] [--rounds 12]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 import warnings
@@ -29,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from _common import cpu_name, interleaved_best
+from _common import cpu_name, interleaved_best, interleaved_times
 
 SEQ = 32  # tokens per sequence of the BERT task
 CPU = torch.device("cpu")
@@ -212,11 +213,18 @@ def compare(name: str, build, steps: int, rounds: int) -> None:
         logging.getLogger(logger).setLevel(logging.ERROR)
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        best = interleaved_best(list(runs.items()), rounds, CPU)  # warm-up included
+        times = interleaved_times(list(runs.items()), rounds, CPU)  # warm-up included
+    best = {label: min(t) for label, t in times.items()}
+    # Each round's own ratio: the two runs of a round shared the machine's state of the moment.
+    ratios = sorted(w / o for w, o in zip(times["with callbacks"], times["without"], strict=True))
     print(f"\n## {name}: {steps} optimiser steps per run, best of {rounds} interleaved rounds")
     for label, seconds in best.items():
         print(f"{label:16s} {seconds:8.3f} s")
     print(f"ratio with / without: {best['with callbacks'] / best['without']:.3f} (goal <= 1.05)")
+    print(
+        f"per-round ratios: median {statistics.median(ratios):.3f}, "
+        f"range {ratios[0]:.3f}-{ratios[-1]:.3f}"
+    )
     ms = COSTS[name]()
     step = ms["step"]
     print(f"alone, best of 200 interleaved: training step {step:.2f} ms")
@@ -238,7 +246,7 @@ COSTS = {"lightning": lightning_step_cost, "transformers": transformers_step_cos
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--frameworks", default="lightning,transformers")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")

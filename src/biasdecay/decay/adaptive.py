@@ -44,42 +44,53 @@ _HOW_TO_BUILD = (
 
 
 def bias_utilization_from_grads(
-    betas: list[torch.Tensor], gammas: list[torch.Tensor], lengths: torch.Tensor | None = None
+    betas: list[torch.Tensor], gammas: list[torch.Tensor]
 ) -> torch.Tensor:
     """r_l = Σ|β⊙∂L/∂β| / Σ|γ⊙∂L/∂γ| for each layer, from the parameters' current ``.grad``.
 
     Args:
         betas: β of each layer (``.grad`` None counts as zero), all on one device.
         gammas: γ of the same layers, in the same order.
-        lengths: ``[β.numel() ..., γ.numel() ...]`` on their device, if the caller keeps it
-            (the controller does, so a step builds no tensor from host values).
 
     Returns:
         A 1-D tensor of r_l (``inf`` where only the numerator is non-zero, 0 where both are 0).
     """
-    sums = _sensitivity_l1([*betas, *gammas], lengths)
-    c_beta, c_gamma = sums[: len(betas)], sums[len(betas) :]
-    # c/0 is inf where only the numerator is non-zero, and 0/0 (NaN) counts as 0.
-    return torch.nan_to_num(c_beta / c_gamma, nan=0.0, posinf=math.inf)
+    return _LayerRatios(betas, gammas)()
 
 
-def _sensitivity_l1(params: list[torch.Tensor], lengths: torch.Tensor | None) -> torch.Tensor:
-    """Σ_i |θ_i g_i| for each tensor, as one float32-or-wider vector, with no host sync.
+class _LayerRatios:
+    """r_l of fixed layers, set up once: the controller computes it at every step.
 
-    The tensors are concatenated and reduced in segments: five kernels whatever the number of
-    layers, where a foreach product and norm launch two per tensor on the CPU.
+    Σ_i |θ_i g_i| of every β and γ comes from one segmented reduction over their concatenation:
+    five kernels whatever the number of layers, where a foreach product and norm launch two per
+    tensor on the CPU. Nothing is read back to the host.
     """
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    dtype = torch.promote_types(params[0].dtype, torch.float32)
-    if lengths is None:
-        lengths = torch.tensor([p.numel() for p in params], device=params[0].device)
-    flat = [p.reshape(-1) for p in params] if any(p.dim() != 1 for p in params) else params
-    flat_grads = [g.reshape(-1) for g in grads] if flat is not params else grads
-    with torch.no_grad():
-        products = torch.cat(flat).to(dtype).mul_(torch.cat(flat_grads).to(dtype)).abs_()
-    # unsafe: the lengths are ours and right by construction; checking them would cost the
-    # host a sync (segment_reduce validates them with .item()).
-    return torch.segment_reduce(products, "sum", lengths=lengths, unsafe=True)
+
+    def __init__(self, betas: list[torch.Tensor], gammas: list[torch.Tensor]) -> None:
+        self.params = [*betas, *gammas]
+        self.count = len(betas)
+        first = self.params[0]
+        self.lengths = torch.tensor([p.numel() for p in self.params], device=first.device)
+        self.flat = all(p.dim() == 1 for p in self.params)  # else each is viewed as 1-D
+        self.dtype = torch.promote_types(first.dtype, torch.float32)  # sums of fp16: float32
+        self.same_dtype = all(p.dtype == self.dtype for p in self.params)
+
+    @torch.no_grad()
+    def __call__(self) -> torch.Tensor:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        params = self.params
+        if not self.flat:
+            params, grads = [p.reshape(-1) for p in params], [g.reshape(-1) for g in grads]
+        values, slopes = torch.cat(params), torch.cat(grads)
+        if not self.same_dtype:
+            values, slopes = values.to(self.dtype), slopes.to(self.dtype)
+        products = values.mul_(slopes).abs_()
+        # unsafe: the lengths are ours and right by construction; checking them would cost the
+        # host a sync (segment_reduce validates them with .item()).
+        sums = torch.segment_reduce(products, "sum", lengths=self.lengths, unsafe=True)
+        c_beta, c_gamma = sums[: self.count], sums[self.count :]
+        # c/0 is inf where only the numerator is non-zero, and 0/0 (NaN) counts as 0.
+        return torch.nan_to_num(c_beta / c_gamma, nan=0.0, posinf=math.inf)
 
 
 class AdaptiveBetaDecay:
@@ -126,8 +137,7 @@ class AdaptiveBetaDecay:
         self.optimizer = optimizer
         self.layer_names, self.gammas, self.betas = self._find_layers(model)
         self._group_index = self._decay_groups(optimizer)
-        sizes = [p.numel() for p in (*self.betas, *self.gammas)]
-        self._lengths = torch.tensor(sizes, device=self.betas[0].device)
+        self._ratios = _LayerRatios(self.betas, self.gammas)
         self.step_count = 0
         self._history_steps: list[int] = []
         self._history_ratios: list[torch.Tensor] = []
@@ -210,7 +220,7 @@ class AdaptiveBetaDecay:
         Returns:
             The per-layer decisions (bool tensor on the device, in :attr:`layer_names` order).
         """
-        ratios = bias_utilization_from_grads(self.betas, self.gammas, self._lengths)
+        ratios = self._ratios()
         decisions = ratios >= self.threshold
         coefficients = decisions.to(ratios.dtype) * self.beta_decay
         # Looked up each step, not kept: loading the optimiser's state_dict replaces the tensors.
