@@ -74,9 +74,13 @@ _FOREACH_TYPES = (Tensor, torch.nn.Parameter)
 class CheckedOptimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` that checks every param group's settings when it is added.
 
-    Subclasses (LAMB, LARS) define :meth:`_check_group`; the constructor's defaults should be
-    checked with it before ``super().__init__``, so that a bad value names the argument.
+    Subclasses (LAMB, LARS) define :meth:`_check_group` and pass their constructor's settings
+    as ``defaults``; those are checked first, so that a bad value names the argument.
     """
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        self._check_group(defaults)
+        super().__init__(params, defaults)
 
     def _check_group(self, group: Mapping[str, object]) -> None:
         raise NotImplementedError

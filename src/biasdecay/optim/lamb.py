@@ -128,6 +128,9 @@ class LAMB(CheckedOptimizer):
         max_grad_norm: float | None = None,
         foreach: bool | None = None,
     ) -> None:
+        # max_grad_norm is not a group setting: the clipping is global, over every group.
+        CONSTRAINTS["max_grad_norm"].check("max_grad_norm", max_grad_norm, "LAMB")
+        self.max_grad_norm = max_grad_norm
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -137,9 +140,6 @@ class LAMB(CheckedOptimizer):
             "bias_correction": bias_correction,
             "foreach": foreach,
         }
-        self._check_group(defaults)
-        CONSTRAINTS["max_grad_norm"].check("max_grad_norm", max_grad_norm, "LAMB")
-        self.max_grad_norm = max_grad_norm
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

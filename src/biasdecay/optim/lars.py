@@ -113,7 +113,6 @@ class LARS(CheckedOptimizer):
             "layer_adaptation": layer_adaptation,
             "foreach": foreach,
         }
-        self._check_group(defaults)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
