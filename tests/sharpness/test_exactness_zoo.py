@@ -8,6 +8,8 @@ whose forward is not Wx + b (4.11 against 5.35), and a decoder tied to the encod
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -335,3 +337,31 @@ def test_a_summed_loss_is_refused_with_the_reason(measure: str) -> None:
 def test_per_sample_c_in_train_mode_says_why_and_what_instead() -> None:
     with pytest.raises(ValueError, match=r"eval mode.*per_sample=False for C_m"):
         connectivity_sharpness(ConvNet(), make_batches((2, 5, 5), 3, [4]), train_mode=True)
+
+
+@pytest.mark.parametrize(
+    ("groups", "shape"), [(1, (6, 5)), (3, (6, 4, 4)), (6, (6, 3, 3)), (2, (6,))]
+)
+def test_group_norm_of_any_shape_equals_the_loop(groups, shape) -> None:
+    """Per-sample C of GroupNorm of several shapes and group counts, far from zero mean too."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.GroupNorm(groups, shape[0])
+            self.head = nn.Linear(math.prod(shape), 3)
+
+        def forward(self, x):
+            return self.head(self.norm(x + 20.0).flatten(1))  # a mean of 20: the centring counts
+
+    torch.manual_seed(0)
+    model = Net().double()
+    randomise_norms(model)
+    batches = make_batches(shape, 3, [5, 3])
+    report = connectivity_sharpness(model, batches)
+    assert report.method == "hooks", report.fallback_reason
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+    model.float()
+    report = connectivity_sharpness(model, [(x.float(), y) for x, y in batches])
+    assert set(report.paths.values()) == {"hooks"}  # float32: the guard sees no error either
