@@ -11,11 +11,15 @@ For each model, one batch, every row timed in the same run over interleaved roun
 * with ``--naive``, the one-sample-at-a-time loop.
 
 With ``--memory`` each row also runs once in a fresh process that reports its peak memory above
-the model and batch alone (resident memory on a Linux CPU, allocated memory on CUDA).
+the model and batch alone (resident memory on a Linux CPU, allocated memory on CUDA). With
+``--breakdown`` the hook path's time is also split by stage (forward with the recording hooks,
+backward to the layer outputs, each kind of layer's per-sample terms, the guard's forward and
+backward, the guard's comparison), best of the same rounds, as shares of a forward+backward.
 
     python benchmarks/bench_connectivity.py                     # every model, CPU
     python benchmarks/bench_connectivity.py --models resnet18 --naive
     python benchmarks/bench_connectivity.py --device cuda --batch 512 --memory
+    python benchmarks/bench_connectivity.py --models resnet18-gn --breakdown
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable
 
@@ -35,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import cpu_name, interleaved_best
+from _common import cpu_name, interleaved_best, sync
 from biasdecay.nn.models import build_model
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
@@ -260,6 +265,63 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
     if peers:
         ratio = min(peers) / best[rows[1][0]]
         print(f"fastest opacus / ours (hooks + guard): {ratio:.2f}x")
+    if args.breakdown:
+        stage_breakdown(model, x, y, args.repeats, device)
+
+
+def stage_breakdown(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, device: torch.device
+) -> None:
+    """Best time of each stage of the hook path over ``repeats`` rounds, against fwd+bwd."""
+    from biasdecay.sharpness import _per_sample
+
+    hooked = _per_sample.HookedPerSample(model, F.cross_entropy)
+    spent: dict[str, float] = {}
+
+    def timed(stage: str, fn: Callable[[], object]) -> object:
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - start
+        return out
+
+    def layer_stage(layer: nn.Module) -> str:
+        kind = type(layer).__name__
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+            return f"terms: {kind} ({_per_sample.conv_route(layer)})"
+        return f"terms: {kind}"
+
+    terms, autograd, guard = _per_sample._layer_terms, hooked._autograd_gradient, hooked._guard
+    backward = hooked.recorder.backward
+    _per_sample._layer_terms = lambda layer, *a: timed(layer_stage(layer), lambda: terms(layer, *a))
+    hooked._autograd_gradient = lambda *a: timed("guard: forward+backward", lambda: autograd(*a))
+    hooked._guard = lambda *a: timed("guard: comparison", lambda: guard(*a))
+    hooked.recorder.backward = lambda *a: timed("backward to layer outputs", lambda: backward(*a))
+
+    def fwd_bwd() -> None:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    best: dict[str, float] = {}
+    try:
+        for round_ in range(repeats + 1):  # the first is a warm-up
+            spent.clear()
+            total = timed("total", lambda: hooked(x, y))
+            assert total is not None, "a layer ran twice: the hook path does not apply"
+            timed("unit", fwd_bwd)
+            stages = sum(v for k, v in spent.items() if k not in ("total", "unit"))
+            spent["forward with recording hooks, rest"] = spent["total"] - stages
+            if round_:
+                for stage, seconds in spent.items():
+                    best[stage] = min(best.get(stage, math.inf), seconds)
+    finally:
+        _per_sample._layer_terms = terms
+        hooked.close()
+    unit = best.pop("unit")
+    print(f"hook path by stage (best of {repeats}; forward+backward {unit:.4f} s)")
+    for stage, seconds in sorted(best.items(), key=lambda kv: -kv[1]):
+        print(f"  {stage:38s} {seconds:9.4f} {seconds / unit:10.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--naive", action="store_true", help="add the slow per-sample loop")
     parser.add_argument("--memory", action="store_true", help="peak memory of every row")
+    parser.add_argument("--breakdown", action="store_true", help="the hook path's time by stage")
     parser.add_argument("--memory-row", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # opacus warns about its secure RNG and full backward hooks on every model; not ours.

@@ -31,10 +31,12 @@ def run_script(name: str, *args: str, timeout: int) -> str:
 def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
     out = run_script(
         "bench_connectivity.py", "--models", "mlp,vit", "--batch", "8", "--repeats", "1",
-        timeout=180,
+        "--breakdown", timeout=180,
     )  # fmt: skip
     assert "C per-sample, hooks + guard (ours)" in out and "x fwd+bwd" in out
     assert "## vit" in out and "agreement: ours C =" in out
+    assert out.count("hook path by stage") == 2 and "backward to layer outputs" in out
+    assert "terms: Linear" in out and "guard: comparison" in out
 
 
 def test_integrations_benchmark_runs_and_prints_the_ratio() -> None:
