@@ -262,6 +262,9 @@ def test_models_it_cannot_act_on() -> None:
     partial = torch.optim.SGD([p for n, p in model.named_parameters() if n != "4.bias"], lr=0.1)
     with pytest.raises(ValueError, match="β of '4' is not in the optimiser"):
         AdaptiveBetaDecay(model, partial)
+    spread = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(3, device="meta"))  # two devices
+    with pytest.raises(ValueError, match=r"must be on one device; .*\['cpu', 'meta'\]"):
+        AdaptiveBetaDecay(spread, torch.optim.SGD(spread.parameters(), lr=0.1))
 
 
 @pytest.mark.parametrize(
