@@ -8,16 +8,7 @@ import math
 
 import pytest
 import torch
-from stepping import (
-    STEPS,
-    build_groups,
-    forbid_host_reads,
-    lr_at,
-    make_grads,
-    make_params,
-    run,
-    scheduled_decay,
-)
+from stepping import STEPS, build_groups, lr_at, make_grads, make_params, run, scheduled_decay
 from torch import nn
 
 from biasdecay.optim import LAMB
@@ -227,7 +218,7 @@ def test_state_dict_round_trip_is_bitwise(foreach):
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
-def test_step_never_synchronises_with_the_host(foreach, monkeypatch):
+def test_step_never_synchronises_with_the_host(foreach, forbid_host_reads):
     params = make_params(torch.float32)
     optimizer = LAMB(
         [
@@ -244,7 +235,7 @@ def test_step_never_synchronises_with_the_host(foreach, monkeypatch):
     for p in params:
         p.grad = torch.randn_like(p)
 
-    forbid_host_reads(monkeypatch)
+    forbid_host_reads()
     with pytest.raises(AssertionError):  # the trap is armed
         bool(torch.ones(()))
     optimizer.step()

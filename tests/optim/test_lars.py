@@ -6,15 +6,7 @@ import io
 
 import pytest
 import torch
-from stepping import (
-    build_groups,
-    forbid_host_reads,
-    lr_at,
-    make_grads,
-    make_params,
-    run,
-    scheduled_decay,
-)
+from stepping import build_groups, lr_at, make_grads, make_params, run, scheduled_decay
 from torch import nn
 
 from biasdecay.optim import LARS
@@ -197,7 +189,7 @@ def test_state_dict_round_trip_is_bitwise(foreach):
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_step_never_synchronises_with_the_host(nesterov, foreach, monkeypatch):
+def test_step_never_synchronises_with_the_host(nesterov, foreach, forbid_host_reads):
     params = make_params(torch.float32)
     optimizer = LARS(
         [
@@ -215,7 +207,7 @@ def test_step_never_synchronises_with_the_host(nesterov, foreach, monkeypatch):
     for p in params:
         p.grad = torch.randn_like(p)
 
-    forbid_host_reads(monkeypatch)
+    forbid_host_reads()
     with pytest.raises(AssertionError):
         bool(torch.ones(()))
     optimizer.step()  # creates the buffers

@@ -23,6 +23,7 @@ Every r_l comes from one segmented reduction, and no value leaves the device in 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -72,7 +73,10 @@ class _LayerRatios:
         first = self.params[0]
         self.lengths = torch.tensor([p.numel() for p in self.params], device=first.device)
         self.flat = all(p.dim() == 1 for p in self.params)  # else each is viewed as 1-D
-        self.dtype = torch.promote_types(first.dtype, torch.float32)  # sums of fp16: float32
+        # The widest of the layers' dtypes, at least float32 (sums of fp16 values in float32).
+        self.dtype = functools.reduce(
+            torch.promote_types, (p.dtype for p in self.params), torch.float32
+        )
         self.same_dtype = all(p.dtype == self.dtype for p in self.params)
 
     @torch.no_grad()
