@@ -273,7 +273,7 @@ def stage_breakdown(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, device: torch.device
 ) -> None:
     """Best time of each stage of the hook path over ``repeats`` rounds, against fwd+bwd."""
-    from biasdecay.sharpness import _per_sample
+    from biasdecay.sharpness import _per_sample, _per_sample_products
 
     hooked = _per_sample.HookedPerSample(model, F.cross_entropy)
     spent: dict[str, float] = {}
@@ -286,15 +286,18 @@ def stage_breakdown(
         spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - start
         return out
 
-    def layer_stage(layer: nn.Module) -> str:
+    def layer_stage(layer: nn.Module, a: torch.Tensor) -> str:
         kind = type(layer).__name__
         if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
-            return f"terms: {kind} ({_per_sample.conv_route(layer)})"
+            plan = _per_sample_products.chosen_plan(layer, a)  # timed in the warm-up round
+            return f"terms: {kind} ({plan.route if plan else 'timing plans'})"
         return f"terms: {kind}"
 
     terms, autograd, guard = _per_sample._layer_terms, hooked._autograd_gradient, hooked._guard
     backward = hooked.recorder.backward
-    _per_sample._layer_terms = lambda layer, *a: timed(layer_stage(layer), lambda: terms(layer, *a))
+    _per_sample._layer_terms = lambda layer, a, *rest: timed(
+        layer_stage(layer, a), lambda: terms(layer, a, *rest)
+    )
     hooked._autograd_gradient = lambda *a: timed("guard: forward+backward", lambda: autograd(*a))
     hooked._guard = lambda *a: timed("guard: comparison", lambda: guard(*a))
     hooked.recorder.backward = lambda *a: timed("backward to layer outputs", lambda: backward(*a))

@@ -1,9 +1,10 @@
 """Both routes of per-sample conv weight gradients, against a one-sample loop in float64.
 
 A conv layer's per-sample weight gradients are formed either by the backend's grouped
-weight-gradient kernel (samples as groups) or by im2col and a batched matmul; which one depends
-on the layer's shape (``conv_route``). Each layer below is chosen to exercise one route with one
-kind of geometry, and the batch is longer than one chunk so that chunk boundaries are crossed.
+weight-gradient kernel (samples as groups) or by im2col and a batched matmul, a chunk of samples
+at a time; ``conv_plan`` times the candidates once per layer geometry and keeps the fastest.
+Here every route runs on every geometry (forced), with chunks of 2 and 32 samples, and the batch
+is longer than a chunk so that chunk boundaries (and the guard's samples) are crossed.
 """
 
 from __future__ import annotations
@@ -13,36 +14,30 @@ import torch
 from test_connectivity import naive_per_sample
 from torch import nn
 
-from biasdecay.sharpness import _per_sample
-from biasdecay.sharpness._per_sample import GUARD_SAMPLES, conv_route
+from biasdecay.sharpness import _per_sample_products as products
+from biasdecay.sharpness._per_sample import GUARD_SAMPLES
+from biasdecay.sharpness._per_sample_products import ROUTES, ConvPlan
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
-# (layer, input shape of one sample, the route it must take)
+# (layer, input shape of one sample)
 LAYERS = {
-    "grouped: plain 3x3": (lambda: nn.Conv2d(8, 6, 3, padding=1), (8, 5, 5), "grouped"),
-    "grouped: stride 2, no bias": (
-        lambda: nn.Conv2d(8, 6, 3, stride=2, padding=1, bias=False),
-        (8, 7, 7),
-        "grouped",
-    ),
-    "grouped: dilation, groups 2": (
+    "plain 3x3": (lambda: nn.Conv2d(8, 6, 3, padding=1), (8, 5, 5)),
+    "stride 2, no bias": (lambda: nn.Conv2d(8, 6, 3, stride=2, padding=1, bias=False), (8, 7, 7)),
+    "dilation, groups 2": (
         lambda: nn.Conv2d(16, 4, 3, padding=2, dilation=2, groups=2),
         (16, 6, 6),
-        "grouped",
     ),
-    "grouped: 'same', reflect": (
+    "'same', reflect": (
         lambda: nn.Conv2d(8, 3, (3, 4), padding="same", padding_mode="reflect"),
         (8, 6, 5),
-        "grouped",
     ),
-    "grouped: 1-D, stride 2": (lambda: nn.Conv1d(24, 5, 3, stride=2), (24, 11), "grouped"),
-    "im2col: small fan-in": (lambda: nn.Conv2d(3, 4, 3, padding=1), (3, 5, 5), "im2col"),
-    "im2col: depthwise": (lambda: nn.Conv2d(6, 6, 3, padding=1, groups=6), (6, 5, 5), "im2col"),
-    "im2col: 1-D 'same'": (lambda: nn.Conv1d(3, 4, 4, padding="same"), (3, 9), "im2col"),
-    "im2col: large per-sample gradient": (
+    "1-D, stride 2": (lambda: nn.Conv1d(24, 5, 3, stride=2), (24, 11)),
+    "small fan-in": (lambda: nn.Conv2d(3, 4, 3, padding=1), (3, 5, 5)),
+    "depthwise": (lambda: nn.Conv2d(6, 6, 3, padding=1, groups=6), (6, 5, 5)),
+    "1-D 'same'": (lambda: nn.Conv1d(3, 4, 4, padding="same"), (3, 9)),
+    "large per-sample gradient": (
         lambda: nn.Conv2d(128, 128, 3, padding=1, bias=False),
         (128, 2, 2),
-        "im2col",
     ),
 }
 
@@ -59,23 +54,22 @@ class ConvHead(nn.Module):
         return self.fc(torch.tanh(self.conv(x)).flatten(1))
 
 
-def test_every_route_is_exercised() -> None:
-    assert {route for _, _, route in LAYERS.values()} == {"grouped", "im2col"}
+@pytest.fixture(autouse=True)
+def fresh_plans(monkeypatch):
+    """Each test times (or forces) its own plans: none is left from another test."""
+    monkeypatch.setattr(products, "_PLANS", {})
 
 
-@pytest.mark.parametrize("small_chunks", [False, True])
+@pytest.mark.parametrize("chunk", [2, 32])
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("case", sorted(LAYERS))
-def test_conv_route_matches_loop(case: str, small_chunks: bool, monkeypatch) -> None:
-    if small_chunks:  # many chunks per batch, the guard's samples split across two of them
-        monkeypatch.setattr(_per_sample, "_CHUNK_ELEMENTS", 1 << 10)
-        monkeypatch.setattr(_per_sample, "_GROUPED_CHUNK_ELEMENTS", 1 << 10)
-        monkeypatch.setattr(_per_sample, "_GROUPED_MAX_CHUNK", 5)
-    build, shape, route = LAYERS[case]
+def test_conv_route_matches_loop(case: str, route: str, chunk: int, monkeypatch) -> None:
+    monkeypatch.setattr(products, "candidate_plans", lambda layer, batch: [ConvPlan(route, chunk)])
+    build, shape = LAYERS[case]
     torch.manual_seed(0)
     model = ConvHead(build(), shape).double().eval()
-    assert conv_route(model.conv) == route
     g = torch.Generator().manual_seed(1)
-    # More samples than a grouped chunk (32) and than the guard's samples.
+    # More samples than the largest chunk and than the guard's samples.
     batch = 37
     assert batch > GUARD_SAMPLES
     x = torch.randn(batch, *shape, generator=g, dtype=torch.float64)
@@ -83,5 +77,65 @@ def test_conv_route_matches_loop(case: str, small_chunks: bool, monkeypatch) -> 
     report = connectivity_sharpness(model, [(x, y)], method="hooks", strict=True)
     expected = naive_per_sample(model, [(x, y)])
     assert report.paths["conv.weight"] == "hooks"
+    assert list(products._PLANS.values()) == [ConvPlan(route, chunk)]
     for name, value in expected.items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+def test_the_fastest_plan_is_kept_and_timed_once(monkeypatch) -> None:
+    conv = nn.Conv2d(8, 6, 3, padding=1)
+    plans = products.candidate_plans(conv, 64)
+    assert {p.route for p in plans} == set(ROUTES)
+    fastest = plans[-1]
+    timed = []
+
+    def fake_timer(layer, a, delta, plan, work):
+        timed.append((plan, a.shape[0]))
+        return 1.0 if plan == fastest else 2.0
+
+    monkeypatch.setattr(products, "_timed", fake_timer)
+    a, delta = torch.randn(64, 8, 5, 5), torch.randn(64, 6, 5, 5)
+    assert products.chosen_plan(conv, a) is None
+    assert products.conv_plan(conv, a, delta) == fastest
+    # Each candidate timed once, on at most _TUNING_SAMPLES samples.
+    assert sorted(timed, key=str) == sorted(((p, products._TUNING_SAMPLES) for p in plans), key=str)
+    assert products.conv_plan(conv, a, delta) == fastest
+    assert len(timed) == len(plans)  # cached: not timed again
+    assert products.chosen_plan(conv, a) == fastest
+    # Another input size is another geometry: timed afresh.
+    products.conv_plan(conv, a[:, :, :4], delta[:, :, :4])
+    assert len(timed) == 2 * len(plans)
+
+
+def test_candidate_chunks_stay_within_the_batch_and_the_memory_cap() -> None:
+    big = nn.Conv2d(512, 512, 3, bias=False)  # 2.4M weights: one sample per chunk
+    assert products.candidate_plans(big, 64) == [ConvPlan("im2col", 1)]
+    plans = products.candidate_plans(nn.Conv2d(8, 6, 3), 5)
+    assert plans and all(2 <= p.chunk <= 5 or p.route == "im2col" for p in plans)
+    assert all(p.chunk <= 5 for p in plans)
+
+
+class SequenceHead(nn.Module):
+    """A Linear applied to every token, then a mean over tokens: not a rank-one gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(6, 5)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.proj(x)).mean(1))
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 19, 60])
+def test_linear_on_sequences_matches_loop_across_chunks(chunk_elements: int, monkeypatch) -> None:
+    # 60 elements: two samples of the 5×6 weight per chunk, so 19 chunks and a short last one.
+    monkeypatch.setattr(products, "CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    model = SequenceHead().double().eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(37, 4, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (37,), generator=g)
+    report = connectivity_sharpness(model, [(x, y)], method="hooks", strict=True)
+    for name, value in naive_per_sample(model, [(x, y)]).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name

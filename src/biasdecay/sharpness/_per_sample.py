@@ -8,8 +8,9 @@ per-sample quantities:
 
 * Linear (2-D input): the per-sample weight gradient δ_n a_nᵀ is rank one, so
   Σ_ij |W_ij δ_ni a_nj| = |δ_n|ᵀ |W| |a_n| — one matrix product, no per-sample gradient at all.
-* Conv: the per-sample weight gradient Σ_s δ_n[:, s] u_n[:, s]ᵀ (u = unfolded input) is not rank
-  one, so it is formed by a batched matmul, a chunk of samples at a time (bounded memory).
+* Conv, and Linear on a sequence: the per-sample weight gradient Σ_s δ_n[:, s] u_n[:, s]ᵀ
+  (u = unfolded input) is not rank one, so it is formed a chunk of samples at a time (bounded
+  memory), by the faster of two measured routes (:mod:`._per_sample_products`).
 * Norm layers (BatchNorm with running statistics, GroupNorm, LayerNorm): per-sample γ and β
   gradients are reductions of δ·x̂ and δ.
 
@@ -39,22 +40,11 @@ from torch import nn
 
 from biasdecay.roles import op_of
 from biasdecay.sharpness._autodiff import LossFn, check_batch_mean
-
-# Elements of one chunk's per-sample gradients (B_chunk × C_out × C_in·k·k) and unfolded inputs
-# on the im2col route: 2^20 float32 values = 4 MiB, so a chunk stays in cache, while each call
-# is large enough that the per-op cost (dispatch, thread fork/join) does not dominate.
-_CHUNK_ELEMENTS = 1 << 20
-
-# The grouped route (_grouped_conv_weight): elements of one chunk's per-sample gradients, and
-# its most samples per call. Tuned on a 2-core AMD EPYC (benchmarks/bench_connectivity.py);
-# beyond these, a call gets slower, not faster.
-_GROUPED_CHUNK_ELEMENTS = 1 << 19
-_GROUPED_MAX_CHUNK = 32
-# The grouped route needs enough work per group: at least this many weights per output channel
-# (C_in/groups·k…), and per-sample gradients of fewer than _GROUPED_MAX_ELEMENTS (beyond that,
-# the cost is writing the gradients, and a batched matmul over im2col blocks writes them faster).
-_GROUPED_MIN_FAN_IN = 64
-_GROUPED_MAX_ELEMENTS = 1 << 17
+from biasdecay.sharpness._per_sample_products import (
+    Workspace,
+    chunked_outer_sum,
+    conv_weight_terms,
+)
 
 # How far the formula's batch gradient may stray from autograd's, relative to the parameter's
 # largest |θ ⊙ g|: summation-order noise of the dtype, far below what a wrong formula gives
@@ -179,7 +169,9 @@ class _Recorder:
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _linear_terms(layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor, s: int) -> Terms:
+def _linear_terms(
+    layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor, s: int, work: Workspace
+) -> Terms:
     """Per-sample Σ|θ⊙g| of a Linear layer's weight and bias, and the guard's gradients."""
     out: Terms = {}
     B = a.shape[0]
@@ -191,7 +183,7 @@ def _linear_terms(layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor, s: int
             out["weight"] = (per_sample, delta[:s].t() @ a[:s])
         else:
             a3, d3 = a.reshape(B, -1, a.shape[-1]), delta.reshape(B, -1, delta.shape[-1])
-            per_sample, grad = _chunked_outer_sum(d3.transpose(1, 2), a3, w_abs, s)
+            per_sample, grad = chunked_outer_sum(d3.transpose(1, 2), a3, w_abs, s, work)
             out["weight"] = (per_sample, grad.reshape(layer.weight.shape))
     if layer.bias is not None and layer.bias.requires_grad:
         g_b = delta.reshape(B, -1, delta.shape[-1]).sum(1)
@@ -199,200 +191,13 @@ def _linear_terms(layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor, s: int
     return out
 
 
-def _chunk_size(batch: int, per_sample_elements: int) -> int:
-    return max(1, min(batch, _CHUNK_ELEMENTS // max(per_sample_elements, 1)))
-
-
-def _abs_weighted_sum(g: torch.Tensor, w_abs_flat: torch.Tensor) -> torch.Tensor:
-    """Σ_k |g_nk|·|w_k| per row n, as one matrix-vector product (no (n, P) temporary)."""
-    return torch.mv(g.abs_().reshape(g.shape[0], -1), w_abs_flat)
-
-
-def _chunked_outer_sum(
-    d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, guard: int, groups: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_ij |W_ij (d_n u_n)_ij| per sample, with d: (B, O, L), u: (B, L, I), W: (O, I·…).
-
-    The (B, O, I) per-sample gradients are formed a chunk of samples at a time.
-
-    Returns:
-        The (B,) sums and Σ_{n<guard} d_n u_n, flat in the weight's layout.
-    """
-    B, O, L = d.shape
-    I_total = u.shape[-1]
-    chunk = _chunk_size(B, O * I_total // groups + L * I_total)
-    w_flat = w_abs.reshape(-1)
-    result, grad = [], torch.zeros_like(w_flat)
-    for s in range(0, B, chunk):
-        result.append(
-            _outer_chunk(d[s : s + chunk], u[s : s + chunk], w_flat, groups, grad, guard - s)
-        )
-    return torch.cat(result), grad
-
-
-def _outer_chunk(
-    d: torch.Tensor,
-    u: torch.Tensor,
-    w_flat: torch.Tensor,
-    groups: int,
-    grad: torch.Tensor,
-    guarded: int,
-) -> torch.Tensor:
-    """One chunk of :func:`_chunked_outer_sum`: d (n, O, L), u (n, L, I).
-
-    Adds the per-sample gradients of the chunk's first ``guarded`` samples to ``grad``.
-    """
-    n, O, L = d.shape
-    if groups == 1:
-        g = torch.bmm(d, u)  # (n, O, I): per-sample weight gradients
-    else:
-        I_total = u.shape[-1]
-        dg = d.reshape(n, groups, O // groups, L)
-        ug = u.reshape(n, L, groups, I_total // groups).transpose(1, 2)
-        g = torch.matmul(dg, ug)  # (n, groups, O/g, I/g) = weight layout (O, I/g)
-    if guarded > 0:  # before the absolute value below overwrites g
-        grad += g[:guarded].sum(0).reshape(-1)
-    return _abs_weighted_sum(g, w_flat)
-
-
-def _grouped_conv_weight(
-    a: torch.Tensor,
-    delta: torch.Tensor,
-    w_abs: torch.Tensor,
-    stride: tuple[int, ...],
-    padding: tuple[int, ...],
-    dilation: tuple[int, ...],
-    groups: int,
-    guard: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample Σ|W ⊙ G_n| of a 1-D or 2-D conv, and Σ_{n<guard} G_n.
-
-    A chunk of n samples is laid side by side in the channel dimension, (1, n·C_in, …), and
-    treated as one sample of a conv with n·groups groups: its weight gradient, computed by the
-    backend's own weight-gradient kernel (oneDNN, cuDNN), is the stack of the n samples'
-    per-sample gradients, (n·C_out, C_in/groups, …). This costs the FLOPs of the ordinary weight
-    gradient; the chunk bounds the memory of the per-sample gradients it forms.
-    """
-    B = a.shape[0]
-    O = w_abs.shape[0]
-    per_sample = w_abs.numel()
-    # At least two samples per chunk: a single-group call takes a slower kernel path.
-    chunk = min(B, _GROUPED_MAX_CHUNK, max(2, _GROUPED_CHUNK_ELEMENTS // per_sample))
-    w_flat = w_abs.reshape(-1)
-    shape_of_chunk = w_abs.shape[1:]
-    # The kernel reads only the weight's shape: a stride-0 view of one element stands for it.
-    weight_shape = a.new_empty(()).expand(chunk * O, *shape_of_chunk)
-    parts, grad = [], torch.zeros_like(w_flat)
-    for s in range(0, B, chunk):
-        n = min(chunk, B - s)
-        _, g, _ = torch.ops.aten.convolution_backward(
-            delta[s : s + n].reshape(1, n * O, *delta.shape[2:]),
-            a[s : s + n].reshape(1, -1, *a.shape[2:]),
-            weight_shape[: n * O],
-            None,
-            stride,
-            padding,
-            dilation,
-            False,
-            (0,) * len(stride),
-            n * groups,
-            (False, True, False),
-        )
-        g = g.reshape(n, -1)  # (n, C_out·C_in/groups·k…): the per-sample weight gradients
-        if s < guard:  # the guard's samples, before abs_ overwrites g
-            grad += g[: guard - s].sum(0)
-        parts.append(torch.mv(g.abs_(), w_flat))
-    return torch.cat(parts), grad.reshape(w_abs.shape)
-
-
-def _unfolded_conv_weight(
-    a: torch.Tensor,
-    delta: torch.Tensor,
-    w_abs: torch.Tensor,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-    groups: int,
-    guard: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample Σ|W ⊙ G_n| of any 2-D conv through im2col (unfold) and a batched matmul."""
-    B = a.shape[0]
-    d = delta.reshape(B, delta.shape[1], -1)  # (B, O, L)
-    O, L = d.shape[1], d.shape[2]
-    I_total = w_abs[0].numel() * groups
-    # Unfold a chunk at a time: the unfolded block and its gradients stay in cache.
-    chunk = _chunk_size(B, O * I_total // groups + L * I_total)
-    w_flat = w_abs.reshape(-1)
-    parts, grad = [], torch.zeros_like(w_flat)
-    for s in range(0, B, chunk):
-        u = F.unfold(a[s : s + chunk], kernel, dilation=dilation, padding=padding, stride=stride)
-        parts.append(
-            _outer_chunk(d[s : s + chunk], u.transpose(1, 2), w_flat, groups, grad, guard - s)
-        )
-    return torch.cat(parts), grad.reshape(w_abs.shape)
-
-
-def conv_route(layer: nn.Conv1d | nn.Conv2d) -> str:
-    """How per-sample conv weight gradients are formed: "grouped" or "im2col" (both exact)."""
-    weight = layer.weight
-    fan_in = weight[0].numel()
-    if fan_in >= _GROUPED_MIN_FAN_IN and weight.numel() < _GROUPED_MAX_ELEMENTS:
-        return "grouped"
-    return "im2col"
-
-
-def _per_sample_conv_weight(
-    layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, guard: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample Σ|W ⊙ G_n| of a conv layer and Σ_{n<guard} G_n, by the faster of two routes."""
-    padding = layer.padding
-    if isinstance(padding, str) or layer.padding_mode != "zeros":
-        # Pad exactly as the layer does ('same', reflect, ...), then work without padding.
-        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-        a = F.pad(a, layer._reversed_padding_repeated_twice, mode=mode)
-        padding = (0,) * len(layer.kernel_size)
-    w_abs = layer.weight.detach().abs()
-    if conv_route(layer) == "grouped":
-        return _grouped_conv_weight(
-            a.contiguous(),
-            delta.contiguous(),
-            w_abs,
-            layer.stride,
-            padding,
-            layer.dilation,
-            layer.groups,
-            guard,
-        )
-    one_d = a.dim() == 3  # as a 2-D conv of height 1: kernel, stride, dilation 1, no padding
-
-    def lift(t: tuple[int, ...], height: int = 1) -> tuple[int, ...]:
-        return (height, *t) if one_d else tuple(t)
-
-    if one_d:
-        a, delta = a.unsqueeze(2), delta.unsqueeze(2)
-    kernel = lift(layer.kernel_size)
-    per_sample, grad = _unfolded_conv_weight(
-        a,
-        delta,
-        w_abs.reshape(w_abs.shape[0], -1, *kernel),
-        kernel,
-        lift(layer.stride),
-        lift(padding, 0),
-        lift(layer.dilation),
-        layer.groups,
-        guard,
-    )
-    return per_sample, grad.reshape(w_abs.shape)
-
-
 def _conv_terms(
-    layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, s: int
+    layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, s: int, work: Workspace
 ) -> Terms:
     """Per-sample Σ|θ⊙g| of a Conv1d/Conv2d layer's weight and bias, and their batch gradients."""
     out: Terms = {}
     if layer.weight.requires_grad:
-        out["weight"] = _per_sample_conv_weight(layer, a, delta, s)
+        out["weight"] = conv_weight_terms(layer, a, delta, s, work)
     if layer.bias is not None and layer.bias.requires_grad:
         g_b = delta.sum(tuple(range(2, delta.dim())))
         out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), g_b[:s].sum(0))
@@ -455,14 +260,16 @@ _HANDLERS = {
     "conv1d": _conv_terms,
     "conv2d": _conv_terms,
     **{
-        op: (lambda layer, a, delta, s, op=op: _norm_terms(layer, a, delta, s, op))
+        op: (lambda layer, a, delta, s, work, op=op: _norm_terms(layer, a, delta, s, op))
         for op in ("batch_norm", "group_norm", "layer_norm")
     },
 }
 
 
-def _layer_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, s: int) -> Terms:
-    return _HANDLERS[op_of(layer)](layer, a, delta, s)
+def _layer_terms(
+    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, s: int, work: Workspace
+) -> Terms:
+    return _HANDLERS[op_of(layer)](layer, a, delta, s, work)
 
 
 @dataclass
@@ -492,6 +299,7 @@ class HookedPerSample:
             for local, p in _own_trainable(layer)
         }
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.workspace = Workspace()
 
     @property
     def needs_float_input(self) -> bool:
@@ -539,7 +347,7 @@ class HookedPerSample:
             if lname not in rec.grads:  # layer unused in this forward: zero sensitivity
                 continue
             for local, (value, grad) in _layer_terms(
-                layer, rec.inputs[lname], rec.grads[lname], guarded
+                layer, rec.inputs[lname], rec.grads[lname], guarded, self.workspace
             ).items():
                 terms[self.names[(lname, local)]] = value
                 implied[self.names[(lname, local)]] = grad
