@@ -265,16 +265,19 @@ def test_empty_data():
         hessian_max_eigenvalue(mlp(), iter([]))
 
 
-@pytest.mark.parametrize("vectorised", [True, False])
-def test_dataset_hessian_products_are_exact_with_and_without_vectorised_backward(
-    case, vectorised, monkeypatch
-):
-    """H·V for 11 vectors (chunks of 8 and 3) equals the exact Hessian's, both when the chunk's
-    double backward is vectorised and when torch refuses to vectorise it (sequential passes)."""
+HVP_METHODS = ("forward-over-reverse", "vectorised double backward", "sequential double backward")
+
+
+@pytest.mark.parametrize("method", HVP_METHODS)
+@pytest.mark.parametrize("k", [3, 11, 40])
+def test_dataset_hessian_products_are_exact_by_every_method(case, method, k, monkeypatch):
+    """H·V and vᵀHv for k vectors equal the exact Hessian's by each way of computing them (3:
+    below the forward-over-reverse threshold; 11: one chunk of it; 40: two chunks of it, and
+    five of the double backward)."""
     from biasdecay.sharpness import hessian as hessian_module
 
     model, data, exact = case
-    if not vectorised:
+    if method == "sequential double backward":
         real_grad = torch.autograd.grad
 
         def refuse_batched(*args, **kwargs):
@@ -285,12 +288,42 @@ def test_dataset_hessian_products_are_exact_with_and_without_vectorised_backward
         monkeypatch.setattr(hessian_module.torch.autograd, "grad", refuse_batched)
     model.eval()
     operator = DatasetHessian(model, data, cross_entropy)
+    operator._forward_over_reverse = method == "forward-over-reverse"
     vectors = torch.randn(
-        11, operator.dim, dtype=exact.dtype, generator=torch.Generator().manual_seed(3)
+        k, operator.dim, dtype=exact.dtype, generator=torch.Generator().manual_seed(3)
     )
     with torch.enable_grad():
         products = operator.apply(vectors)
         forms = operator.quadratic_forms(vectors)
-    assert operator._batched is vectorised
+    assert operator._forward_over_reverse is (method == "forward-over-reverse")
+    assert operator._batched is (method != "sequential double backward")
+    torch.testing.assert_close(products, vectors @ exact, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(forms, ((vectors @ exact) * vectors).sum(1), rtol=1e-9, atol=1e-12)
+
+
+def test_a_model_torch_func_cannot_transform_falls_back_mid_pass(case, monkeypatch):
+    """The first chunk of 32 goes forward-over-reverse; vmap then fails, and the other 8
+    vectors, and every later pass, go by double backward: the products stay exact."""
+    import torch.func
+
+    model, data, exact = case
+    real_vmap, calls = torch.func.vmap, []
+
+    def vmap_failing_after_one_batch_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("Batching rule not implemented for some_op")
+        return real_vmap(*args, **kwargs)
+
+    monkeypatch.setattr(torch.func, "vmap", vmap_failing_after_one_batch_chunk)
+    model.eval()
+    operator = DatasetHessian(model, data, cross_entropy)
+    vectors = torch.randn(
+        40, operator.dim, dtype=exact.dtype, generator=torch.Generator().manual_seed(4)
+    )
+    with torch.enable_grad():
+        products = operator.apply(vectors)
+        forms = operator.quadratic_forms(vectors)
+    assert operator._forward_over_reverse is False and len(calls) == 2
     torch.testing.assert_close(products, vectors @ exact, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(forms, ((vectors @ exact) * vectors).sum(1), rtol=1e-9, atol=1e-12)

@@ -7,10 +7,14 @@ eq. 3. Both are computed matrix-free from Hessian-vector products (HVPs):
 * the data-set loss is ``L = Σ_b (n_b / N) · ℓ̄_b`` (``ℓ̄_b`` the mean loss of batch ``b`` with
   ``n_b`` samples, ``N = Σ_b n_b``), so a data-set HVP is the batch-size-weighted sum of per-batch
   HVPs, each a double backward through ``torch.autograd.grad(..., create_graph=True)``;
-* every probe vector known up front shares one forward and one first-order backward per batch:
-  the first-order graph is kept (``retain_graph``) and differentiated for chunks of probes at a
-  time, each chunk in one vectorised double backward (``is_grads_batched``), so ``k`` probes
-  cost one pass over the data instead of ``k``.
+* every probe vector known up front is multiplied in the same pass over the data, so ``k``
+  probes cost one pass instead of ``k``. Many vectors (Hutch++, Hutchinson) go forward-over-
+  reverse: ``torch.func.jvp`` of ``torch.func.grad``, vmapped over a chunk of vectors, as
+  curvlinops does. A few (one Lanczos step) share one forward and first-order backward per
+  batch whose graph is kept (``retain_graph``) and differentiated again, in one vectorised
+  double backward (``is_grads_batched``) per chunk. A model that a transform cannot handle
+  falls back to the next method, for good: vmapped forward-over-reverse, vectorised double
+  backward, one double backward per vector.
 
 θ is the vector of trainable parameters (``requires_grad``) in ``model.named_parameters()``
 order; frozen parameters are constants, not coordinates of the Hessian. BatchNorm runs in eval
@@ -64,6 +68,12 @@ _INVARIANT_EPS_FACTOR = 100.0
 # Vectors per vectorised double backward: on a 2-core CPU, 8 was fastest with batches of 128
 # and of 512 samples (benchmarks/bench_hessian.py); more costs memory for no speed.
 _VECTOR_CHUNK = 8
+# Passes with more vectors than _VECTOR_CHUNK go forward-over-reverse, this many vectors per
+# vmapped call. On the 2-core Xeon (the bench_hessian.py model, 4 batches of 128), 60 quadratic
+# forms took 0.44 s in chunks of 32 or 60, 0.50 s in chunks of 16, and 0.63 s by vectorised
+# double backward; below 8 vectors the double backward was faster (one vector: 20 ms vs 40 ms).
+# Memory grows with the chunk: every activation gets one tangent per vector.
+_FORWARD_OVER_REVERSE_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -162,11 +172,14 @@ class DatasetHessian:
         self.data = reiterable(data)
         self.loss_fn = loss_fn
         self.show_progress = show_progress
+        self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.sizes = [p.numel() for p in self.params]
         self.dim = sum(self.sizes)
         self._offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
-        self._batched = True  # vectorised HVPs, until torch cannot vectorise this model's
+        # Each method is used until torch cannot apply it to this model (then never again).
+        self._forward_over_reverse = True
+        self._batched = True  # vectorised double backward
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         #: HVPs computed so far (each a full pass-equivalent over the data).
@@ -215,16 +228,8 @@ class DatasetHessian:
         for x, y in batches:
             n_batch = x.shape[0]
             n_samples += n_batch
-            grads = self._first_order_graph(x, y)
-            # Parameters whose gradient is no function of θ (unused, or the loss is linear in
-            # them) have zero Hessian rows: only the others are differentiated again.
-            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-            if not live:
-                continue
-            for start in range(0, k, _VECTOR_CHUNK):
-                stop = min(k, start + _VECTOR_CHUNK)
-                chunk = [stacked[i][start:stop] for i in live]
-                hvps = self._hvps([grads[i] for i in live], chunk, retain=stop < k)
+            self._check_mean(x, y)
+            for start, stop, hvps in self._batch_hvps(x, y, stacked):
                 for i, h in enumerate(hvps):
                     if h is None:
                         continue
@@ -239,6 +244,79 @@ class DatasetHessian:
             raise InputError("the data yielded no batches; pass a non-empty iterable of (x, y)")
         self.n_matvecs += k
         return total / n_samples
+
+    def _batch_hvps(
+        self, x: torch.Tensor, y: torch.Tensor, stacked: list[torch.Tensor]
+    ) -> Iterator[tuple[int, int, list[torch.Tensor | None]]]:
+        """One batch's ``(start, stop, HVPs)`` for consecutive chunks of the vectors.
+
+        The HVPs are ``(stop − start, *shape)`` per parameter (None: a zero row of H).
+        """
+        k = stacked[0].shape[0]
+        if self._forward_over_reverse and k > _VECTOR_CHUNK:
+            start = 0
+            while start < k and self._forward_over_reverse:
+                stop = min(k, start + _FORWARD_OVER_REVERSE_CHUNK)
+                hvps = self._forward_over_reverse_hvps(x, y, [v[start:stop] for v in stacked])
+                if hvps is not None:
+                    yield start, stop, hvps
+                    start = stop
+            if start == k:
+                return
+            stacked = [v[start:] for v in stacked]  # the rest by double backward
+        else:
+            start = 0
+        yield from self._double_backward_hvps(x, y, stacked, offset=start)
+
+    def _forward_over_reverse_hvps(
+        self, x: torch.Tensor, y: torch.Tensor, vectors: list[torch.Tensor]
+    ) -> list[torch.Tensor] | None:
+        """H·v for a chunk of vectors, ``(c, *shape)`` per parameter, by vmapped jvp of grad.
+
+        Returns None (and turns the method off) when torch cannot transform the model: a custom
+        autograd Function without forward-mode or vmap rules, an op without a batching rule.
+        """
+        from torch.func import functional_call, grad, jvp, vmap
+
+        model, loss_fn, names = self.model, self.loss_fn, self.names
+
+        def loss(theta: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            value = loss_fn(functional_call(model, dict(zip(names, theta, strict=True)), (x,)), y)
+            _check_scalar(value)
+            return value
+
+        primals = tuple(p.detach() for p in self.params)
+        gradient = grad(loss)
+
+        def hvp(*v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return jvp(gradient, (primals,), (v,))[1]
+
+        try:
+            return list(vmap(hvp)(*vectors))
+        except (RuntimeError, NotImplementedError):
+            self._forward_over_reverse = False
+            return None
+
+    def _double_backward_hvps(
+        self, x: torch.Tensor, y: torch.Tensor, stacked: list[torch.Tensor], offset: int
+    ) -> Iterator[tuple[int, int, list[torch.Tensor | None]]]:
+        """The chunks of :meth:`_batch_hvps` by differentiating one first-order graph again."""
+        grads = self._first_order_graph(x, y)
+        # Parameters whose gradient is no function of θ (unused, or the loss is linear in
+        # them) have zero Hessian rows: only the others are differentiated again.
+        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        if not live:
+            return
+        k = stacked[0].shape[0]
+        for start in range(0, k, _VECTOR_CHUNK):
+            stop = min(k, start + _VECTOR_CHUNK)
+            hvps = self._hvps(
+                [grads[i] for i in live], [stacked[i][start:stop] for i in live], retain=stop < k
+            )
+            full: list[torch.Tensor | None] = [None] * len(stacked)
+            for i, h in zip(live, hvps, strict=True):
+                full[i] = h
+            yield offset + start, offset + stop, full
 
     def _hvps(
         self, grads: list[torch.Tensor], vectors: list[torch.Tensor], *, retain: bool
@@ -276,18 +354,25 @@ class DatasetHessian:
         ]
         return [None if col[0] is None else torch.stack(col) for col in zip(*columns, strict=True)]
 
-    def _first_order_graph(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
-        outputs = self.model(x)
-        if not self._mean_checked:  # batches are weighted by their size: losses must be means
-            check_batch_mean(self.loss_fn, outputs.detach(), y)
+    def _check_mean(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """On the first batch: batches are weighted by their size, so losses must be means."""
+        if not self._mean_checked:
+            with torch.no_grad():
+                check_batch_mean(self.loss_fn, self.model(x), y)
             self._mean_checked = True
-        loss = self.loss_fn(outputs, y)
-        if loss.ndim != 0:
-            raise InputError(
-                f"loss_fn returned shape {tuple(loss.shape)}; it must return the mean loss of the "
-                "batch (a scalar)"
-            )
+
+    def _first_order_graph(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        loss = self.loss_fn(self.model(x), y)
+        _check_scalar(loss)
         return torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+
+
+def _check_scalar(loss: torch.Tensor) -> None:
+    if loss.ndim != 0:
+        raise InputError(
+            f"loss_fn returned shape {tuple(loss.shape)}; it must return the mean loss of the "
+            "batch (a scalar)"
+        )
 
 
 def hessian_trace(
