@@ -272,7 +272,12 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
 def stage_breakdown(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, device: torch.device
 ) -> None:
-    """Best time of each stage of the hook path over ``repeats`` rounds, against fwd+bwd."""
+    """Best time of each stage of the hook path over ``repeats`` rounds, against fwd+bwd.
+
+    Also, as a reference outside the total: the ordinary (batch) weight-gradient kernels of the
+    same conv and linear layers on the same recorded inputs and output gradients, the FLOPs the
+    per-sample weight-gradient products cannot go below.
+    """
     from biasdecay.sharpness import _per_sample, _per_sample_products
 
     hooked = _per_sample.HookedPerSample(model, F.cross_entropy)
@@ -295,9 +300,13 @@ def stage_breakdown(
 
     terms, autograd, guard = _per_sample._layer_terms, hooked._autograd_gradient, hooked._guard
     backward = hooked.recorder.backward
-    _per_sample._layer_terms = lambda layer, a, *rest: timed(
-        layer_stage(layer, a), lambda: terms(layer, a, *rest)
-    )
+    recorded: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+
+    def layer_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, *rest) -> object:
+        recorded.append((layer, a, delta))
+        return timed(layer_stage(layer, a), lambda: terms(layer, a, delta, *rest))
+
+    _per_sample._layer_terms = layer_terms
     hooked._autograd_gradient = lambda *a: timed("guard: forward+backward", lambda: autograd(*a))
     hooked._guard = lambda *a: timed("guard: comparison", lambda: guard(*a))
     hooked.recorder.backward = lambda *a: timed("backward to layer outputs", lambda: backward(*a))
@@ -310,11 +319,15 @@ def stage_breakdown(
     try:
         for round_ in range(repeats + 1):  # the first is a warm-up
             spent.clear()
+            recorded.clear()
             total = timed("total", lambda: hooked(x, y))
             assert total is not None, "a layer ran twice: the hook path does not apply"
             timed("unit", fwd_bwd)
             stages = sum(v for k, v in spent.items() if k not in ("total", "unit"))
             spent["forward with recording hooks, rest"] = spent["total"] - stages
+            for layer, a, delta in recorded:
+                if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                    timed(REFERENCE, lambda: batch_weight_gradient(layer, a, delta))
             if round_:
                 for stage, seconds in spent.items():
                     best[stage] = min(best.get(stage, math.inf), seconds)
@@ -322,9 +335,34 @@ def stage_breakdown(
         _per_sample._layer_terms = terms
         hooked.close()
     unit = best.pop("unit")
+    reference = best.pop(REFERENCE)
     print(f"hook path by stage (best of {repeats}; forward+backward {unit:.4f} s)")
     for stage, seconds in sorted(best.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:38s} {seconds:9.4f} {seconds / unit:10.2f}")
+    print(f"  ({REFERENCE:37s} {reference:9.4f} {reference / unit:10.2f})")
+
+
+REFERENCE = "reference: batch weight gradients"
+
+
+def batch_weight_gradient(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The ordinary weight gradient of one conv or linear layer from its input and δ."""
+    if isinstance(layer, nn.Linear):
+        return delta.reshape(-1, delta.shape[-1]).t() @ a.reshape(-1, a.shape[-1])
+    assert layer.padding_mode == "zeros" and not isinstance(layer.padding, str), layer
+    return torch.ops.aten.convolution_backward(
+        delta,
+        a,
+        layer.weight,
+        None,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        False,
+        (0,) * len(layer.stride),
+        layer.groups,
+        (False, True, False),
+    )[1]
 
 
 def main(argv: list[str] | None = None) -> None:
