@@ -10,8 +10,11 @@ For each model, one batch, every row timed in the same run over interleaved roun
   opacus can run the model: it refuses BatchNorm, whose buffers it cannot privatise);
 * with ``--naive``, the one-sample-at-a-time loop.
 
-With ``--memory`` each row also runs once in a fresh process that reports its peak memory above
-the model and batch alone (resident memory on a Linux CPU, allocated memory on CUDA). With
+With ``--memory`` each row also runs twice in a fresh process that reports its peak memory above
+the model and batch alone (resident memory on a Linux CPU, allocated memory on CUDA): on the
+first call (which, for our hook path, includes timing the conv plans of each new layer
+geometry) and on the second (the steady state; freed memory is returned to the system first).
+With
 ``--breakdown`` the hook path's time is also split by stage (forward with the recording hooks,
 backward to the layer outputs, each kind of layer's per-sample terms, the guard's forward and
 backward, the guard's comparison), best of the same rounds, as shares of a forward+backward.
@@ -197,12 +200,24 @@ def rows_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, naive: bool):
 
 
 def peak_memory_child(args: argparse.Namespace) -> None:
-    """Run one row once in this fresh process; print its peak memory above the setup's."""
+    """Run one row twice in this fresh process; print each call's peak memory above the setup's."""
     device = torch.device(args.device)
     model, x, _ = build(args.memory_row[0], args.batch, device)
     y = torch.randint(0, 10, (x.shape[0],), device=device)
     rows, _ = rows_for(model, x, y, naive=True)
     fn = dict(rows)[args.memory_row[1]]
+    first = _peak_bytes(fn, device)
+    if device.type == "cpu":
+        # What the first call freed stays resident unless it is handed back (glibc).
+        import ctypes
+        import gc
+
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    print(json.dumps({"first_bytes": first, "peak_bytes": _peak_bytes(fn, device)}))
+
+
+def _peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -218,7 +233,7 @@ def peak_memory_child(args: argparse.Namespace) -> None:
         base = _status_kib("VmRSS")
         fn()
         peak = (_status_kib("VmHWM") - base) * 1024
-    print(json.dumps({"peak_bytes": peak}))
+    return peak
 
 
 def _status_kib(field: str) -> int:
@@ -229,12 +244,14 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def peak_memory(args: argparse.Namespace, model_name: str, row: str) -> float:
-    """Peak memory (MiB) of ``row`` above the model and batch, measured in a fresh process."""
+def peak_memory(args: argparse.Namespace, model_name: str, row: str) -> tuple[float, float]:
+    """Peak memory (MiB) of ``row`` above the model and batch, on a fresh process's second
+    call (the steady state) and on its first."""
     cmd = [sys.executable, __file__, "--device", args.device, "--batch", str(args.batch)]
     cmd += ["--memory-row", model_name, row]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
+    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    return peaks["peak_bytes"] / 2**20, peaks["first_bytes"] / 2**20
 
 
 def bench_model(args: argparse.Namespace, name: str) -> None:
@@ -255,11 +272,11 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
     best = interleaved_best(rows, args.repeats, device)
     unit = best[rows[0][0]]
     header = f"{'method':38s} {'seconds':>9s} {'x fwd+bwd':>10s}"
-    print(header + (f" {'peak MiB':>9s}" if args.memory else ""))
+    print(header + (f" {'peak MiB':>9s} {'1st call':>9s}" if args.memory else ""))
     for row_name, _ in rows:
         line = f"{row_name:38s} {best[row_name]:9.4f} {best[row_name] / unit:10.2f}"
         if args.memory:
-            line += f" {peak_memory(args, name, row_name):9.1f}"
+            line += " ".join(f" {mib:8.1f}" for mib in peak_memory(args, name, row_name))
         print(line)
     peers = [best[r] for r, _ in rows if "opacus" in r]
     if peers:

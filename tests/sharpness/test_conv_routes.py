@@ -64,7 +64,7 @@ def fresh_plans(monkeypatch):
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("case", sorted(LAYERS))
 def test_conv_route_matches_loop(case: str, route: str, chunk: int, monkeypatch) -> None:
-    monkeypatch.setattr(products, "candidate_plans", lambda layer, batch: [ConvPlan(route, chunk)])
+    monkeypatch.setattr(products, "candidate_plans", lambda *args: [ConvPlan(route, chunk)])
     build, shape = LAYERS[case]
     torch.manual_seed(0)
     model = ConvHead(build(), shape).double().eval()
@@ -84,7 +84,7 @@ def test_conv_route_matches_loop(case: str, route: str, chunk: int, monkeypatch)
 
 def test_the_fastest_plan_is_kept_and_timed_once(monkeypatch) -> None:
     conv = nn.Conv2d(8, 6, 3, padding=1)
-    plans = products.candidate_plans(conv, 64)
+    plans = products.candidate_plans(conv, 64, 25)
     assert {p.route for p in plans} == set(ROUTES)
     fastest = plans[-1]
     timed = []
@@ -95,24 +95,33 @@ def test_the_fastest_plan_is_kept_and_timed_once(monkeypatch) -> None:
 
     monkeypatch.setattr(products, "_timed", fake_timer)
     a, delta = torch.randn(64, 8, 5, 5), torch.randn(64, 6, 5, 5)
+    work = products.Workspace()
     assert products.chosen_plan(conv, a) is None
-    assert products.conv_plan(conv, a, delta) == fastest
+    assert products.conv_plan(conv, a, delta, work) == fastest
     # Each candidate timed once, on at most _TUNING_SAMPLES samples.
     assert sorted(timed, key=str) == sorted(((p, products._TUNING_SAMPLES) for p in plans), key=str)
-    assert products.conv_plan(conv, a, delta) == fastest
+    assert products.conv_plan(conv, a, delta, work) == fastest
     assert len(timed) == len(plans)  # cached: not timed again
     assert products.chosen_plan(conv, a) == fastest
     # Another input size is another geometry: timed afresh.
-    products.conv_plan(conv, a[:, :, :4], delta[:, :, :4])
+    products.conv_plan(conv, a[:, :, :4], delta[:, :, :4], work)
     assert len(timed) == 2 * len(plans)
 
 
 def test_candidate_chunks_stay_within_the_batch_and_the_memory_cap() -> None:
     big = nn.Conv2d(512, 512, 3, bias=False)  # 2.4M weights: one sample per chunk
-    assert products.candidate_plans(big, 64) == [ConvPlan("im2col", 1)]
-    plans = products.candidate_plans(nn.Conv2d(8, 6, 3), 5)
+    assert products.candidate_plans(big, 64, 16) == [ConvPlan("im2col", 1)]
+    plans = products.candidate_plans(nn.Conv2d(8, 6, 3), 5, 9)
     assert plans and all(2 <= p.chunk <= 5 or p.route == "im2col" for p in plans)
     assert all(p.chunk <= 5 for p in plans)
+    # A thin layer on a large map: the unfolded block (144 × 4096 per sample) bounds im2col's
+    # chunk, the gradients (2,304 per sample) the grouped route's.
+    thin = nn.Conv2d(16, 16, 3, padding=1)
+    cap = products._MAX_CHUNK_ELEMENTS
+    for plan in products.candidate_plans(thin, 128, 64 * 64):
+        per_sample = 2304 + (144 * 4096 if plan.route == "im2col" else 0)
+        assert plan.chunk * per_sample <= cap, plan
+    assert {p.route for p in products.candidate_plans(thin, 128, 64 * 64)} == set(ROUTES)
 
 
 class SequenceHead(nn.Module):

@@ -36,8 +36,9 @@ CHUNK_ELEMENTS = 1 << 19
 # Chunks the conv routes are timed with (samples), besides the one CHUNK_ELEMENTS gives: the
 # grouped kernel gains from more groups per call, up to 32-64 samples on the 2-core Xeon.
 _TRIED_CHUNKS = (8, 32, 64)
-# No chunk of per-sample gradients larger than this (elements): memory stays bounded.
-_MAX_CHUNK_ELEMENTS = 1 << 22
+# No chunk larger than this many elements of per-sample gradients and unfolded inputs (8 MiB
+# of float32): the memory above what autograd holds stays bounded, timing plans included.
+_MAX_CHUNK_ELEMENTS = 1 << 21
 # Samples a conv plan is timed on (at most), and so its largest chunk: what is timed is what
 # runs.
 _TUNING_SAMPLES = 64
@@ -133,15 +134,19 @@ class ConvPlan:
     chunk: int  # samples per chunk
 
 
-def candidate_plans(layer: nn.Conv1d | nn.Conv2d, batch: int) -> list[ConvPlan]:
-    """The plans :func:`conv_plan` times for ``layer`` on batches of ``batch`` samples."""
+def candidate_plans(layer: nn.Conv1d | nn.Conv2d, batch: int, positions: int) -> list[ConvPlan]:
+    """The plans :func:`conv_plan` times for ``layer`` on ``batch`` samples with ``positions``
+    output positions each."""
     per_sample = layer.weight.numel()
-    cap = max(1, min(_TUNING_SAMPLES, _MAX_CHUNK_ELEMENTS // per_sample))
-    chunks = sorted({min(c, batch, cap) for c in (chunk_size(batch, per_sample), *_TRIED_CHUNKS)})
-    # A single-group call takes a slower kernel path: the grouped route needs two samples.
-    return [ConvPlan(r, c) for r in ROUTES for c in chunks if r == "im2col" or c >= 2] or [
-        ConvPlan("im2col", 1)
-    ]
+    unfolded = layer.weight[0].numel() * layer.groups * positions  # one sample's im2col block
+    plans = []
+    for route, elements in (("grouped", per_sample), ("im2col", per_sample + unfolded)):
+        cap = max(1, min(_TUNING_SAMPLES, _MAX_CHUNK_ELEMENTS // elements))
+        tried = (chunk_size(batch, per_sample), *_TRIED_CHUNKS)
+        # A single-group call takes a slower kernel path: the grouped route needs two samples.
+        least = 2 if route == "grouped" else 1
+        plans += [ConvPlan(route, c) for c in sorted({min(c, batch, cap) for c in tried}) if c >= least]
+    return plans
 
 
 # Plans chosen so far, by layer geometry: {key: plan}.
@@ -164,7 +169,9 @@ def _geometry(layer: nn.Module, a: torch.Tensor) -> tuple:
     )
 
 
-def conv_plan(layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> ConvPlan:
+def conv_plan(
+    layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, work: Workspace
+) -> ConvPlan:
     """The fastest plan for ``layer`` with inputs shaped like ``a``: timed once, then cached.
 
     The candidates each run on the batch's first samples (at most _TUNING_SAMPLES), once to warm
@@ -174,12 +181,11 @@ def conv_plan(layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor
     key = _geometry(layer, a)
     plan = _PLANS.get(key)
     if plan is None:
-        plans = candidate_plans(layer, a.shape[0])
+        plans = candidate_plans(layer, a.shape[0], delta[0, 0].numel())
         if len(plans) == 1:
             plan = plans[0]
         else:
             m = min(a.shape[0], _TUNING_SAMPLES)
-            work = Workspace()
             seconds = {p: _timed(layer, a[:m], delta[:m], p, work) for p in plans}
             plan = min(plans, key=seconds.__getitem__)
         _PLANS[key] = plan
@@ -227,7 +233,7 @@ def conv_weight_terms(
         a: the layer's input; delta: the gradient at its output (per sample).
         plan: how; default :func:`conv_plan`'s choice.
     """
-    plan = plan or conv_plan(layer, a, delta)
+    plan = plan or conv_plan(layer, a, delta, work)
     padding = layer.padding
     if isinstance(padding, str) or layer.padding_mode != "zeros":
         # Pad exactly as the layer does ('same', reflect, ...), then work without padding.
