@@ -14,6 +14,10 @@
     Hutchinson trace and power iteration), several seeds with the rows interleaved: value, error
     against the exact float64 Hessian, HVPs spent and time. Missing packages are skipped with the
     reason printed.
+(d) Our HVP methods against each other: the time of k quadratic forms vᵀHv in one pass by
+    forward-over-reverse (vmapped, in chunks of 16, 32 and 60 vectors) and by the vectorised
+    double backward (8 vectors per call), for k from 1 to 60; the basis of the threshold and
+    chunk that ``DatasetHessian`` uses.
 
 The model is a small conv net with BatchNorm, briefly trained so the Hessian is not the one at
 initialisation. Data: scikit-learn's bundled ``digits`` (real 8x8 images, no download) or, with
@@ -63,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-eigenthings", action="store_true", help="skip part (b)")
     parser.add_argument("--skip-variance", action="store_true", help="skip part (a)")
     parser.add_argument("--skip-peers", action="store_true", help="skip part (c)")
+    parser.add_argument("--skip-methods", action="store_true", help="skip part (d)")
     parser.add_argument(
         "--peer-budget", type=int, default=90, help="trace matvecs in part (c); divisible by 3"
     )
@@ -457,6 +462,51 @@ def main(argv: list[str] | None = None) -> None:
         against_curvlinops_and_pyhessian(
             model, batches, args.peer_budget, args.peer_seeds, args.eig_max_iter
         )
+    if args.skip_methods:
+        print("\n## (d) skipped (--skip-methods)")
+    else:
+        hvp_methods(model, batches)
+
+
+def hvp_methods(model: nn.Module, batches: Batches, rounds: int = 5) -> None:
+    """Part (d): seconds for k quadratic forms by each of our HVP methods, best of ``rounds``."""
+    from biasdecay.sharpness import hessian as hessian_module
+
+    print("\n## (d) our HVP methods: k quadratic forms in one pass, best of interleaved rounds")
+    model.eval()
+    operator = DatasetHessian(model, batches, nn.functional.cross_entropy)
+    generator = torch.Generator().manual_seed(0)
+    ks = (1, 4, 8, 16, 32, 60)
+    vectors = torch.randn(max(ks), operator.dim, generator=generator)
+    methods = {"double backward": (False, None)}
+    methods.update({f"fwd-over-rev, chunk {c}": (True, c) for c in (16, 32, 60)})
+    best = {(m, k): float("inf") for m in methods for k in ks}
+    default_chunk = hessian_module._FORWARD_OVER_REVERSE_CHUNK
+    try:
+        with torch.enable_grad():
+            for _ in range(rounds + 1):  # the first is a warm-up
+                for k in ks:
+                    for method, (forward, chunk) in methods.items():
+                        operator._forward_over_reverse = forward
+                        hessian_module._FORWARD_OVER_REVERSE_CHUNK = chunk or default_chunk
+                        threshold = hessian_module._FORWARD_OVER_REVERSE_ABOVE
+                        if forward:  # below the threshold too, to time it there
+                            hessian_module._FORWARD_OVER_REVERSE_ABOVE = 0
+                        try:
+                            _, seconds = timed(lambda: operator.quadratic_forms(vectors[:k]))
+                        finally:
+                            hessian_module._FORWARD_OVER_REVERSE_ABOVE = threshold
+                        best[method, k] = min(best[method, k], seconds)
+    finally:
+        hessian_module._FORWARD_OVER_REVERSE_CHUNK = default_chunk
+    header = ["method"] + [f"k={k} s" for k in ks]
+    rows = [[m] + [f"{best[m, k]:.3f}" for k in ks] for m in methods]
+    print_table(header, rows)
+    print(
+        f"in use: forward-over-reverse in chunks of {default_chunk} for more than "
+        f"{hessian_module._FORWARD_OVER_REVERSE_ABOVE} vectors, else the double backward "
+        f"({hessian_module._VECTOR_CHUNK} vectors per call)"
+    )
 
 
 if __name__ == "__main__":

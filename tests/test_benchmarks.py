@@ -37,6 +37,17 @@ def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
     assert "## vit" in out and "agreement: ours C =" in out
     assert out.count("hook path by stage") == 2 and "backward to layer outputs" in out
     assert "terms: Linear" in out and "guard: comparison" in out
+    assert out.count("reference: batch weight gradients") == 2
+
+
+def test_hessian_benchmark_times_our_hvp_methods() -> None:
+    out = run_script(
+        "bench_hessian.py", "--data", "synthetic", "--n-samples", "64", "--batch-size", "32",
+        "--train-steps", "2", "--skip-variance", "--skip-eigenthings", "--skip-peers",
+        timeout=180,
+    )  # fmt: skip
+    assert "## (d) our HVP methods" in out and "fwd-over-rev, chunk 32" in out
+    assert "in use: forward-over-reverse in chunks of 32 for more than 8 vectors" in out
 
 
 def test_integrations_benchmark_runs_and_prints_the_ratio() -> None:

@@ -68,11 +68,12 @@ _INVARIANT_EPS_FACTOR = 100.0
 # Vectors per vectorised double backward: on a 2-core CPU, 8 was fastest with batches of 128
 # and of 512 samples (benchmarks/bench_hessian.py); more costs memory for no speed.
 _VECTOR_CHUNK = 8
-# Passes with more vectors than _VECTOR_CHUNK go forward-over-reverse, this many vectors per
-# vmapped call. On the 2-core Xeon (the bench_hessian.py model, 4 batches of 128), 60 quadratic
-# forms took 0.44 s in chunks of 32 or 60, 0.50 s in chunks of 16, and 0.63 s by vectorised
-# double backward; below 8 vectors the double backward was faster (one vector: 20 ms vs 40 ms).
-# Memory grows with the chunk: every activation gets one tangent per vector.
+# Passes with more vectors than this go forward-over-reverse, _FORWARD_OVER_REVERSE_CHUNK
+# vectors per vmapped call; fewer go by double backward. Part (d) of benchmarks/bench_hessian.py
+# times both: on the 2-core Xeon the double backward was faster up to about 8 vectors, and
+# forward-over-reverse gained little beyond chunks of 32. Memory grows with the chunk: every
+# activation gets one tangent per vector.
+_FORWARD_OVER_REVERSE_ABOVE = 8
 _FORWARD_OVER_REVERSE_CHUNK = 32
 
 
@@ -253,7 +254,7 @@ class DatasetHessian:
         The HVPs are ``(stop − start, *shape)`` per parameter (None: a zero row of H).
         """
         k = stacked[0].shape[0]
-        if self._forward_over_reverse and k > _VECTOR_CHUNK:
+        if self._forward_over_reverse and k > _FORWARD_OVER_REVERSE_ABOVE:
             start = 0
             while start < k and self._forward_over_reverse:
                 stop = min(k, start + _FORWARD_OVER_REVERSE_CHUNK)
