@@ -334,6 +334,26 @@ def test_a_summed_loss_is_refused_with_the_reason(measure: str) -> None:
         run()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16_bit_model_passes_the_mean_check_and_a_summed_loss_does_not(dtype) -> None:
+    """The batch-mean check allows 16-bit rounding (a mean loss in bfloat16 once failed it at
+    1e-4) and still tells a sum from a mean."""
+    torch.manual_seed(0)
+    model = ConvNet()
+    batches = make_batches((2, 5, 5), 3, [20])
+    reference = connectivity_sharpness(model, batches).total
+    low = [(x.to(dtype), y) for x, y in batches]
+    report = connectivity_sharpness(model.to(dtype), low)
+    assert report.method == "hooks"
+    assert report.total == pytest.approx(reference, rel=2e-2)
+
+    def summed(logits, targets):
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    with pytest.raises(ValueError, match=r"does not average over the batch.*reduction='sum'"):
+        connectivity_sharpness(model, low, summed)
+
+
 def test_per_sample_c_in_train_mode_says_why_and_what_instead() -> None:
     with pytest.raises(ValueError, match=r"eval mode.*per_sample=False for C_m"):
         connectivity_sharpness(ConvNet(), make_batches((2, 5, 5), 3, [4]), train_mode=True)

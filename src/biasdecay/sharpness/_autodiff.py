@@ -49,10 +49,13 @@ def check_batch_mean(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tens
         first, rest = loss_fn(outputs[:1], targets[:1]), loss_fn(outputs[1:], targets[1:])
         mean, total = ((first + (n - 1) * rest) / n).item(), (first + rest).item()
         whole = value.item()
-    if not math.isclose(whole, mean, rel_tol=1e-4, abs_tol=1e-12):
+    # A mean passes up to the rounding of the outputs' dtype; a sum misses by O(1).
+    low_precision = outputs.is_floating_point() and torch.finfo(outputs.dtype).bits < 32
+    rel_tol = 2e-2 if low_precision else 1e-4
+    if not math.isclose(whole, mean, rel_tol=rel_tol, abs_tol=1e-12):
         what = (
             " (it is their sum: reduction='sum'?)"
-            if math.isclose(whole, total, rel_tol=1e-4)
+            if math.isclose(whole, total, rel_tol=rel_tol)
             else ""
         )
         raise InputError(
