@@ -344,7 +344,7 @@ def stage_breakdown(
             spent["forward with recording hooks, rest"] = spent["total"] - stages
             for layer, a, delta in recorded:
                 if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                    timed(REFERENCE, lambda: batch_weight_gradient(layer, a, delta))
+                    timed(REFERENCE, lambda r=(layer, a, delta): batch_weight_gradient(*r))
             if round_:
                 for stage, seconds in spent.items():
                     best[stage] = min(best.get(stage, math.inf), seconds)

@@ -493,7 +493,7 @@ def hvp_methods(model: nn.Module, batches: Batches, rounds: int = 5) -> None:
                         if forward:  # below the threshold too, to time it there
                             hessian_module._FORWARD_OVER_REVERSE_ABOVE = 0
                         try:
-                            _, seconds = timed(lambda: operator.quadratic_forms(vectors[:k]))
+                            _, seconds = timed(lambda v=vectors[:k]: operator.quadratic_forms(v))
                         finally:
                             hessian_module._FORWARD_OVER_REVERSE_ABOVE = threshold
                         best[method, k] = min(best[method, k], seconds)

@@ -54,7 +54,7 @@ class Workspace:
         self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
     def take(self, shape: tuple[int, ...], like: torch.Tensor, use: str = "grad") -> torch.Tensor:
-        """An uninitialised tensor of ``shape``, ``like``'s dtype and device, in ``use``'s buffer."""
+        """An uninitialised tensor of ``shape`` (``like``'s dtype, device) in ``use``'s buffer."""
         key = (use, like.dtype, like.device)
         n = math.prod(shape)
         buffer = self._buffers.get(key)
@@ -145,7 +145,8 @@ def candidate_plans(layer: nn.Conv1d | nn.Conv2d, batch: int, positions: int) ->
         tried = (chunk_size(batch, per_sample), *_TRIED_CHUNKS)
         # A single-group call takes a slower kernel path: the grouped route needs two samples.
         least = 2 if route == "grouped" else 1
-        plans += [ConvPlan(route, c) for c in sorted({min(c, batch, cap) for c in tried}) if c >= least]
+        chunks = sorted({min(c, batch, cap) for c in tried})
+        plans += [ConvPlan(route, c) for c in chunks if c >= least]
     return plans
 
 
@@ -242,7 +243,9 @@ def conv_weight_terms(
         padding = (0,) * len(layer.kernel_size)
     w_abs = layer.weight.detach().abs()
     if plan.route == "grouped":
-        return _grouped(layer, a.contiguous(), delta.contiguous(), w_abs, padding, guard, plan.chunk)
+        return _grouped(
+            layer, a.contiguous(), delta.contiguous(), w_abs, padding, guard, plan.chunk
+        )
     return _unfolded(layer, a, delta, w_abs, padding, guard, work, plan.chunk)
 
 
