@@ -5,14 +5,16 @@ applied to a sequence has G_n = Σ_t δ_n[:, t] a_n[:, t]ᵀ. Neither factorises
 value, so G_n is formed, a chunk of samples at a time, and reduced against |W| at once:
 
 * **Into one reused buffer** (:class:`Workspace`). Writing each chunk's gradients into fresh
-  memory costs a page fault per 4 KiB on the CPU; on the 2-core Xeon a transformer's qkv layer
-  took 8.9 ms that way against 3.8 ms in a reused buffer.
+  memory costs a page fault per 4 KiB on the CPU, a large share of a chunk's time for a
+  transformer's linear layers on a 2-core CPU.
 * **By the faster of two conv routes**, chosen by measurement (:func:`conv_plan`): the backend's
   grouped weight-gradient kernel with the chunk's samples as groups, or im2col and a batched
-  matmul. Which is faster depends on the layer's shape and on the CPU (on the Xeon the grouped
-  route is 6× faster on 32×32 maps and 2× slower on 4×4 ones), so each layer shape is timed once
-  per process, on its first batch, as ``torch.backends.cudnn.benchmark`` does for kernels. Both
-  routes are exact; they differ only in the order of floating-point sums.
+  matmul. Which is faster depends on the layer's shape and on the CPU (on a 2-core Xeon the
+  grouped route wins on large feature maps and loses on 4×4 ones; fixed thresholds tuned on an
+  AMD EPYC chose wrongly there), so each layer shape is timed once per process, on its first
+  batch, as ``torch.backends.cudnn.benchmark`` does for kernels. Both routes are exact; they
+  differ only in the order of floating-point sums. ``benchmarks/bench_connectivity.py
+  --breakdown`` shows each route's time beside the batch weight-gradient kernels'.
 
 Every function also returns Σ_{n<guard} G_n, which the exactness guard compares with autograd.
 """
@@ -29,12 +31,11 @@ from torch import nn
 
 # Elements of one chunk's per-sample gradients: 2^19 float32 values = 2 MiB, so a chunk stays in
 # cache, while each call is large enough that the per-op cost (dispatch, thread fork/join) does
-# not dominate. On the 2-core Xeon, chunks of 2^18-2^20 elements were within 10% of each other
-# and of the best (benchmarks/bench_connectivity.py).
+# not dominate. Conv layers also time other chunk sizes (_TRIED_CHUNKS).
 CHUNK_ELEMENTS = 1 << 19
 
 # Chunks the conv routes are timed with (samples), besides the one CHUNK_ELEMENTS gives: the
-# grouped kernel gains from more groups per call, up to 32-64 samples on the 2-core Xeon.
+# grouped kernel gains from more groups per call, up to a few dozen samples.
 _TRIED_CHUNKS = (8, 32, 64)
 # No chunk larger than this many elements of per-sample gradients and unfolded inputs (8 MiB
 # of float32): the memory above what autograd holds stays bounded, timing plans included.
@@ -343,8 +344,8 @@ def _unfold(
 ) -> torch.Tensor:
     """``F.unfold`` of an already padded (n, C, H, W) input, (n, C·kh·kw, L), in the workspace.
 
-    A strided view of the input copied into the buffer: on the 2-core Xeon this is 5× faster
-    than ``F.unfold`` on 32×32 maps (and 20% slower on 4×4 ones).
+    A strided view of the input copied into the buffer: on a 2-core Xeon, much faster than
+    ``F.unfold`` on large feature maps (and a little slower on 4×4 ones).
     """
     n, C, H, W = a.shape
     (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
