@@ -44,8 +44,6 @@ _MAX_CHUNK_ELEMENTS = 1 << 21
 # runs.
 _TUNING_SAMPLES = 64
 
-ROUTES = ("grouped", "im2col")
-
 
 class Workspace:
     """Reused buffers, by use, dtype and device: every chunk's per-sample gradients (and
@@ -70,32 +68,25 @@ def chunk_size(batch: int, per_sample_elements: int) -> int:
 
 
 def chunked_outer_sum(
-    d: torch.Tensor,
-    u: torch.Tensor,
-    w_abs: torch.Tensor,
-    guard: int,
-    work: Workspace,
-    groups: int = 1,
-    chunk: int | None = None,
+    d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, guard: int, work: Workspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_ij |W_ij (d_n u_n)_ij| per sample, with d: (B, O, L), u: (B, L, I), W: (O, I/groups).
+    """Σ_ij |W_ij (d_n u_n)_ij| per sample, with d: (B, O, L), u: (B, L, I), W: (O, I).
 
-    Args:
-        chunk: samples per chunk; default :func:`chunk_size`.
+    Chunks of :func:`chunk_size` samples (a Linear layer on a sequence).
 
     Returns:
         The (B,) sums and Σ_{n<guard} d_n u_n, flat in the weight's layout.
     """
     B, O, _ = d.shape
-    per_sample = O * u.shape[-1] // groups
-    chunk = chunk or chunk_size(B, per_sample)
+    per_sample = O * u.shape[-1]
+    chunk = chunk_size(B, per_sample)
     w_flat = w_abs.reshape(-1)
     grad = torch.zeros_like(w_flat)
     parts = []
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
         out = work.take((n, per_sample), d)
-        parts.append(_outer_chunk(d[s : s + n], u[s : s + n], w_flat, groups, out, grad, guard - s))
+        parts.append(_outer_chunk(d[s : s + n], u[s : s + n], w_flat, 1, out, grad, guard - s))
     return torch.cat(parts), grad
 
 
@@ -242,31 +233,35 @@ def conv_weight_terms(
         mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
         a = F.pad(a, layer._reversed_padding_repeated_twice, mode=mode)
         padding = (0,) * len(layer.kernel_size)
-    w_abs = layer.weight.detach().abs()
-    if plan.route == "grouped":
-        return _grouped(
-            layer, a.contiguous(), delta.contiguous(), w_abs, padding, guard, plan.chunk
-        )
-    return _unfolded(layer, a, delta, w_abs, padding, guard, work, plan.chunk)
+    operands = _ConvOperands(layer, a, delta, tuple(padding), layer.weight.detach().abs())
+    return _ROUTES[plan.route](operands, guard, plan.chunk, work)
+
+
+@dataclass(frozen=True)
+class _ConvOperands:
+    """What every route reads: the layer, its input (padded here where the layer pads other
+    than with explicit zeros), the output gradient, the padding left to apply, and |W|."""
+
+    layer: nn.Module
+    a: torch.Tensor
+    delta: torch.Tensor
+    padding: tuple[int, ...]
+    w_abs: torch.Tensor
 
 
 def _grouped(
-    layer: nn.Module,
-    a: torch.Tensor,
-    delta: torch.Tensor,
-    w_abs: torch.Tensor,
-    padding: tuple[int, ...],
-    guard: int,
-    chunk: int,
+    operands: _ConvOperands, guard: int, chunk: int, work: Workspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The grouped route.
+    """The grouped route (the kernel allocates its output: ``work`` is not used).
 
     A chunk of n samples is laid side by side in the channel dimension, (1, n·C_in, …), and
     treated as one sample of a conv with n·groups groups: its weight gradient, computed by the
     backend's own weight-gradient kernel (oneDNN, cuDNN), is the stack of the n samples'
     per-sample gradients, (n·C_out, C_in/groups, …). This costs the FLOPs of the ordinary weight
-    gradient. (The kernel allocates its output: it takes no buffer.)
+    gradient.
     """
+    layer, w_abs, padding = operands.layer, operands.w_abs, operands.padding
+    a, delta = operands.a.contiguous(), operands.delta.contiguous()
     B = a.shape[0]
     O = w_abs.shape[0]
     w_flat = w_abs.reshape(-1)
@@ -296,16 +291,11 @@ def _grouped(
 
 
 def _unfolded(
-    layer: nn.Module,
-    a: torch.Tensor,
-    delta: torch.Tensor,
-    w_abs: torch.Tensor,
-    padding: tuple[int, ...],
-    guard: int,
-    work: Workspace,
-    chunk: int,
+    operands: _ConvOperands, guard: int, chunk: int, work: Workspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The im2col route: unfold a chunk of inputs (:func:`_unfold`), then a batched matmul."""
+    layer, a, delta, w_abs = operands.layer, operands.a, operands.delta, operands.w_abs
+    padding = operands.padding
     one_d = a.dim() == 3  # as a 2-D conv of height 1: kernel, stride, dilation 1, no padding
 
     def lift(t: tuple[int, ...], height: int = 1) -> tuple[int, ...]:
@@ -357,3 +347,8 @@ def _unfold(
     )
     out = work.take((n, C, kh, kw, h_out, w_out), a, use="unfold")
     return out.copy_(view).view(n, C * kh * kw, positions)
+
+
+# The ways of forming a conv layer's per-sample weight gradients, each exact.
+_ROUTES = {"grouped": _grouped, "im2col": _unfolded}
+ROUTES = tuple(_ROUTES)
