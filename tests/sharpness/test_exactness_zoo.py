@@ -385,3 +385,41 @@ def test_group_norm_of_any_shape_equals_the_loop(groups, shape) -> None:
     model.float()
     report = connectivity_sharpness(model, [(x.float(), y) for x, y in batches])
     assert set(report.paths.values()) == {"hooks"}  # float32: the guard sees no error either
+
+
+@pytest.mark.parametrize("frozen", ["weight", "bias", None])
+@pytest.mark.parametrize(
+    ("norm", "shape"),
+    [
+        (lambda: nn.BatchNorm2d(6), (6, 3, 3)),
+        (lambda: nn.BatchNorm1d(6), (6, 4)),
+        (lambda: nn.GroupNorm(3, 6), (6, 3, 3)),
+        (lambda: nn.LayerNorm(4), (6, 4)),
+    ],
+    ids=["bn2d", "bn1d-sequence", "gn", "ln-tokens"],
+)
+def test_norm_layers_with_a_frozen_affine_parameter_equal_the_loop(norm, shape, frozen) -> None:
+    """γ and β of each norm layer are formed only when trainable, and each equals the loop."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = norm()
+            self.head = nn.Linear(math.prod(shape), 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.norm(x + 3.0)).flatten(1))
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    randomise_norms(model)
+    if frozen is not None:
+        getattr(model.norm, frozen).requires_grad_(False)
+    batches = make_batches(shape, 3, [5, 3])
+    report = connectivity_sharpness(model, batches)
+    assert report.method == "hooks", report.fallback_reason
+    expected = naive_per_sample(model, batches)
+    assert set(report.by_parameter) == set(expected)
+    assert f"norm.{frozen}" not in report.by_parameter
+    for name, value in expected.items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
