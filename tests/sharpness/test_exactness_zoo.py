@@ -178,6 +178,33 @@ def test_the_guard_names_the_tied_weight_and_only_it() -> None:
         connectivity_sharpness(model, make_batches((6,), 3, [4]), strict=True)
 
 
+class ViewGradients(nn.Module):
+    """Parameters whose gradients autograd returns as views: two weights used only through
+    their sum (both gradients are one tensor) and a bias summed into one logit (an expanded,
+    stride-0 gradient). The guard once crashed writing to these in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+        self.register_buffer("first", torch.tensor([1.0, 0.0, 0.0]))
+
+    def forward(self, x):
+        out = F.linear(x, self.a.weight + self.b.weight) + self.head(x)
+        return out + self.b.bias.sum() * self.first
+
+
+def test_the_guard_copes_with_gradients_that_are_views() -> None:
+    torch.manual_seed(0)
+    model = ViewGradients().double()
+    batches = make_batches((4,), 3, [5, 3])
+    report = connectivity_sharpness(model, batches)
+    assert {n for n, path in report.paths.items() if path == "vmap"} == {
+        "a.weight", "b.weight", "b.bias"
+    }  # fmt: skip
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10, abs=1e-12), name
+
+
 @pytest.fixture()
 def wrongly_registered():
     """StdConv2d declared to be a plain conv: the table trusts it, the guard must not."""

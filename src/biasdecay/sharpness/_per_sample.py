@@ -411,31 +411,49 @@ class HookedPerSample:
             formulas.append(torch.zeros_like(theta) if formula is None else formula)
         if not names:
             return []
-        # In place: both lists hold this call's own tensors, and fresh ones would cost page
-        # faults on the CPU (on the MLP of bench_connectivity.py the comparison is a third of a
-        # forward+backward).
-        torch._foreach_sub_(formulas, truths)
-        errors = formulas
-        torch._foreach_mul_(errors, thetas)
-        torch._foreach_mul_(truths, thetas)
-        # max |θ⊙(Σ_n g_n − g)| and max |θ⊙g| of every parameter
-        values = _abs_max_each([*errors, *truths])
+        # In place on autograd's gradients (each made this call's own first): fresh tensors
+        # would cost page faults on the CPU (on the MLP of bench_connectivity.py the comparison
+        # is a third of a forward+backward).
+        truths = _writable(truths)
+        torch._foreach_mul_(truths, thetas)  # θ⊙g
+        extremes = _extremes(truths)  # taken before the next line overwrites θ⊙g
+        torch._foreach_addcmul_(truths, thetas, formulas, value=-1)  # θ⊙g − θ⊙Σ_n g_n
+        # max |θ⊙g| and max |θ⊙(Σ_n g_n − g)| of every parameter
+        values = _abs_max(extremes + _extremes(truths))
         n = len(names)
         failures = []
-        for name, theta, error, scale in zip(names, thetas, values[:n], values[n:], strict=True):
+        for name, theta, scale, error in zip(names, thetas, values[:n], values[n:], strict=True):
             scale = max(scale, torch.finfo(theta.dtype).tiny)
             if error > guard_tolerance(theta.dtype) * scale:
                 failures.append(GuardFailure(name, error / scale))
         return failures
 
 
-def _abs_max_each(tensors: list[torch.Tensor]) -> list[float]:
-    """max |t| of every tensor, with one host transfer.
+def _writable(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors, each copied where writing to it in place is unsafe.
 
-    From each tensor's min and max (one pass, no temporary): on the CPU, an ∞-norm kernel is an
-    order of magnitude slower.
+    Autograd may return a parameter's gradient as an expanded view (a parameter summed into
+    the output: ``p.sum()``), which cannot be written in place, or hand two parameters views of
+    one buffer (parameters used only through ``p1 + p2``), where writing one changes the other.
     """
-    extremes = [v for t in tensors for v in torch.aminmax(t)]
+    seen: set[int] = set()
+    out = []
+    for t in tensors:
+        if not t.is_contiguous() or t.untyped_storage().data_ptr() in seen:
+            t = t.clone(memory_format=torch.contiguous_format)
+        seen.add(t.untyped_storage().data_ptr())
+        out.append(t)
+    return out
+
+
+def _extremes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's min and max, as 0-d tensors on its device: one pass, no temporary (on the
+    CPU an ∞-norm kernel is an order of magnitude slower)."""
+    return [v for t in tensors for v in torch.aminmax(t)]
+
+
+def _abs_max(extremes: list[torch.Tensor]) -> list[float]:
+    """max |t| of every tensor from :func:`_extremes`'s list, with one host transfer."""
     if len({v.dtype for v in extremes}) > 1:
         extremes = [v.double() for v in extremes]
     flat = torch.stack(extremes).tolist()
