@@ -35,6 +35,10 @@ LAYERS = {
     "small fan-in": (lambda: nn.Conv2d(3, 4, 3, padding=1), (3, 5, 5)),
     "depthwise": (lambda: nn.Conv2d(6, 6, 3, padding=1, groups=6), (6, 5, 5)),
     "1-D 'same'": (lambda: nn.Conv1d(3, 4, 4, padding="same"), (3, 9)),
+    "3-D, stride 2, groups 2": (
+        lambda: nn.Conv3d(4, 6, (2, 3, 3), stride=(1, 2, 2), padding=1, groups=2),
+        (4, 3, 5, 5),
+    ),
     "large per-sample gradient": (
         lambda: nn.Conv2d(128, 128, 3, padding=1, bias=False),
         (128, 2, 2),
@@ -60,9 +64,12 @@ def fresh_plans(monkeypatch):
     monkeypatch.setattr(products, "_PLANS", {})
 
 
+# Every route that applies to each layer (im2col is written for 1-D and 2-D convs).
+CASES = [(c, r) for c in sorted(LAYERS) for r in products.routes_for(LAYERS[c][0]())]
+
+
 @pytest.mark.parametrize("chunk", [2, 32])
-@pytest.mark.parametrize("route", ROUTES)
-@pytest.mark.parametrize("case", sorted(LAYERS))
+@pytest.mark.parametrize(("case", "route"), CASES)
 def test_conv_route_matches_loop(case: str, route: str, chunk: int, monkeypatch) -> None:
     monkeypatch.setattr(products, "candidate_plans", lambda *args: [ConvPlan(route, chunk)])
     build, shape = LAYERS[case]
@@ -148,3 +155,19 @@ def test_linear_on_sequences_matches_loop_across_chunks(chunk_elements: int, mon
     report = connectivity_sharpness(model, [(x, y)], method="hooks", strict=True)
     for name, value in naive_per_sample(model, [(x, y)]).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+def test_a_3d_conv_takes_the_grouped_route_even_for_one_sample() -> None:
+    """im2col is written for 1-D and 2-D convs: a Conv3d has grouped plans only, down to one
+    sample per chunk when the batch has one."""
+    conv = nn.Conv3d(2, 3, 2)
+    assert {p.route for p in products.candidate_plans(conv, 64, 8)} == {"grouped"}
+    assert products.candidate_plans(conv, 1, 8) == [ConvPlan("grouped", 1)]
+    torch.manual_seed(0)
+    model = ConvHead(conv, (2, 3, 3, 3)).double().eval()
+    for batch in (1, 5):
+        x = torch.randn(batch, 2, 3, 3, 3, dtype=torch.float64)
+        y = torch.randint(0, 3, (batch,))
+        report = connectivity_sharpness(model, [(x, y)], method="hooks", strict=True)
+        for name, value in naive_per_sample(model, [(x, y)]).items():
+            assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name

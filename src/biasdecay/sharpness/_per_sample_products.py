@@ -8,13 +8,14 @@ value, so G_n is formed, a chunk of samples at a time, and reduced against |W| a
   memory costs a page fault per 4 KiB on the CPU, a large share of a chunk's time for a
   transformer's linear layers on a 2-core CPU.
 * **By the faster of two conv routes**, chosen by measurement (:func:`conv_plan`): the backend's
-  grouped weight-gradient kernel with the chunk's samples as groups, or im2col and a batched
-  matmul. Which is faster depends on the layer's shape and on the CPU (on a 2-core Xeon the
-  grouped route wins on large feature maps and loses on 4×4 ones; fixed thresholds tuned on an
-  AMD EPYC chose wrongly there), so each layer shape is timed once per process, on its first
-  batch, as ``torch.backends.cudnn.benchmark`` does for kernels. Both routes are exact; they
-  differ only in the order of floating-point sums. ``benchmarks/bench_connectivity.py
-  --breakdown`` shows each route's time beside the batch weight-gradient kernels'.
+  grouped weight-gradient kernel with the chunk's samples as groups (any conv), or im2col and
+  a batched matmul (1-D and 2-D convs). Which is faster depends on the layer's shape and on
+  the CPU (on a 2-core Xeon the grouped route wins on large feature maps and loses on 4×4 ones;
+  fixed thresholds tuned on an AMD EPYC chose wrongly there), so each layer shape is timed once
+  per process, on its first batch, as ``torch.backends.cudnn.benchmark`` does for kernels.
+  Both routes are exact; they differ only in the order of floating-point sums.
+  ``benchmarks/bench_connectivity.py --breakdown`` shows each route's time beside the batch
+  weight-gradient kernels'.
 
 Every function also returns Σ_{n<guard} G_n, which the exactness guard compares with autograd.
 """
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 # Elements of one chunk's per-sample gradients: 2^19 float32 values = 2 MiB, so a chunk stays in
 # cache, while each call is large enough that the per-op cost (dispatch, thread fork/join) does
@@ -126,17 +129,26 @@ class ConvPlan:
     chunk: int  # samples per chunk
 
 
-def candidate_plans(layer: nn.Conv1d | nn.Conv2d, batch: int, positions: int) -> list[ConvPlan]:
+def routes_for(layer: nn.Module) -> tuple[str, ...]:
+    """The routes that can form ``layer``'s per-sample gradients: im2col is written for 1-D and
+    2-D convs, the grouped kernel for any."""
+    return ROUTES if layer.weight.dim() <= 4 else ("grouped",)
+
+
+def candidate_plans(layer: _Conv, batch: int, positions: int) -> list[ConvPlan]:
     """The plans :func:`conv_plan` times for ``layer`` on ``batch`` samples with ``positions``
     output positions each."""
     per_sample = layer.weight.numel()
     unfolded = layer.weight[0].numel() * layer.groups * positions  # one sample's im2col block
+    routes = routes_for(layer)
+    elements = {"grouped": per_sample, "im2col": per_sample + unfolded}
     plans = []
-    for route, elements in (("grouped", per_sample), ("im2col", per_sample + unfolded)):
-        cap = max(1, min(_TUNING_SAMPLES, _MAX_CHUNK_ELEMENTS // elements))
+    for route in routes:
+        cap = max(1, min(_TUNING_SAMPLES, _MAX_CHUNK_ELEMENTS // elements[route]))
         tried = (chunk_size(batch, per_sample), *_TRIED_CHUNKS)
-        # A single-group call takes a slower kernel path: the grouped route needs two samples.
-        least = 2 if route == "grouped" else 1
+        # A single-group call takes a slower kernel path: where im2col is there instead, the
+        # grouped route needs two samples.
+        least = 2 if route == "grouped" and len(routes) > 1 else 1
         chunks = sorted({min(c, batch, cap) for c in tried})
         plans += [ConvPlan(route, c) for c in chunks if c >= least]
     return plans
@@ -162,9 +174,7 @@ def _geometry(layer: nn.Module, a: torch.Tensor) -> tuple:
     )
 
 
-def conv_plan(
-    layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor, work: Workspace
-) -> ConvPlan:
+def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspace) -> ConvPlan:
     """The fastest plan for ``layer`` with inputs shaped like ``a``: timed once, then cached.
 
     The candidates each run on the batch's first samples (at most _TUNING_SAMPLES), once to warm
@@ -185,7 +195,7 @@ def conv_plan(
     return plan
 
 
-def chosen_plan(layer: nn.Conv1d | nn.Conv2d, a: torch.Tensor) -> ConvPlan | None:
+def chosen_plan(layer: _Conv, a: torch.Tensor) -> ConvPlan | None:
     """The plan :func:`conv_plan` chose for this layer geometry, if it has been timed."""
     return _PLANS.get(_geometry(layer, a))
 
@@ -213,7 +223,7 @@ def _timed(
 
 
 def conv_weight_terms(
-    layer: nn.Conv1d | nn.Conv2d,
+    layer: _Conv,
     a: torch.Tensor,
     delta: torch.Tensor,
     guard: int,
