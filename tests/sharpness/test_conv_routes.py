@@ -39,6 +39,15 @@ LAYERS = {
         lambda: nn.Conv3d(4, 6, (2, 3, 3), stride=(1, 2, 2), padding=1, groups=2),
         (4, 3, 5, 5),
     ),
+    "transposed, stride 2, output padding": (
+        lambda: nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1),
+        (6, 4, 4),
+    ),
+    "transposed 1-D, groups 2, dilation 2": (
+        lambda: nn.ConvTranspose1d(4, 6, 3, groups=2, dilation=2, bias=False),
+        (4, 7),
+    ),
+    "transposed 3-D": (lambda: nn.ConvTranspose3d(2, 3, 2, stride=2), (2, 2, 3, 3)),
     "large per-sample gradient": (
         lambda: nn.Conv2d(128, 128, 3, padding=1, bias=False),
         (128, 2, 2),
@@ -158,8 +167,8 @@ def test_linear_on_sequences_matches_loop_across_chunks(chunk_elements: int, mon
 
 
 def test_a_3d_conv_takes_the_grouped_route_even_for_one_sample() -> None:
-    """im2col is written for 1-D and 2-D convs: a Conv3d has grouped plans only, down to one
-    sample per chunk when the batch has one."""
+    """im2col is written for 1-D and 2-D convs: a Conv3d (or a transposed conv) has grouped
+    plans only, down to one sample per chunk when the batch has one."""
     conv = nn.Conv3d(2, 3, 2)
     assert {p.route for p in products.candidate_plans(conv, 64, 8)} == {"grouped"}
     assert products.candidate_plans(conv, 1, 8) == [ConvPlan("grouped", 1)]
@@ -171,3 +180,26 @@ def test_a_3d_conv_takes_the_grouped_route_even_for_one_sample() -> None:
         report = connectivity_sharpness(model, [(x, y)], method="hooks", strict=True)
         for name, value in naive_per_sample(model, [(x, y)]).items():
             assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+class Upsampler(nn.Module):
+    """A transposed conv told its output size: the output padding is not the layer's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)  # 4x4 -> 7x7 by default
+        self.fc = nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.up(x, output_size=(8, 8))).flatten(1))
+
+
+def test_a_transposed_conv_given_its_output_size_matches_loop() -> None:
+    torch.manual_seed(0)
+    model = Upsampler().double().eval()
+    x = torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,))
+    report = connectivity_sharpness(model, [(x, y)], method="hooks", strict=True)
+    assert report.paths["up.weight"] == "hooks"
+    for name, value in naive_per_sample(model, [(x, y)]).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name

@@ -193,13 +193,10 @@ def _linear_terms(
 
 
 def _conv_terms(
-    layer: nn.Conv1d | nn.Conv2d | nn.Conv3d,
-    a: torch.Tensor,
-    delta: torch.Tensor,
-    s: int,
-    work: Workspace,
+    layer: nn.modules.conv._ConvNd, a: torch.Tensor, delta: torch.Tensor, s: int, work: Workspace
 ) -> Terms:
-    """Per-sample Σ|θ⊙g| of a Conv1d/2d/3d layer's weight and bias, and their batch gradients."""
+    """Per-sample Σ|θ⊙g| of a conv layer's weight and bias (Conv1d/2d/3d, ConvTranspose1d/2d/3d),
+    and the guard's gradients."""
     out: Terms = {}
     if layer.weight.requires_grad:
         out["weight"] = conv_weight_terms(layer, a, delta, s, work)
@@ -282,6 +279,7 @@ _HANDLERS = {
     "conv1d": _conv_terms,
     "conv2d": _conv_terms,
     "conv3d": _conv_terms,
+    "conv_transpose": _conv_terms,
     **{
         op: (lambda layer, a, delta, s, work, op=op: _norm_terms(layer, a, delta, s, op))
         for op in ("batch_norm", "group_norm", "layer_norm")

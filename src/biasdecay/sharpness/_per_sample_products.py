@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
+_Conv = nn.modules.conv._ConvNd  # Conv1d/2d/3d and ConvTranspose1d/2d/3d
 
 # Elements of one chunk's per-sample gradients: 2^19 float32 values = 2 MiB, so a chunk stays in
 # cache, while each call is large enough that the per-op cost (dispatch, thread fork/join) does
@@ -131,8 +131,8 @@ class ConvPlan:
 
 def routes_for(layer: nn.Module) -> tuple[str, ...]:
     """The routes that can form ``layer``'s per-sample gradients: im2col is written for 1-D and
-    2-D convs, the grouped kernel for any."""
-    return ROUTES if layer.weight.dim() <= 4 else ("grouped",)
+    2-D convs, the grouped kernel for any (3-D and transposed ones included)."""
+    return ROUTES if layer.weight.dim() <= 4 and not layer.transposed else ("grouped",)
 
 
 def candidate_plans(layer: _Conv, batch: int, positions: int) -> list[ConvPlan]:
@@ -267,29 +267,31 @@ def _grouped(
     A chunk of n samples is laid side by side in the channel dimension, (1, n·C_in, …), and
     treated as one sample of a conv with n·groups groups: its weight gradient, computed by the
     backend's own weight-gradient kernel (oneDNN, cuDNN), is the stack of the n samples'
-    per-sample gradients, (n·C_out, C_in/groups, …). This costs the FLOPs of the ordinary weight
-    gradient.
+    per-sample gradients, (n·C_out, C_in/groups, …) — for a transposed conv, whose weight is
+    (C_in, C_out/groups, …), (n·C_in, C_out/groups, …). This costs the FLOPs of the ordinary
+    weight gradient.
     """
     layer, w_abs, padding = operands.layer, operands.w_abs, operands.padding
     a, delta = operands.a.contiguous(), operands.delta.contiguous()
     B = a.shape[0]
-    O = w_abs.shape[0]
+    rows = w_abs.shape[0]  # C_out, or C_in for a transposed conv
     w_flat = w_abs.reshape(-1)
     # The kernel reads only the weight's shape: a stride-0 view of one element stands for it.
-    weight_shape = a.new_empty(()).expand(chunk * O, *w_abs.shape[1:])
+    weight_shape = a.new_empty(()).expand(chunk * rows, *w_abs.shape[1:])
+    output_padding = _output_padding(layer, a, delta, padding)
     parts, grad = [], torch.zeros_like(w_flat)
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
         _, g, _ = torch.ops.aten.convolution_backward(
-            delta[s : s + n].reshape(1, n * O, *delta.shape[2:]),
+            delta[s : s + n].reshape(1, -1, *delta.shape[2:]),
             a[s : s + n].reshape(1, -1, *a.shape[2:]),
-            weight_shape[: n * O],
+            weight_shape[: n * rows],
             None,
             layer.stride,
             padding,
             layer.dilation,
-            False,
-            (0,) * len(padding),
+            layer.transposed,
+            output_padding,
             n * layer.groups,
             (False, True, False),
         )
@@ -298,6 +300,28 @@ def _grouped(
             grad += g[: guard - s].sum(0)
         parts.append(torch.mv(g.abs_(), w_flat))
     return torch.cat(parts), grad.reshape(w_abs.shape)
+
+
+def _output_padding(
+    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, padding: tuple[int, ...]
+) -> tuple[int, ...]:
+    """A transposed conv's output padding, from the shapes of its input and output: the
+    forward may have been given ``output_size`` rather than used ``layer.output_padding``.
+    Zeros for an ordinary conv."""
+    if not layer.transposed:
+        return (0,) * len(padding)
+    return tuple(
+        out - ((size - 1) * stride - 2 * pad + dil * (k - 1) + 1)
+        for out, size, stride, pad, dil, k in zip(
+            delta.shape[2:],
+            a.shape[2:],
+            layer.stride,
+            padding,
+            layer.dilation,
+            layer.kernel_size,
+            strict=True,
+        )
+    )
 
 
 def _unfolded(
