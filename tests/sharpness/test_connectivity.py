@@ -124,10 +124,13 @@ def randomise_norms(model: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            if not isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+                continue  # BatchNorm and InstanceNorm derive from _NormBase
+            if m.weight is not None:
                 m.weight.copy_(1 + 0.5 * torch.randn(m.weight.shape, generator=g))
+            if m.bias is not None:
                 m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if getattr(m, "running_mean", None) is not None:
                 m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
 

@@ -422,8 +422,10 @@ def test_group_norm_of_any_shape_equals_the_loop(groups, shape) -> None:
         (lambda: nn.BatchNorm1d(6), (6, 4)),
         (lambda: nn.GroupNorm(3, 6), (6, 3, 3)),
         (lambda: nn.LayerNorm(4), (6, 4)),
+        (lambda: nn.InstanceNorm2d(6, affine=True), (6, 3, 3)),
+        (lambda: nn.InstanceNorm1d(6, affine=True, track_running_stats=True), (6, 4)),
     ],
-    ids=["bn2d", "bn1d-sequence", "gn", "ln-tokens"],
+    ids=["bn2d", "bn1d-sequence", "gn", "ln-tokens", "in2d", "in1d-running-stats"],
 )
 def test_norm_layers_with_a_frozen_affine_parameter_equal_the_loop(norm, shape, frozen) -> None:
     """γ and β of each norm layer are formed only when trainable, and each equals the loop."""

@@ -11,9 +11,9 @@ per-sample quantities:
 * Conv, and Linear on a sequence: the per-sample weight gradient Σ_s δ_n[:, s] u_n[:, s]ᵀ
   (u = unfolded input) is not rank one, so it is formed a chunk of samples at a time (bounded
   memory), by the faster of two measured routes (:mod:`._per_sample_products`).
-* Norm layers (BatchNorm with running statistics, GroupNorm, LayerNorm): per-sample γ and β
-  gradients are reductions of δ·x̂ and δ (for BatchNorm and GroupNorm, by the backend's norm
-  backward kernel).
+* Norm layers (BatchNorm with running statistics, InstanceNorm, GroupNorm, LayerNorm):
+  per-sample γ and β gradients are reductions of δ·x̂ and δ (by the backend's norm backward
+  kernel, except for LayerNorm).
 
 The formulas apply to the exact classes of the module-type table in :mod:`biasdecay.roles`
 only; anything else (an unregistered parametrised module, a module called twice, a parameter
@@ -214,11 +214,13 @@ def _sum_dims(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 def _channel_norm_gradients(
     layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, op: str, want: tuple[bool, bool]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Per-sample ∂ℓ_n/∂γ and ∂ℓ_n/∂β, each (B, C), of an eval-mode BatchNorm or a GroupNorm.
+    """Per-sample ∂ℓ_n/∂γ and ∂ℓ_n/∂β, each (B, C), of an eval-mode BatchNorm, InstanceNorm or
+    GroupNorm.
 
     The backend's own backward kernel, asked for the γ and β gradients alone, on the batch laid
-    out as one sample of B·C channels (B·groups groups for GroupNorm; the running statistics
-    repeated B times for BatchNorm): its per-channel sums are then per-sample ones. The kernel
+    out as one sample of B·C channels (B·groups groups for GroupNorm, B·C for InstanceNorm; the
+    running statistics repeated B times where they normalise): its per-channel sums are then
+    per-sample ones. The kernel
     reads δ and the input once and forms neither x̂ nor δ·x̂ (bench_connectivity.py --breakdown
     on the 2-core Xeon: ResNet-18's GroupNorm terms 18 ms, against 23 ms through F.group_norm
     and (δ·x̂).sum()).
@@ -229,13 +231,14 @@ def _channel_norm_gradients(
     B, C = a.shape[:2]
     a1, d1 = a.reshape(1, B * C, -1), delta.reshape(1, B * C, -1)
     mask = [False, *want]  # no input gradient
-    if op == "batch_norm":
+    if getattr(layer, "running_mean", None) is not None:  # eval: the running statistics
         mean, var = layer.running_mean.repeat(B), layer.running_var.repeat(B)
         _, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
             d1, a1, None, mean, var, None, None, False, layer.eps, mask
         )
     else:
-        groups, positions = B * layer.num_groups, a1.shape[2]
+        groups = B * (layer.num_groups if op == "group_norm" else C)  # instance norm: C
+        positions = a1.shape[2]
         _, mean, rstd = torch.native_group_norm(
             a1, None, None, 1, B * C, positions, groups, layer.eps
         )
@@ -255,7 +258,7 @@ def _layer_norm_gamma_gradient(
 
 
 def _norm_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, s: int, op: str) -> Terms:
-    """Per-sample Σ|γ⊙g_γ| and Σ|β⊙g_β| of a BatchNorm/GroupNorm/LayerNorm layer."""
+    """Per-sample Σ|γ⊙g_γ| and Σ|β⊙g_β| of a BatchNorm/InstanceNorm/GroupNorm/LayerNorm."""
     B = a.shape[0]
     want = tuple(p is not None and p.requires_grad for p in (layer.weight, layer.bias))
     if op == "layer_norm":
@@ -282,7 +285,7 @@ _HANDLERS = {
     "conv_transpose": _conv_terms,
     **{
         op: (lambda layer, a, delta, s, work, op=op: _norm_terms(layer, a, delta, s, op))
-        for op in ("batch_norm", "group_norm", "layer_norm")
+        for op in ("batch_norm", "instance_norm", "group_norm", "layer_norm")
     },
 }
 
