@@ -86,7 +86,7 @@ class ModuleType:
 # the formulas by accident; it joins with register_module_type.
 OPS = (
     "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose", "batch_norm",
-    "instance_norm", "group_norm", "layer_norm",
+    "instance_norm", "group_norm", "layer_norm", "embedding",
 )  # fmt: skip
 FAMILIES = ("conv", "linear", "norm", "embedding")
 _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
@@ -111,7 +111,7 @@ _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
     nn.modules.batchnorm._NormBase: ModuleType("norm"),  # roles of other norms (lazy ones)
     nn.GroupNorm: ModuleType("norm", "group_norm"),
     nn.LayerNorm: ModuleType("norm", "layer_norm"),
-    nn.Embedding: ModuleType("embedding"),
+    nn.Embedding: ModuleType("embedding", "embedding"),
     nn.EmbeddingBag: ModuleType("embedding"),
 }
 

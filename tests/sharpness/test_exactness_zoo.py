@@ -145,7 +145,7 @@ ZOO = {
     "tied decoder": (Tied, images((6,), [4, 3]), "hooks+vmap"),
     "weight_norm and spectral_norm": (weight_normed, images((2, 5, 5), [4]), "vmap"),
     "transformer block": (Transformer, images((4, 8), [3, 2]), "vmap"),
-    "tied embedding": (TiedEmbedding, lambda: tokens([4, 2]), "vmap"),
+    "tied embedding": (TiedEmbedding, lambda: tokens([4, 2]), "hooks+vmap"),
     "depthwise, grouped, transposed, twice": (Convs, images((4, 4, 4), [3]), "vmap"),
     "partly frozen": (partly_frozen, images((2, 5, 5), [4, 3]), "hooks"),
 }
@@ -452,3 +452,65 @@ def test_norm_layers_with_a_frozen_affine_parameter_equal_the_loop(norm, shape, 
     assert f"norm.{frozen}" not in report.by_parameter
     for name, value in expected.items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+class Bag(nn.Module):
+    """An embedding of every token (repeats within a sample included), mean-pooled."""
+
+    def __init__(self, padding_idx: int | None = None, **options) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6, padding_idx=padding_idx, **options)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, tokens):
+        return self.fc(torch.tanh(self.emb(tokens)).flatten(1, -2).mean(1))
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"padding_idx": 2}, {"sparse": True}, {"max_norm": 1.5}],
+    ids=["plain", "padding", "sparse", "max_norm"],
+)  # fmt: skip
+@pytest.mark.parametrize("shape", [(5,), (3, 4)], ids=["sequence", "grid"])
+def test_an_embedding_takes_the_fast_path_and_equals_the_loop(options, shape) -> None:
+    torch.manual_seed(0)
+    model = Bag(**options).double()
+    with torch.no_grad():  # a non-zero padding row: its gradient must still be left out
+        model.emb.weight.normal_()
+    g = torch.Generator().manual_seed(3)
+    # 10 tokens drawn 5 or 12 times per sample: repeats within a sample are certain in a grid
+    batches = [(torch.randint(0, 10, (b, *shape), generator=g), torch.randint(0, 3, (b,)))
+               for b in (11, 4)]  # fmt: skip
+    report = connectivity_sharpness(model, batches, strict=True)
+    assert report.method == "hooks", report.fallback_reason
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+def test_an_embedding_scaled_by_token_frequency_takes_vmap_and_says_why() -> None:
+    """The batch's token frequencies scale its gradient: per sample they are the sample's own."""
+    torch.manual_seed(0)
+    model = Bag(scale_grad_by_freq=True).double()
+    batches = tokens([4, 3])
+    report = connectivity_sharpness(model, batches)
+    assert report.method == "vmap"
+    assert "Embedding 'emb' scales its gradient" in report.fallback_reason
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+class Scaled(nn.Module):
+    """A module of its own with a parameter: no formula, so the whole model goes to torch.func."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def test_a_model_torch_func_cannot_transform_gets_what_to_do_instead() -> None:
+    """A max_norm embedding renormalises its table in place, which vmap refuses."""
+    model = nn.Sequential(Bag(max_norm=1.0), Scaled()).double()
+    with pytest.raises(ValueError, match=r"torch\.func cannot transform.*per_sample=False"):
+        connectivity_sharpness(model, tokens([4]))

@@ -11,6 +11,8 @@ per-sample quantities:
 * Conv, and Linear on a sequence: the per-sample weight gradient Σ_s δ_n[:, s] u_n[:, s]ᵀ
   (u = unfolded input) is not rank one, so it is formed a chunk of samples at a time (bounded
   memory), by the faster of two measured routes (:mod:`._per_sample_products`).
+* Embedding: sample n's gradient sums δ over n's tokens per table row, so δ is summed per
+  distinct (sample, token) pair and weighed against that row of |E|.
 * Norm layers (BatchNorm with running statistics, InstanceNorm, GroupNorm, LayerNorm):
   per-sample γ and β gradients are reductions of δ·x̂ and δ (by the backend's norm backward
   kernel, except for LayerNorm).
@@ -82,6 +84,11 @@ def supports_fast_path(model: nn.Module) -> str | None:
             return (
                 f"module '{name}' ({type(module).__name__}) has parameters of its own and "
                 f"{what} (biasdecay.roles.register_module_type declares a standard one)"
+            )
+        if op == "embedding" and module.scale_grad_by_freq:
+            return (
+                f"Embedding '{name}' scales its gradient by the batch's token frequencies "
+                "(scale_grad_by_freq), which the per-sample formula does not"
             )
         if op == "batch_norm" and module.running_mean is None:
             return (
@@ -206,6 +213,37 @@ def _conv_terms(
     return out
 
 
+def _embedding_terms(
+    layer: nn.Embedding, ids: torch.Tensor, delta: torch.Tensor, s: int, work: Workspace
+) -> Terms:
+    """Per-sample Σ|E⊙g| of an Embedding table E, and the guard's gradient.
+
+    Sample n's gradient has, in row v, the sum of δ over n's tokens equal to v (none for the
+    padding row, as F.embedding's backward does). So δ is summed per distinct (sample, token)
+    pair (one index_add) and each sum is weighed against its row of |E|: the cost is that of the
+    tokens, and nothing table-sized is formed per sample. Sparse gradients (``sparse=True``) are
+    the same numbers, and a ``max_norm`` table has been renormalised by the recorded forward.
+    """
+    if not layer.weight.requires_grad:
+        return {}
+    B = ids.shape[0]
+    V, D = layer.weight.shape
+    flat_ids, d = ids.reshape(B, -1), delta.reshape(-1, delta.shape[-1])
+    keys = (torch.arange(B, device=ids.device).unsqueeze(1) * V + flat_ids).reshape(-1)
+    pairs, which = torch.unique(keys, return_inverse=True)
+    rows = pairs % V
+    summed = d.new_zeros(pairs.numel(), D).index_add_(0, which, d)
+    values = (summed.abs() * layer.weight.detach()[rows].abs()).sum(1)
+    if layer.padding_idx is not None:
+        values = values.masked_fill(rows == layer.padding_idx, 0)
+    per_sample = values.new_zeros(B).index_add_(0, pairs // V, values)
+    guard_ids = flat_ids[:s].reshape(-1)
+    grad = d.new_zeros(V, D).index_add_(0, guard_ids, d[: guard_ids.numel()])
+    if layer.padding_idx is not None:
+        grad[layer.padding_idx] = 0
+    return {"weight": (per_sample, grad)}
+
+
 def _sum_dims(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     # torch's sum over an empty dim tuple sums everything; here it must be a no-op.
     return t.sum(dims) if dims else t
@@ -283,6 +321,7 @@ _HANDLERS = {
     "conv2d": _conv_terms,
     "conv3d": _conv_terms,
     "conv_transpose": _conv_terms,
+    "embedding": _embedding_terms,
     **{
         op: (lambda layer, a, delta, s, work, op=op: _norm_terms(layer, a, delta, s, op))
         for op in ("batch_norm", "instance_norm", "group_norm", "layer_norm")
@@ -413,7 +452,11 @@ class HookedPerSample:
             theta = p.detach()
             names.append(name)
             thetas.append(theta)
-            truths.append(torch.zeros_like(theta) if truth is None else truth)
+            if truth is None:
+                truth = torch.zeros_like(theta)
+            elif truth.layout != torch.strided:  # an Embedding(sparse=True)'s gradient
+                truth = truth.to_dense()
+            truths.append(truth)
             formulas.append(torch.zeros_like(theta) if formula is None else formula)
         if not names:
             return []

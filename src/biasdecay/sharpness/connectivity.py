@@ -9,7 +9,7 @@ exactly by parameter, module and role (substructure separability, eq. 11), which
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,11 +288,12 @@ def _per_sample_sums(
                     hooked.close()
                     hooked = None
             if terms is None:
-                terms = vmap_per_sample(model, loss, x, y, chunk_size)
+                terms = _vmap_terms(model, loss, x, y, chunk_size, None, reason)
             elif guarded:  # the guard's failures, exactly, through torch.func
                 for name in guarded:
                     terms.pop(name, None)
-                terms.update(vmap_per_sample(model, loss, x, y, chunk_size, only=guarded))
+                why = f"the exactness guard rejected the formula of {', '.join(guarded)}"
+                terms.update(_vmap_terms(model, loss, x, y, chunk_size, guarded, why))
             for n, t in terms.items():
                 s = t.sum(dtype=torch.float64)
                 sums[n] = sums[n] + s if n in sums else s
@@ -314,6 +315,33 @@ def _per_sample_sums(
                 "through torch.func"
             )
     return _PerSampleResult({n: sums.get(n, zero) for n in names}, batch_sizes, used, reason, paths)
+
+
+def _vmap_terms(
+    model: nn.Module,
+    loss: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk_size: int,
+    only: Collection[str] | None,
+    why: str | None,
+) -> dict[str, torch.Tensor]:
+    """:func:`vmap_per_sample`, with torch.func's refusals told as what to do instead.
+
+    The model's plain forward and backward have run by now (or run eagerly the same way), so a
+    failure here is an operation torch.func cannot transform (an in-place update of a parameter,
+    a sparse gradient).
+    """
+    try:
+        return vmap_per_sample(model, loss, x, y, chunk_size, only=only)
+    except (RuntimeError, NotImplementedError) as error:
+        raise InputError(
+            f"per-sample C needs per-sample gradients through torch.func here ({why}), and "
+            f"torch.func cannot transform this model: {str(error).splitlines()[0]} "
+            "Per-sample C through layer formulas needs every parametrised layer to be a "
+            "standard one (see biasdecay.roles.register_module_type); C_m (per_sample=False) "
+            "needs no per-sample gradients."
+        ) from error
 
 
 def _note_failures(failures: list[GuardFailure], guarded: dict[str, float], strict: bool) -> None:
