@@ -339,6 +339,9 @@ def test_bad_data() -> None:
         connectivity_sharpness(mlp(), [])
     with pytest.raises(TypeError, match="pairs"):
         connectivity_sharpness(mlp(), [torch.zeros(2, 12)])
+    several_inputs = [({"input_ids": torch.zeros(2, 12)}, torch.zeros(2, dtype=torch.long))]
+    with pytest.raises(TypeError, match=r"got dict and Tensor.*LogitsOf"):
+        connectivity_sharpness(mlp(), several_inputs)
     frozen = mlp().requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable"):
         connectivity_sharpness(frozen, make_batches((3, 4), 3, [2]))

@@ -131,7 +131,13 @@ def iter_batches(data: Iterable, model: nn.Module) -> Iterator[Batch]:
             )
         x, y = batch[0], batch[1]
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(f"batch {i}: inputs and targets must be tensors")
+            raise TypeError(
+                f"batch {i}: inputs and targets must be tensors, got {type(x).__name__} and "
+                f"{type(y).__name__}. The measures call model(inputs) with one tensor: wrap a "
+                "model of several inputs in a module whose forward takes one (for a Hugging "
+                "Face model, biasdecay.integrations.transformers.LogitsOf(model) takes "
+                "input_ids)"
+            )
         if x.shape[0] == 0:
             raise InputError(f"batch {i} is empty; drop empty batches from the data")
         x = x.to(device, non_blocking=True)
