@@ -514,3 +514,29 @@ def test_a_model_torch_func_cannot_transform_gets_what_to_do_instead() -> None:
     model = nn.Sequential(Bag(max_norm=1.0), Scaled()).double()
     with pytest.raises(ValueError, match=r"torch\.func cannot transform.*per_sample=False"):
         connectivity_sharpness(model, tokens([4]))
+
+
+class Positions(nn.Module):
+    """Token embeddings plus a position table looked up once for the whole batch, broadcast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(10, 6), nn.Embedding(5, 6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        where = torch.arange(ids.shape[1])
+        return self.fc(torch.tanh(self.tokens(ids) + self.positions(where)).mean(1))
+
+
+def test_a_table_looked_up_once_for_the_batch_is_named_and_recomputed() -> None:
+    torch.manual_seed(0)
+    model = Positions().double()
+    batches = tokens([4, 5])  # a batch of 5 = the 5 positions: the guard's case, not the shape's
+    report = connectivity_sharpness(model, batches)
+    assert {n for n, path in report.paths.items() if path == "vmap"} == {"positions.weight"}
+    assert "module 'positions' ran on an input of shape (5,)" in report.fallback_reason
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+    with pytest.raises(ValueError, match=r"strict: .*positions\.weight: its module 'positions'"):
+        connectivity_sharpness(model, tokens([4]), strict=True)

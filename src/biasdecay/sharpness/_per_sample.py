@@ -34,6 +34,7 @@ every later one (or, under ``strict``, raises).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -337,10 +338,17 @@ def _layer_terms(
 
 @dataclass
 class GuardFailure:
-    """A parameter whose formula disagreed with autograd on a batch."""
+    """A parameter whose formula disagreed with autograd on a batch, or could not apply."""
 
     name: str
-    relative_error: float  # max |θ⊙(Σ_n g_n − g)| / max |θ⊙g|
+    relative_error: float  # max |θ⊙(Σ_n g_n − g)| / max |θ⊙g|; NaN where no formula ran
+    why: str | None = None  # why no formula ran
+
+    def describe(self) -> str:
+        """What went wrong, for an error message or a report's fallback reason."""
+        if self.why is not None:
+            return self.why
+        return f"θ⊙Σ_n g_n differs from θ⊙g by {self.relative_error:.2g} of its largest entry"
 
 
 class HookedPerSample:
@@ -406,16 +414,32 @@ class HookedPerSample:
         guarded = min(x.shape[0], GUARD_SAMPLES)
         terms: dict[str, torch.Tensor] = {}
         implied: dict[str, torch.Tensor] = {}
+        unbatched: list[GuardFailure] = []
         for lname, layer in rec.layers:
             if lname not in rec.grads:  # layer unused in this forward: zero sensitivity
                 continue
+            a, delta = rec.inputs[lname], rec.grads[lname]
+            if a.dim() == 0 or a.shape[0] != x.shape[0] or delta.shape[0] != x.shape[0]:
+                # Run once for the whole batch and broadcast (a position table looked up as
+                # pos(arange(T))): its output gradient is already summed over the samples.
+                why = (
+                    f"its module '{lname}' ran on an input of shape {tuple(a.shape)}, not one "
+                    f"row per sample of the batch of {x.shape[0]}"
+                )
+                unbatched += [
+                    GuardFailure(self.names[(lname, local)], math.nan, why)
+                    for local, _ in _own_trainable(layer)
+                ]
+                continue
             for local, (value, grad) in _layer_terms(
-                layer, rec.inputs[lname], rec.grads[lname], guarded, self.workspace
+                layer, a, delta, guarded, self.workspace
             ).items():
                 terms[self.names[(lname, local)]] = value
                 implied[self.names[(lname, local)]] = grad
         rec.clear()
-        failures = self._guard(implied, self._autograd_gradient(x[:guarded], y[:guarded]))
+        skip = {f.name for f in unbatched}
+        truths = self._autograd_gradient(x[:guarded], y[:guarded])
+        failures = unbatched + self._guard(implied, truths, skip)
         for failure in failures:
             terms.pop(failure.name, None)
         return terms, failures
@@ -438,17 +462,21 @@ class HookedPerSample:
         return dict(zip(self.params, grads, strict=True))
 
     def _guard(
-        self, implied: dict[str, torch.Tensor], autograd_grad: dict[str, torch.Tensor | None]
+        self,
+        implied: dict[str, torch.Tensor],
+        autograd_grad: dict[str, torch.Tensor | None],
+        skip: Collection[str] = (),
     ) -> list[GuardFailure]:
         """Compare θ⊙Σ_n g_n (formula) with θ⊙g (autograd) per parameter; one host sync.
 
-        The comparisons of all parameters run as a few multi-tensor (foreach) kernels.
+        The comparisons of all parameters (but ``skip``, failed already) run as a few
+        multi-tensor (foreach) kernels.
         """
         names, thetas, truths, formulas = [], [], [], []
         for name, p in self.params.items():
             truth, formula = autograd_grad[name], implied.get(name)
-            if (truth is None and formula is None) or p.numel() == 0:
-                continue  # unused by this batch on both counts, or nothing to check
+            if (truth is None and formula is None) or p.numel() == 0 or name in skip:
+                continue  # unused by this batch on both counts, nothing to check, or failed
             theta = p.detach()
             names.append(name)
             thetas.append(theta)

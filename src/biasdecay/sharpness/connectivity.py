@@ -269,7 +269,7 @@ def _per_sample_sums(
     hooked = HookedPerSample(model, loss) if reason is None else None
     sums: dict[str, torch.Tensor] = {}
     batch_sizes: list[int] = []
-    guarded: dict[str, float] = {}  # parameters the guard sent to vmap -> their formula error
+    guarded: dict[str, str] = {}  # parameters the guard sent to vmap -> what was wrong
     try:
         for x, y in iter_batches(batches, model):
             terms = None
@@ -309,10 +309,10 @@ def _per_sample_sums(
         paths = {n: "vmap" if n in guarded else "hooks" for n in names}
         used = "hooks+vmap" if guarded else "hooks"
         if guarded:
-            shown = ", ".join(f"{n} (off by {e:.2g})" for n, e in guarded.items())
+            shown = "; ".join(f"{n} ({why})" for n, why in guarded.items())
             reason = (
-                f"the exactness guard found the layer formula wrong for {shown}: recomputed "
-                "through torch.func"
+                f"the exactness guard found the layer formula wrong or inapplicable for {shown}: "
+                "recomputed through torch.func"
             )
     return _PerSampleResult({n: sums.get(n, zero) for n in names}, batch_sizes, used, reason, paths)
 
@@ -344,21 +344,19 @@ def _vmap_terms(
         ) from error
 
 
-def _note_failures(failures: list[GuardFailure], guarded: dict[str, float], strict: bool) -> None:
+def _note_failures(failures: list[GuardFailure], guarded: dict[str, str], strict: bool) -> None:
     """Record the guard's failures (each parameter once); raise under ``strict``."""
     if failures and strict:
-        shown = "; ".join(
-            f"{f.name}: θ⊙Σ_n g_n differs from θ⊙g by {f.relative_error:.2g} of its largest entry"
-            for f in failures
-        )
+        shown = "; ".join(f"{f.name}: {f.describe()}" for f in failures)
         raise InputError(
-            f"strict: the per-sample formula of these parameters disagrees with autograd "
-            f"({shown}). They are used other than inside their own module's standard forward "
-            "(a subclass with its own forward, a tied weight, a reparametrisation); use "
+            f"strict: the per-sample formula of these parameters disagrees with autograd or "
+            f"cannot apply ({shown}). They are used other than inside their own module's "
+            "standard forward, once per sample (a subclass with its own forward, a tied weight, "
+            "a reparametrisation, a table looked up once for the whole batch); use "
             "strict=False to recompute them through torch.func, or method='vmap'"
         )
     for failure in failures:
-        guarded.setdefault(failure.name, failure.relative_error)
+        guarded.setdefault(failure.name, failure.describe())
 
 
 def _minibatch_sums(
