@@ -540,3 +540,27 @@ def test_a_table_looked_up_once_for_the_batch_is_named_and_recomputed() -> None:
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
     with pytest.raises(ValueError, match=r"strict: .*positions\.weight: its module 'positions'"):
         connectivity_sharpness(model, tokens([4]), strict=True)
+
+
+class SequenceFirst(nn.Module):
+    """A Linear applied to a (tokens, batch, features) tensor: its dim 0 is not the sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.fc = nn.Linear(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x):  # (batch, tokens, 3)
+        return self.fc(torch.tanh(self.proj(x.transpose(0, 1))).mean(0))
+
+
+@pytest.mark.parametrize("batch", [2, 4])
+def test_a_layer_whose_rows_are_not_samples_is_caught_when_tokens_equal_the_batch(batch) -> None:
+    """As many tokens as samples: the shapes look batched. The guard's subset of the samples
+    tells: a sum over the whole batch let the formula through, wrong."""
+    torch.manual_seed(0)
+    model = SequenceFirst().double()
+    batches = make_batches((batch, 3), 2, [batch])
+    report = connectivity_sharpness(model, batches)
+    assert {n for n, path in report.paths.items() if path == "vmap"} == {"proj.weight", "proj.bias"}
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name

@@ -63,6 +63,14 @@ _GUARD_RTOL_LOW_PRECISION = 5e-2  # bf16, fp16
 GUARD_SAMPLES = 8
 
 
+def guard_samples(batch: int) -> int:
+    """How many of a batch's first samples the guard checks: GUARD_SAMPLES, and never the whole
+    batch of two or more. A sum over every sample cannot tell which rows belong to which sample
+    (a layer applied to a (tokens, batch, ...) tensor with as many tokens as samples passed it),
+    and a sum over a strict subset can."""
+    return min(GUARD_SAMPLES, batch - 1) if batch > 1 else 1
+
+
 def guard_tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance of the exactness guard for parameters of ``dtype``."""
     return _GUARD_RTOL.get(dtype, _GUARD_RTOL_LOW_PRECISION)
@@ -411,7 +419,7 @@ class HookedPerSample:
             # Differentiating with respect to layer outputs alone makes autograd skip every
             # parameter-gradient kernel.
             rec.backward(total, x)
-        guarded = min(x.shape[0], GUARD_SAMPLES)
+        guarded = guard_samples(x.shape[0])
         terms: dict[str, torch.Tensor] = {}
         implied: dict[str, torch.Tensor] = {}
         unbatched: list[GuardFailure] = []
