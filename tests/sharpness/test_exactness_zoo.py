@@ -564,3 +564,35 @@ def test_a_layer_whose_rows_are_not_samples_is_caught_when_tokens_equal_the_batc
     assert {n for n, path in report.paths.items() if path == "vmap"} == {"proj.weight", "proj.bias"}
     for name, value in naive_per_sample(model, batches).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+def swap_halves_in_pairs(t: torch.Tensor) -> torch.Tensor:
+    """Swap the second half of the tokens between samples 2k and 2k+1 (its own inverse)."""
+    B, T = t.shape[:2]
+    partner = t.view(B // 2, 2, *t.shape[1:]).flip(1).reshape(t.shape)
+    return torch.cat([t[:, : T // 2], partner[:, T // 2 :]], dim=1)
+
+
+class PairMixer(nn.Module):
+    """A token-wise Linear run on rows that mix two samples' tokens, unmixed afterwards: the
+    model computes the plain function, but the Linear's rows are not samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.fc = nn.Linear(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x):  # (batch, tokens, 3)
+        h = swap_halves_in_pairs(torch.tanh(self.proj(swap_halves_in_pairs(x))))
+        return self.fc(h.mean(1))
+
+
+def test_the_guard_weighs_its_samples_so_rows_mixed_within_them_are_caught() -> None:
+    """The guard's 8 samples are 4 whole pairs: their plain sum of gradients is right even with
+    each pair's tokens mixed, and only distinct weights per sample tell."""
+    torch.manual_seed(0)
+    model = PairMixer().double()
+    batches = make_batches((4, 3), 2, [10])
+    report = connectivity_sharpness(model, batches)
+    assert {n for n, path in report.paths.items() if path == "vmap"} == {"proj.weight", "proj.bias"}
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name

@@ -46,6 +46,7 @@ from biasdecay.roles import op_of
 from biasdecay.sharpness._autodiff import LossFn, check_batch_mean
 from biasdecay.sharpness._per_sample_products import (
     Workspace,
+    add_weighted_rows,
     chunked_outer_sum,
     conv_weight_terms,
 )
@@ -180,14 +181,22 @@ class _Recorder:
             h.remove()
 
 
-# A layer's terms: {local parameter name: (per-sample Σ|θ⊙g_n| of shape (B,), Σ_{n<s} g_n
-# shaped like the parameter)}, s = the guard's samples. The second is what the guard compares
-# with autograd's gradient of those samples' loss.
+# A layer's terms: {local parameter name: (per-sample Σ|θ⊙g_n| of shape (B,), Σ_n w_n g_n
+# over the guard's samples, shaped like the parameter)}; ``guard`` holds the weights w_n of the
+# batch's first samples. The second is what the guard compares with autograd's gradient of
+# those samples' weighted loss Σ_n w_n ℓ_n.
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+def _weighted(rows: torch.Tensor, guard: torch.Tensor) -> torch.Tensor:
+    """Σ_n w_n rows_n over the guard's samples: (B, *shape) rows into a (*shape) sum."""
+    total = rows.new_zeros(rows[0].numel())
+    add_weighted_rows(total, rows.reshape(rows.shape[0], -1), guard)
+    return total.view(rows.shape[1:])
+
+
 def _linear_terms(
-    layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor, s: int, work: Workspace
+    layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor, guard: torch.Tensor, work: Workspace
 ) -> Terms:
     """Per-sample Σ|θ⊙g| of a Linear layer's weight and bias, and the guard's gradients."""
     out: Terms = {}
@@ -197,33 +206,42 @@ def _linear_terms(
         if a.dim() == 2:
             # Rank-one per-sample gradient: |W ⊙ δ aᵀ| summed = |δ|ᵀ|W||a|.
             per_sample = ((delta.abs() @ w_abs) * a.abs()).sum(1)
-            out["weight"] = (per_sample, delta[:s].t() @ a[:s])
+            s = guard.numel()
+            out["weight"] = (per_sample, (delta[:s] * guard.to(delta.dtype)[:, None]).t() @ a[:s])
         else:
             a3, d3 = a.reshape(B, -1, a.shape[-1]), delta.reshape(B, -1, delta.shape[-1])
-            per_sample, grad = chunked_outer_sum(d3.transpose(1, 2), a3, w_abs, s, work)
+            per_sample, grad = chunked_outer_sum(d3.transpose(1, 2), a3, w_abs, guard, work)
             out["weight"] = (per_sample, grad.reshape(layer.weight.shape))
     if layer.bias is not None and layer.bias.requires_grad:
         g_b = delta.reshape(B, -1, delta.shape[-1]).sum(1)
-        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), g_b[:s].sum(0))
+        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), _weighted(g_b, guard))
     return out
 
 
 def _conv_terms(
-    layer: nn.modules.conv._ConvNd, a: torch.Tensor, delta: torch.Tensor, s: int, work: Workspace
+    layer: nn.modules.conv._ConvNd,
+    a: torch.Tensor,
+    delta: torch.Tensor,
+    guard: torch.Tensor,
+    work: Workspace,
 ) -> Terms:
     """Per-sample Σ|θ⊙g| of a conv layer's weight and bias (Conv1d/2d/3d, ConvTranspose1d/2d/3d),
     and the guard's gradients."""
     out: Terms = {}
     if layer.weight.requires_grad:
-        out["weight"] = conv_weight_terms(layer, a, delta, s, work)
+        out["weight"] = conv_weight_terms(layer, a, delta, guard, work)
     if layer.bias is not None and layer.bias.requires_grad:
         g_b = delta.sum(tuple(range(2, delta.dim())))
-        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), g_b[:s].sum(0))
+        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), _weighted(g_b, guard))
     return out
 
 
 def _embedding_terms(
-    layer: nn.Embedding, ids: torch.Tensor, delta: torch.Tensor, s: int, work: Workspace
+    layer: nn.Embedding,
+    ids: torch.Tensor,
+    delta: torch.Tensor,
+    guard: torch.Tensor,
+    work: Workspace,
 ) -> Terms:
     """Per-sample Σ|E⊙g| of an Embedding table E, and the guard's gradient.
 
@@ -246,8 +264,9 @@ def _embedding_terms(
     if layer.padding_idx is not None:
         values = values.masked_fill(rows == layer.padding_idx, 0)
     per_sample = values.new_zeros(B).index_add_(0, pairs // V, values)
-    guard_ids = flat_ids[:s].reshape(-1)
-    grad = d.new_zeros(V, D).index_add_(0, guard_ids, d[: guard_ids.numel()])
+    s = guard.numel()
+    weighted = (delta[:s].reshape(s, -1, D) * guard.to(d.dtype)[:, None, None]).reshape(-1, D)
+    grad = d.new_zeros(V, D).index_add_(0, flat_ids[:s].reshape(-1), weighted)
     if layer.padding_idx is not None:
         grad[layer.padding_idx] = 0
     return {"weight": (per_sample, grad)}
@@ -304,7 +323,9 @@ def _layer_norm_gamma_gradient(
     return _sum_dims(delta * x_hat, reduce_dims)
 
 
-def _norm_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, s: int, op: str) -> Terms:
+def _norm_terms(
+    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, guard: torch.Tensor, op: str
+) -> Terms:
     """Per-sample Σ|γ⊙g_γ| and Σ|β⊙g_β| of a BatchNorm/InstanceNorm/GroupNorm/LayerNorm."""
     B = a.shape[0]
     want = tuple(p is not None and p.requires_grad for p in (layer.weight, layer.bias))
@@ -319,7 +340,7 @@ def _norm_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, s: int, 
     for local, p, g_n in (("weight", layer.weight, g_gamma), ("bias", layer.bias, g_beta)):
         if g_n is not None:
             per_sample = (g_n.abs() * p.detach().abs()).reshape(B, -1).sum(1)
-            out[local] = (per_sample, g_n[:s].sum(0).reshape(p.shape))
+            out[local] = (per_sample, _weighted(g_n, guard).reshape(p.shape))
     return out
 
 
@@ -332,16 +353,16 @@ _HANDLERS = {
     "conv_transpose": _conv_terms,
     "embedding": _embedding_terms,
     **{
-        op: (lambda layer, a, delta, s, work, op=op: _norm_terms(layer, a, delta, s, op))
+        op: (lambda layer, a, delta, guard, work, op=op: _norm_terms(layer, a, delta, guard, op))
         for op in ("batch_norm", "instance_norm", "group_norm", "layer_norm")
     },
 }
 
 
 def _layer_terms(
-    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, s: int, work: Workspace
+    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, guard: torch.Tensor, work: Workspace
 ) -> Terms:
-    return _HANDLERS[op_of(layer)](layer, a, delta, s, work)
+    return _HANDLERS[op_of(layer)](layer, a, delta, guard, work)
 
 
 @dataclass
@@ -419,7 +440,9 @@ class HookedPerSample:
             # Differentiating with respect to layer outputs alone makes autograd skip every
             # parameter-gradient kernel.
             rec.backward(total, x)
-        guarded = guard_samples(x.shape[0])
+        # Distinct weights 1, 2, …: a formula that gives one sample's rows to another (a layer
+        # whose rows are not samples) fails a weighted sum even where a plain one would match.
+        guard = torch.arange(1, guard_samples(x.shape[0]) + 1, device=x.device)
         terms: dict[str, torch.Tensor] = {}
         implied: dict[str, torch.Tensor] = {}
         unbatched: list[GuardFailure] = []
@@ -440,31 +463,41 @@ class HookedPerSample:
                 ]
                 continue
             for local, (value, grad) in _layer_terms(
-                layer, a, delta, guarded, self.workspace
+                layer, a, delta, guard, self.workspace
             ).items():
                 terms[self.names[(lname, local)]] = value
                 implied[self.names[(lname, local)]] = grad
         rec.clear()
         skip = {f.name for f in unbatched}
-        truths = self._autograd_gradient(x[:guarded], y[:guarded])
+        truths = self._autograd_gradient(x, y, guard)
         failures = unbatched + self._guard(implied, truths, skip)
         for failure in failures:
             terms.pop(failure.name, None)
         return terms, failures
 
     def _autograd_gradient(
-        self, x: torch.Tensor, y: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, guard: torch.Tensor
     ) -> dict[str, torch.Tensor | None]:
-        """∂(Σ_n ℓ_n)/∂θ of these samples through whatever the model really computes.
+        """∂(Σ_n w_n ℓ_n)/∂θ over the batch's first samples (weights ``guard``), through
+        whatever the model really computes.
 
-        Samples do not interact in eval mode, so this is the sum of their per-sample gradients,
-        which the formulas must reproduce. The recorder is off: this forward is not measured.
+        Samples do not interact in eval mode, so this is the weighted sum of their per-sample
+        gradients, which the formulas must reproduce. Row n of the outputs' gradient of
+        Σ_n ℓ_n is ∂ℓ_n/∂(output)_n (the loss is a batch mean), so weighting the rows and
+        back-propagating them weights the samples. The recorder is off: this forward is not
+        measured.
         """
+        s = guard.numel()
         self.recorder.active = False
         try:
             with torch.enable_grad():
-                total = self.loss_fn(self.model(x.detach()), y) * x.shape[0]
-                grads = torch.autograd.grad(total, list(self.params.values()), allow_unused=True)
+                out = self.model(x[:s].detach())
+                total = self.loss_fn(out, y[:s]) * s
+                (d_out,) = torch.autograd.grad(total, out, retain_graph=True)
+                rows = guard.to(d_out.dtype).view(-1, *(1,) * (d_out.dim() - 1))
+                grads = torch.autograd.grad(
+                    out, list(self.params.values()), d_out * rows, allow_unused=True
+                )
         finally:
             self.recorder.active = True
         return dict(zip(self.params, grads, strict=True))

@@ -17,7 +17,8 @@ value, so G_n is formed, a chunk of samples at a time, and reduced against |W| a
   ``benchmarks/bench_connectivity.py --breakdown`` shows each route's time beside the batch
   weight-gradient kernels'.
 
-Every function also returns Σ_{n<guard} G_n, which the exactness guard compares with autograd.
+Every function also returns Σ_n w_n G_n over the guard's samples (``guard``: their weights,
+one per sample from the first), which the exactness guard compares with autograd.
 """
 
 from __future__ import annotations
@@ -65,20 +66,27 @@ class Workspace:
         return buffer[:n].view(shape)
 
 
+def add_weighted_rows(total: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> None:
+    """total += Σ_i weights_i rows_i over the first ``len(weights)`` rows (none if empty):
+    the guard's weighted sum of per-sample gradients, (n, k) rows into a (k,) total."""
+    if weights.numel():
+        total.addmv_(rows[: weights.numel()].t(), weights.to(rows.dtype))
+
+
 def chunk_size(batch: int, per_sample_elements: int) -> int:
     """Samples per chunk so that a chunk holds about CHUNK_ELEMENTS gradient elements."""
     return max(1, min(batch, CHUNK_ELEMENTS // max(per_sample_elements, 1)))
 
 
 def chunked_outer_sum(
-    d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, guard: int, work: Workspace
+    d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, guard: torch.Tensor, work: Workspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_ij |W_ij (d_n u_n)_ij| per sample, with d: (B, O, L), u: (B, L, I), W: (O, I).
 
     Chunks of :func:`chunk_size` samples (a Linear layer on a sequence).
 
     Returns:
-        The (B,) sums and Σ_{n<guard} d_n u_n, flat in the weight's layout.
+        The (B,) sums and Σ_n guard_n d_n u_n, flat in the weight's layout.
     """
     B, O, _ = d.shape
     per_sample = O * u.shape[-1]
@@ -89,7 +97,9 @@ def chunked_outer_sum(
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
         out = work.take((n, per_sample), d)
-        parts.append(_outer_chunk(d[s : s + n], u[s : s + n], w_flat, 1, out, grad, guard - s))
+        parts.append(
+            _outer_chunk(d[s : s + n], u[s : s + n], w_flat, 1, out, grad, guard[s : s + n])
+        )
     return torch.cat(parts), grad
 
 
@@ -100,11 +110,12 @@ def _outer_chunk(
     groups: int,
     out: torch.Tensor,
     grad: torch.Tensor,
-    guarded: int,
+    guard: torch.Tensor,
 ) -> torch.Tensor:
     """One chunk of :func:`chunked_outer_sum`: d (n, O, L), u (n, L, I), out (n, O·I/groups).
 
-    Adds the per-sample gradients of the chunk's first ``guarded`` samples to ``grad``.
+    Adds the per-sample gradients of the chunk's first samples, weighted by ``guard``, to
+    ``grad``.
     """
     n, O, L = d.shape
     if groups == 1:
@@ -116,8 +127,7 @@ def _outer_chunk(
         # (n, groups, O/g, I/g) = the weight layout (O, I/g)
         g = torch.matmul(dg, ug, out=out.view(n, groups, O // groups, -1))
     g = g.view(n, -1)
-    if guarded > 0:  # before the absolute value below overwrites g
-        grad += g[:guarded].sum(0)
+    add_weighted_rows(grad, g, guard)  # before the absolute value below overwrites g
     return torch.mv(g.abs_(), w_flat)
 
 
@@ -211,12 +221,13 @@ _TIMED_RUNS = 2
 def _timed(
     layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, plan: ConvPlan, work: Workspace
 ) -> float:
-    conv_weight_terms(layer, a, delta, 0, work, plan)  # warm-up
+    unguarded = a.new_empty(0)
+    conv_weight_terms(layer, a, delta, unguarded, work, plan)  # warm-up
     best = math.inf
     for _ in range(_TIMED_RUNS):
         _sync(a.device)
         start = time.perf_counter()
-        conv_weight_terms(layer, a, delta, 0, work, plan)
+        conv_weight_terms(layer, a, delta, unguarded, work, plan)
         _sync(a.device)
         best = min(best, time.perf_counter() - start)
     return best
@@ -226,11 +237,11 @@ def conv_weight_terms(
     layer: _Conv,
     a: torch.Tensor,
     delta: torch.Tensor,
-    guard: int,
+    guard: torch.Tensor,
     work: Workspace,
     plan: ConvPlan | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample Σ|W ⊙ G_n| of a conv layer, (B,), and Σ_{n<guard} G_n.
+    """Per-sample Σ|W ⊙ G_n| of a conv layer, (B,), and Σ_n guard_n G_n.
 
     Args:
         a: the layer's input; delta: the gradient at its output (per sample).
@@ -260,7 +271,7 @@ class _ConvOperands:
 
 
 def _grouped(
-    operands: _ConvOperands, guard: int, chunk: int, work: Workspace
+    operands: _ConvOperands, guard: torch.Tensor, chunk: int, work: Workspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The grouped route (the kernel allocates its output: ``work`` is not used).
 
@@ -296,8 +307,7 @@ def _grouped(
             (False, True, False),
         )
         g = g.reshape(n, -1)  # (n, C_out·C_in/groups·k…): the per-sample weight gradients
-        if s < guard:  # the guard's samples, before abs_ overwrites g
-            grad += g[: guard - s].sum(0)
+        add_weighted_rows(grad, g, guard[s : s + n])  # before abs_ overwrites g
         parts.append(torch.mv(g.abs_(), w_flat))
     return torch.cat(parts), grad.reshape(w_abs.shape)
 
@@ -325,7 +335,7 @@ def _output_padding(
 
 
 def _unfolded(
-    operands: _ConvOperands, guard: int, chunk: int, work: Workspace
+    operands: _ConvOperands, guard: torch.Tensor, chunk: int, work: Workspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The im2col route: unfold a chunk of inputs (:func:`_unfold`), then a batched matmul."""
     layer, a, delta, w_abs = operands.layer, operands.a, operands.delta, operands.w_abs
@@ -353,7 +363,9 @@ def _unfolded(
         u = _unfold(a[s : s + n], kernel, dilation, stride, d.shape[2], work)
         out = work.take((n, per_sample), d)
         parts.append(
-            _outer_chunk(d[s : s + n], u.transpose(1, 2), w_flat, groups, out, grad, guard - s)
+            _outer_chunk(
+                d[s : s + n], u.transpose(1, 2), w_flat, groups, out, grad, guard[s : s + n]
+            )
         )
     return torch.cat(parts), grad.reshape(w_abs.shape)
 
