@@ -567,8 +567,11 @@ def test_a_layer_whose_rows_are_not_samples_is_caught_when_tokens_equal_the_batc
 
 
 def swap_halves_in_pairs(t: torch.Tensor) -> torch.Tensor:
-    """Swap the second half of the tokens between samples 2k and 2k+1 (its own inverse)."""
+    """Swap the second half of the tokens between samples 2k and 2k+1 (its own inverse); a
+    batch of odd size (one sample, in the loop and in torch.func) is left as it is."""
     B, T = t.shape[:2]
+    if B % 2:
+        return t
     partner = t.view(B // 2, 2, *t.shape[1:]).flip(1).reshape(t.shape)
     return torch.cat([t[:, : T // 2], partner[:, T // 2 :]], dim=1)
 

@@ -337,7 +337,7 @@ def _vmap_terms(
     except (RuntimeError, NotImplementedError) as error:
         raise InputError(
             f"per-sample C needs per-sample gradients through torch.func here ({why}), and "
-            f"torch.func cannot transform this model: {str(error).splitlines()[0]} "
+            f"torch.func cannot transform this model: {str(error).splitlines()[0].rstrip('.')}. "
             "Per-sample C through layer formulas needs every parametrised layer to be a "
             "standard one (see biasdecay.roles.register_module_type); C_m (per_sample=False) "
             "needs no per-sample gradients."
