@@ -26,10 +26,12 @@ the generic ``torch.func.vmap`` path instead.
 once, inside its own module's standard forward. A subclass with its own forward, a weight tied
 into another layer through ``F.linear`` or a reparametrisation break that without a sign. So
 every batch, the signed per-sample products the formula implies for its first few samples are
-summed and compared, per parameter, with θ ⊙ g for the gradient g of those samples' loss that
-autograd computes through whatever the model really does (one extra forward and backward of
-those samples). A parameter that fails is recomputed through ``torch.func`` for that batch and
-every later one (or, under ``strict``, raises).
+summed with distinct weights w_n = 1, 2, … and compared, per parameter, with θ ⊙ g for the
+gradient g of those samples' weighted loss Σ_n w_n ℓ_n that autograd computes through whatever
+the model really does (one extra forward and backward of those samples). The weights make a
+formula that gives one sample's rows to another fail even within the checked samples, which a
+plain sum would not see. A parameter that fails is recomputed through ``torch.func`` for that
+batch and every later one (or, under ``strict``, raises).
 """
 
 from __future__ import annotations
