@@ -203,3 +203,21 @@ def test_a_transposed_conv_given_its_output_size_matches_loop() -> None:
     assert report.paths["up.weight"] == "hooks"
     for name, value in naive_per_sample(model, [(x, y)]).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+def test_each_thread_keeps_its_own_workspace_and_only_small_buffers() -> None:
+    import threading
+
+    work = products.thread_workspace()
+    assert products.thread_workspace() is work
+    other = []
+    thread = threading.Thread(target=lambda: other.append(products.thread_workspace()))
+    thread.start()
+    thread.join()
+    assert other[0] is not work
+    like = torch.zeros(1)
+    small = work.take((products._MAX_CHUNK_ELEMENTS,), like, use="test small")
+    work.take((products._MAX_CHUNK_ELEMENTS + 1,), like, use="test large")
+    products.release_workspace(work)
+    assert work.take((1,), like, use="test small").data_ptr() == small.data_ptr()  # kept
+    assert ("test large", like.dtype, like.device) not in work._buffers  # freed

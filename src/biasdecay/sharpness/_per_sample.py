@@ -51,6 +51,8 @@ from biasdecay.sharpness._per_sample_products import (
     add_weighted_rows,
     chunked_outer_sum,
     conv_weight_terms,
+    release_workspace,
+    thread_workspace,
 )
 
 # How far the formula's batch gradient may stray from autograd's, relative to the parameter's
@@ -401,7 +403,7 @@ class HookedPerSample:
             for local, p in _own_trainable(layer)
         }
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.workspace = Workspace()
+        self.workspace = thread_workspace()
 
     @property
     def needs_float_input(self) -> bool:
@@ -410,6 +412,7 @@ class HookedPerSample:
 
     def close(self) -> None:
         self.recorder.remove()
+        release_workspace(self.workspace)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, *, check_mean: bool = False
