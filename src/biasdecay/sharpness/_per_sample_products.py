@@ -81,8 +81,7 @@ def add_weighted_rows(total: torch.Tensor, rows: torch.Tensor, weights: torch.Te
 
 # Buffers a thread keeps between measurements, up to _MAX_CHUNK_ELEMENTS each (the conv
 # chunks'; a Linear on long sequences may take more for one call): a measurement of one batch
-# then starts without page faults (7 ms of 176 on the transformer blocks of
-# bench_connectivity.py, 2-core Xeon), and a thread never shares its buffers.
+# then starts without page faults, and a thread never shares its buffers.
 _KEPT = threading.local()
 
 
