@@ -517,21 +517,47 @@ def test_a_model_torch_func_cannot_transform_gets_what_to_do_instead() -> None:
 
 
 class Positions(nn.Module):
-    """Token embeddings plus a position table looked up once for the whole batch, broadcast."""
+    """Token embeddings plus a position table looked up once for the whole batch and broadcast
+    (``use`` says what the model does with the table's output)."""
 
-    def __init__(self) -> None:
+    def __init__(self, use=lambda pos: pos) -> None:
         super().__init__()
         self.tokens, self.positions = nn.Embedding(10, 6), nn.Embedding(5, 6)
         self.fc = nn.Linear(6, 3)
+        self.use = use
 
     def forward(self, ids):
         where = torch.arange(ids.shape[1])
-        return self.fc(torch.tanh(self.tokens(ids) + self.positions(where)).mean(1))
+        pos = self.use(self.positions(where))
+        return self.fc(torch.tanh(self.tokens(ids) + pos).mean(1))
 
 
-def test_a_table_looked_up_once_for_the_batch_is_named_and_recomputed() -> None:
+@pytest.mark.parametrize("lookup", ["(T,)", "(1, T)"])
+def test_a_table_looked_up_once_for_the_batch_takes_the_hook_path(lookup) -> None:
+    """Handed to the model expanded over the batch, the table's output broadcasts as before and
+    its gradient is per sample (positions(arange(T)) as in many ViT and GPT codes, and the
+    (1, T) position ids of Hugging Face's BERT)."""
+
+    class Net(Positions):
+        def forward(self, ids):
+            where = torch.arange(ids.shape[1])
+            where = where if lookup == "(T,)" else where.unsqueeze(0)
+            return self.fc(torch.tanh(self.tokens(ids) + self.positions(where)).mean(1))
+
     torch.manual_seed(0)
-    model = Positions().double()
+    model = Net().double()
+    batches = tokens([4, 5])
+    report = connectivity_sharpness(model, batches, strict=True)
+    assert report.method == "hooks", report.fallback_reason
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+def test_a_table_whose_shape_the_model_relies_on_is_named_and_recomputed() -> None:
+    """Viewed as (T, D), the expanded table breaks the forward: it runs again as it is, and the
+    table, looked up once for the batch, goes to torch.func with the reason."""
+    torch.manual_seed(0)
+    model = Positions(use=lambda pos: pos.view(5, 6)).double()
     batches = tokens([4, 5])  # a batch of 5 = the 5 positions: the guard's case, not the shape's
     report = connectivity_sharpness(model, batches)
     assert {n for n, path in report.paths.items() if path == "vmap"} == {"positions.weight"}
@@ -540,6 +566,18 @@ def test_a_table_looked_up_once_for_the_batch_is_named_and_recomputed() -> None:
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
     with pytest.raises(ValueError, match=r"strict: .*positions\.weight: its module 'positions'"):
         connectivity_sharpness(model, tokens([4]), strict=True)
+
+
+def test_a_table_the_model_reduces_instead_of_broadcasting_is_caught_by_the_guard() -> None:
+    """Summed over its first dimension, the expanded table gives other numbers without an
+    error: the guard, which runs the model untouched, rejects what that pass recorded."""
+    torch.manual_seed(0)
+    model = Positions(use=lambda pos: pos.sum(0)).double()
+    batches = tokens([4, 3])
+    report = connectivity_sharpness(model, batches)
+    assert report.paths["positions.weight"] == "vmap"
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
 
 
 class SequenceFirst(nn.Module):

@@ -141,19 +141,27 @@ class _Recorder:
         self.edges: dict[str, object] = {}
         self.grads: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
-        self.active = True
+        self.active = False  # on during the measured forward alone
+        self.batch: int | None = None  # the measured batch's size, set before its forward
+        self.expand_tables = True  # see _expanded_lookup
+        self.expanded: set[str] = set()
         self._handles = [
             m.register_forward_hook(self._make_hook(n), with_kwargs=False) for n, m in self.layers
         ]
 
     def _make_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
             if not self.active or not torch.is_grad_enabled():  # not a measured forward
-                return
+                return None
             self.calls[name] = self.calls.get(name, 0) + 1
-            self.inputs[name] = args[0].detach()
+            a, replaced = args[0].detach(), None
+            if output.requires_grad and self._one_lookup_for_the_batch(module, a):
+                a, replaced = self._expanded_lookup(a, output)
+                output = replaced
+                self.expanded.add(name)
+            self.inputs[name] = a
             if not output.requires_grad:
-                return
+                return None
             if self.use_edges:
                 self.edges[name] = torch.autograd.graph.get_gradient_edge(output)
             else:
@@ -162,8 +170,32 @@ class _Recorder:
                     self.grads[name] = grad
 
                 output.register_hook(keep)
+            return replaced
 
         return hook
+
+    def _one_lookup_for_the_batch(self, module: nn.Module, ids: torch.Tensor) -> bool:
+        """An Embedding looked up once for the whole batch: ids of shape (1, T…) or (T,)."""
+        if not self.expand_tables or self.batch is None or op_of(module) != "embedding":
+            return False
+        return self.batch > 1 and (ids.dim() == 1 or (ids.dim() > 1 and ids.shape[0] == 1))
+
+    def _expanded_lookup(
+        self, ids: torch.Tensor, output: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lookup and its output expanded over the batch (views, no copy).
+
+        A position table looked up as ``pos(arange(T))`` and broadcast over the batch gets, at
+        its output, the gradient summed over the samples: no formula can split it. Handed to the
+        model expanded to one row per sample, the output broadcasts as before, and its gradient
+        is per sample. If the model treats the expanded output otherwise (it is not broadcast),
+        the guard's autograd pass, which runs the model untouched, tells; if it fails, the
+        forward is run again without expansion (:class:`HookedPerSample`).
+        """
+        if ids.dim() == 1:  # (T,) -> (1, T)
+            ids, output = ids.unsqueeze(0), output.unsqueeze(0)
+        batch = self.batch
+        return ids.expand(batch, *ids.shape[1:]), output.expand(batch, *output.shape[1:])
 
     def backward(self, total: torch.Tensor, x: torch.Tensor) -> None:
         """Fill ``grads``: each recorded layer's output gradient of ``total``."""
@@ -179,6 +211,7 @@ class _Recorder:
         self.edges.clear()
         self.grads.clear()
         self.calls.clear()
+        self.expanded.clear()
 
     def remove(self) -> None:
         for h in self._handles:
@@ -429,22 +462,21 @@ class HookedPerSample:
             passed, and the parameters it failed (their formula values are not returned).
         """
         rec = self.recorder
-        rec.clear()
         x = x.detach()
         if not rec.use_edges:
             x.requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.model(x)
-            # The loss is a batch mean, so B × loss = Σ_n ℓ_n; its gradient w.r.t. row n of any
-            # activation is ∂ℓ_n/∂(activation)_n.
-            if check_mean:
-                check_batch_mean(self.loss_fn, logits.detach(), y)
-            total = self.loss_fn(logits, y) * x.shape[0]
-            if any(c > 1 for c in rec.calls.values()):
-                return None
-            # Differentiating with respect to layer outputs alone makes autograd skip every
-            # parameter-gradient kernel.
-            rec.backward(total, x)
+        rec.batch = x.shape[0]
+        try:
+            recorded = self._record(x, y, check_mean)
+        except Exception:
+            if not rec.expanded:
+                raise
+            # The model does not just broadcast the table handed to it expanded (its shape
+            # mattered): record this model as it is, from now on.
+            rec.expand_tables = False
+            recorded = self._record(x, y, check_mean)
+        if not recorded:
+            return None
         # Distinct weights 1, 2, …: a formula that gives one sample's rows to another (a layer
         # whose rows are not samples) fails a weighted sum even where a plain one would match.
         guard = torch.arange(1, guard_samples(x.shape[0]) + 1, device=x.device)
@@ -480,6 +512,29 @@ class HookedPerSample:
             terms.pop(failure.name, None)
         return terms, failures
 
+    def _record(self, x: torch.Tensor, y: torch.Tensor, check_mean: bool) -> bool:
+        """The measured forward and backward: each layer's input and output gradient in the
+        recorder. False if a layer ran twice."""
+        rec = self.recorder
+        rec.clear()
+        with torch.enable_grad():
+            rec.active = True
+            try:
+                logits = self.model(x)
+            finally:
+                rec.active = False
+            # The loss is a batch mean, so B × loss = Σ_n ℓ_n; its gradient w.r.t. row n of any
+            # activation is ∂ℓ_n/∂(activation)_n.
+            if check_mean:
+                check_batch_mean(self.loss_fn, logits.detach(), y)
+            total = self.loss_fn(logits, y) * x.shape[0]
+            if any(c > 1 for c in rec.calls.values()):
+                return False
+            # Differentiating with respect to layer outputs alone makes autograd skip every
+            # parameter-gradient kernel.
+            rec.backward(total, x)
+        return True
+
     def _autograd_gradient(
         self, x: torch.Tensor, y: torch.Tensor, guard: torch.Tensor
     ) -> dict[str, torch.Tensor | None]:
@@ -489,22 +544,18 @@ class HookedPerSample:
         Samples do not interact in eval mode, so this is the weighted sum of their per-sample
         gradients, which the formulas must reproduce. Row n of the outputs' gradient of
         Σ_n ℓ_n is ∂ℓ_n/∂(output)_n (the loss is a batch mean), so weighting the rows and
-        back-propagating them weights the samples. The recorder is off: this forward is not
-        measured.
+        back-propagating them weights the samples. The recorder is off (it is on during the
+        measured forward alone).
         """
         s = guard.numel()
-        self.recorder.active = False
-        try:
-            with torch.enable_grad():
-                out = self.model(x[:s].detach())
-                total = self.loss_fn(out, y[:s]) * s
-                (d_out,) = torch.autograd.grad(total, out, retain_graph=True)
-                rows = guard.to(d_out.dtype).view(-1, *(1,) * (d_out.dim() - 1))
-                grads = torch.autograd.grad(
-                    out, list(self.params.values()), d_out * rows, allow_unused=True
-                )
-        finally:
-            self.recorder.active = True
+        with torch.enable_grad():
+            out = self.model(x[:s].detach())
+            total = self.loss_fn(out, y[:s]) * s
+            (d_out,) = torch.autograd.grad(total, out, retain_graph=True)
+            rows = guard.to(d_out.dtype).view(-1, *(1,) * (d_out.dim() - 1))
+            grads = torch.autograd.grad(
+                out, list(self.params.values()), d_out * rows, allow_unused=True
+            )
         return dict(zip(self.params, grads, strict=True))
 
     def _guard(
