@@ -150,6 +150,33 @@ def test_per_sample_c_of_tiny_bert_with_tied_decoder_equals_the_loop() -> None:
     assert report.by_role[Role.EMBEDDING] > 0 and report.by_role[Role.NORM_SHIFT] > 0
 
 
+def test_per_sample_c_of_a_bert_classifier_takes_the_hook_path_and_equals_the_loop() -> None:
+    """Every layer of BERT has a formula; its (1, T) position ids look the table up once for the
+    batch, which the hook path expands over the batch."""
+    model = tiny_bert().eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+    measured = hf.LogitsOf(model)
+    ids, labels = task(6)
+    report = connectivity_sharpness(measured, [(ids, labels)], strict=True)
+    assert report.method == "hooks", report.fallback_reason
+    params = {n: p for n, p in measured.named_parameters() if p.requires_grad}
+    expected = dict.fromkeys(params, 0.0)
+    for i in range(ids.shape[0]):
+        loss = F.cross_entropy(measured(ids[i : i + 1]), labels[i : i + 1])
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for (n, p), grad in zip(params.items(), grads, strict=True):
+            if grad is not None:
+                expected[n] += (grad * p).abs().sum().item() / ids.shape[0]
+    for name, value in expected.items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10, abs=1e-300), name
+    assert report.by_parameter["model.bert.embeddings.position_embeddings.weight"] > 0
+
+
 # --------------------------------------------------------------------------------------------
 # The Trainer with both callbacks, against a hand loop
 
