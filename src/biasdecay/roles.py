@@ -86,7 +86,7 @@ class ModuleType:
 # the formulas by accident; it joins with register_module_type.
 OPS = (
     "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose", "batch_norm",
-    "instance_norm", "group_norm", "layer_norm", "embedding",
+    "instance_norm", "group_norm", "layer_norm", "embedding", "linear_transposed",
 )  # fmt: skip
 FAMILIES = ("conv", "linear", "norm", "embedding")
 _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
@@ -116,10 +116,10 @@ _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
 }
 
 # Classes of other libraries, by qualified name, so that roles are right without importing them:
-# Hugging Face's Conv1D (GPT-2) is a linear layer with its weight stored transposed, (in, out).
-# No op: its weight layout is not nn.Linear's, so no per-sample formula applies.
+# Hugging Face's Conv1D (GPT-2) is a linear layer with its weight stored transposed, (in, out),
+# computing x W + b: op linear_transposed (nn.Linear's formulas with the weight's layout swapped).
 _MODULE_TYPES_BY_NAME: dict[str, ModuleType] = {
-    "transformers.pytorch_utils.Conv1D": ModuleType("linear"),
+    "transformers.pytorch_utils.Conv1D": ModuleType("linear", "linear_transposed"),
 }
 
 
@@ -178,7 +178,9 @@ def module_type(module: nn.Module, *, exact: bool = False) -> ModuleType | None:
             registered class in its hierarchy (what roles need).
     """
     if exact:
-        return _MODULE_TYPES.get(type(module))
+        cls = type(module)
+        found = _MODULE_TYPES.get(cls)
+        return found or _MODULE_TYPES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
     for cls in type(module).__mro__:
         if cls in _MODULE_TYPES:
             return _MODULE_TYPES[cls]

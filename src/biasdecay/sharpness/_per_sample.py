@@ -7,7 +7,8 @@ loss is ℓ_n, so the output gradient of ``Σ_n ℓ_n`` restricted to row ``n`` 
 per-sample quantities:
 
 * Linear (2-D input): the per-sample weight gradient δ_n a_nᵀ is rank one, so
-  Σ_ij |W_ij δ_ni a_nj| = |δ_n|ᵀ |W| |a_n| — one matrix product, no per-sample gradient at all.
+  Σ_ij |W_ij δ_ni a_nj| = |δ_n|ᵀ |W| |a_n| — one matrix product, no per-sample gradient at all
+  (Hugging Face's Conv1D, whose weight is stored transposed, likewise).
 * Conv, and Linear on a sequence: the per-sample weight gradient Σ_s δ_n[:, s] u_n[:, s]ᵀ
   (u = unfolded input) is not rank one, so it is formed a chunk of samples at a time (bounded
   memory), by the faster of two measured routes (:mod:`._per_sample_products`).
@@ -233,21 +234,32 @@ def _weighted(rows: torch.Tensor, guard: torch.Tensor) -> torch.Tensor:
 
 
 def _linear_terms(
-    layer: nn.Linear, a: torch.Tensor, delta: torch.Tensor, guard: torch.Tensor, work: Workspace
+    layer: nn.Module,
+    a: torch.Tensor,
+    delta: torch.Tensor,
+    guard: torch.Tensor,
+    work: Workspace,
+    transposed: bool = False,
 ) -> Terms:
-    """Per-sample Σ|θ⊙g| of a Linear layer's weight and bias, and the guard's gradients."""
+    """Per-sample Σ|θ⊙g| of a Linear layer's weight and bias, and the guard's gradients.
+
+    Args:
+        transposed: the weight is stored (in, out) and the layer computes x W + b (Hugging
+            Face's Conv1D), so its gradient is aᵀδ where nn.Linear's is δᵀa.
+    """
     out: Terms = {}
     B = a.shape[0]
     if layer.weight.requires_grad:
         w_abs = layer.weight.detach().abs()
+        left, right = (a, delta) if transposed else (delta, a)  # the gradient is leftᵀ right
         if a.dim() == 2:
-            # Rank-one per-sample gradient: |W ⊙ δ aᵀ| summed = |δ|ᵀ|W||a|.
-            per_sample = ((delta.abs() @ w_abs) * a.abs()).sum(1)
+            # Rank-one per-sample gradient: Σ|W ⊙ l rᵀ| = |l|ᵀ|W||r|.
+            per_sample = ((left.abs() @ w_abs) * right.abs()).sum(1)
             s = guard.numel()
-            out["weight"] = (per_sample, (delta[:s] * guard.to(delta.dtype)[:, None]).t() @ a[:s])
+            out["weight"] = (per_sample, (left[:s] * guard.to(left.dtype)[:, None]).t() @ right[:s])
         else:
-            a3, d3 = a.reshape(B, -1, a.shape[-1]), delta.reshape(B, -1, delta.shape[-1])
-            per_sample, grad = chunked_outer_sum(d3.transpose(1, 2), a3, w_abs, guard, work)
+            l3, r3 = left.reshape(B, -1, left.shape[-1]), right.reshape(B, -1, right.shape[-1])
+            per_sample, grad = chunked_outer_sum(l3.transpose(1, 2), r3, w_abs, guard, work)
             out["weight"] = (per_sample, grad.reshape(layer.weight.shape))
     if layer.bias is not None and layer.bias.requires_grad:
         g_b = delta.reshape(B, -1, delta.shape[-1]).sum(1)
@@ -384,6 +396,7 @@ def _norm_terms(
 # The exact per-sample formula of each standard operation (biasdecay.roles.OPS) that has one.
 _HANDLERS = {
     "linear": _linear_terms,
+    "linear_transposed": lambda *args: _linear_terms(*args, transposed=True),
     "conv1d": _conv_terms,
     "conv2d": _conv_terms,
     "conv3d": _conv_terms,
