@@ -177,16 +177,12 @@ def module_type(module: nn.Module, *, exact: bool = False) -> ModuleType | None:
         exact: look up the exact class only (what an op needs); otherwise the nearest
             registered class in its hierarchy (what roles need).
     """
-    if exact:
-        cls = type(module)
-        found = _MODULE_TYPES.get(cls)
-        return found or _MODULE_TYPES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
-    for cls in type(module).__mro__:
-        if cls in _MODULE_TYPES:
-            return _MODULE_TYPES[cls]
-        by_name = _MODULE_TYPES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
-        if by_name is not None:
-            return by_name
+    for cls in type(module).__mro__[:1] if exact else type(module).__mro__:
+        entry = _MODULE_TYPES.get(cls) or _MODULE_TYPES_BY_NAME.get(
+            f"{cls.__module__}.{cls.__qualname__}"
+        )
+        if entry is not None:
+            return entry
     return None
 
 

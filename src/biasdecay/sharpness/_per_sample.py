@@ -146,6 +146,7 @@ class _Recorder:
         self.batch: int | None = None  # the measured batch's size, set before its forward
         self.expand_tables = True  # see _expanded_lookup
         self.expanded: set[str] = set()
+        self._tables = {n for n, m in self.layers if op_of(m) == "embedding"}
         self._handles = [
             m.register_forward_hook(self._make_hook(n), with_kwargs=False) for n, m in self.layers
         ]
@@ -156,7 +157,7 @@ class _Recorder:
                 return None
             self.calls[name] = self.calls.get(name, 0) + 1
             a, replaced = args[0].detach(), None
-            if output.requires_grad and self._one_lookup_for_the_batch(module, a):
+            if output.requires_grad and self._one_lookup_for_the_batch(name, a):
                 a, replaced = self._expanded_lookup(a, output)
                 output = replaced
                 self.expanded.add(name)
@@ -175,9 +176,9 @@ class _Recorder:
 
         return hook
 
-    def _one_lookup_for_the_batch(self, module: nn.Module, ids: torch.Tensor) -> bool:
+    def _one_lookup_for_the_batch(self, name: str, ids: torch.Tensor) -> bool:
         """An Embedding looked up once for the whole batch: ids of shape (1, T…) or (T,)."""
-        if not self.expand_tables or self.batch is None or op_of(module) != "embedding":
+        if not self.expand_tables or self.batch is None or name not in self._tables:
             return False
         return self.batch > 1 and (ids.dim() == 1 or (ids.dim() > 1 and ids.shape[0] == 1))
 
@@ -335,10 +336,9 @@ def _channel_norm_gradients(
     The backend's own backward kernel, asked for the γ and β gradients alone, on the batch laid
     out as one sample of B·C channels (B·groups groups for GroupNorm, B·C for InstanceNorm; the
     running statistics repeated B times where they normalise): its per-channel sums are then
-    per-sample ones. The kernel
-    reads δ and the input once and forms neither x̂ nor δ·x̂ (bench_connectivity.py --breakdown
-    on the 2-core Xeon: ResNet-18's GroupNorm terms 18 ms, against 23 ms through F.group_norm
-    and (δ·x̂).sum()).
+    per-sample ones. The kernel reads δ and the input once and forms neither x̂ nor δ·x̂
+    (bench_connectivity.py --breakdown on the 2-core Xeon: ResNet-18's GroupNorm terms 18 ms,
+    against 23 ms through F.group_norm and (δ·x̂).sum()).
 
     Args:
         want: which of (γ, β) to compute.
