@@ -28,17 +28,29 @@ def sync(device: torch.device) -> None:
 
 
 def interleaved_times(
-    rows: list[tuple[str, Callable[[], object]]], repeats: int, device: torch.device
+    rows: list[tuple[str, Callable[[], object]]],
+    repeats: int,
+    device: torch.device,
+    settle: int = 0,
 ) -> dict[str, list[float]]:
     """Wall time (s) of each row in each of ``repeats`` rounds, rows interleaved in every round.
 
     Interleaving keeps a noisy stretch of the machine from favouring one row over another.
+
+    Args:
+        settle: untimed calls of a row just before each of its timed ones. A CPU row's time
+            depends on the heap the previous row left (glibc returns freed memory to the
+            system, and a row whose peak outgrows what is left pays page faults for it; compare
+            ``bench_connectivity.py --settle 0`` with ``--settle 1``). With ``settle`` each row
+            is timed in its own steady state.
     """
     for _, fn in rows:  # warm-up: allocator, kernels, caches
         fn()
     times: dict[str, list[float]] = {name: [] for name, _ in rows}
     for _ in range(repeats):
         for name, fn in rows:
+            for _ in range(settle):
+                fn()
             sync(device)
             start = time.perf_counter()
             fn()
@@ -48,7 +60,12 @@ def interleaved_times(
 
 
 def interleaved_best(
-    rows: list[tuple[str, Callable[[], object]]], repeats: int, device: torch.device
+    rows: list[tuple[str, Callable[[], object]]],
+    repeats: int,
+    device: torch.device,
+    settle: int = 0,
 ) -> dict[str, float]:
-    """Best wall time (s) of each row over ``repeats`` interleaved rounds."""
-    return {name: min(t) for name, t in interleaved_times(rows, repeats, device).items()}
+    """Best wall time (s) of each row over ``repeats`` interleaved rounds (``settle``: see
+    :func:`interleaved_times`)."""
+    times = interleaved_times(rows, repeats, device, settle)
+    return {name: min(t) for name, t in times.items()}

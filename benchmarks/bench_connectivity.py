@@ -1,6 +1,7 @@
 """Time per-sample connectivity sharpness against one forward+backward and against its peers.
 
-For each model, one batch, every row timed in the same run over interleaved rounds:
+For each model, one batch, every row timed in the same run over interleaved rounds, each timed
+call right after an untimed one of its own (``--settle``):
 
 * forward+backward of the batch (the unit every ratio is to);
 * per-sample C through layer hooks with the exactness guard on (ours, the default path);
@@ -20,8 +21,9 @@ first call (which, for our hook path, includes timing the conv plans of each new
 geometry) and on the second (the steady state; freed memory is returned to the system first).
 With
 ``--breakdown`` the hook path's time is also split by stage (forward with the recording hooks,
-backward to the layer outputs, each kind of layer's per-sample terms, the guard's forward and
-backward, the guard's comparison), best of the same rounds, as shares of a forward+backward.
+backward to the layer outputs, each kind of layer's per-sample terms (formed during that
+backward, and shown apart from it), the guard's forward and backward, the guard's comparison),
+best of the same rounds, as shares of a forward+backward.
 
     python benchmarks/bench_connectivity.py                     # every model, CPU
     python benchmarks/bench_connectivity.py --models resnet18 --naive
@@ -304,7 +306,7 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
         print(f"{peer}: WRONG, off the torch.func per-sample value by {off:+.2%}")
     if why_not:
         print(f"opacus: not run, {why_not}")
-    best = interleaved_best(rows, args.repeats, device)
+    best = interleaved_best(rows, args.repeats, device, args.settle)
     unit = best[rows[0][0]]
     header = f"{'method':38s} {'seconds':>9s} {'x fwd+bwd':>10s}"
     print(header + (f" {'peak MiB':>9s} {'1st call':>9s}" if args.memory else ""))
@@ -353,16 +355,32 @@ def stage_breakdown(
 
     terms, autograd, guard = _per_sample._layer_terms, hooked._autograd_gradient, hooked._guard
     backward = hooked.recorder.backward
-    recorded: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
 
     def layer_terms(layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, *rest) -> object:
-        recorded.append((layer, a, delta))
-        return timed(layer_stage(layer, a), lambda: terms(layer, a, delta, *rest))
+        stage = layer_stage(layer, a)
+        out = timed(stage, lambda: terms(layer, a, delta, *rest))
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            # Here, while δ exists (the backward frees it after this layer); named as the
+            # layer's terms are: "terms: Conv2d (grouped)" -> its reference.
+            kind = stage.removeprefix("terms: ")
+            timed(f"{REFERENCE}, {kind}", lambda: batch_weight_gradient(layer, a, delta))
+        return out
 
     _per_sample._layer_terms = layer_terms
     hooked._autograd_gradient = lambda *a: timed("guard: forward+backward", lambda: autograd(*a))
     hooked._guard = lambda *a: timed("guard: comparison", lambda: guard(*a))
-    hooked.recorder.backward = lambda *a: timed("backward to layer outputs", lambda: backward(*a))
+
+    def inside_backward() -> float:
+        return sum(v for k, v in spent.items() if k.startswith(("terms: ", REFERENCE)))
+
+    def backward_alone(*args) -> None:
+        """The backward pass less what runs inside it: the layers' terms (formed as it goes)
+        and the references."""
+        before = inside_backward()
+        timed("backward to layer outputs", lambda: backward(*args))
+        spent["backward to layer outputs"] -= inside_backward() - before
+
+    hooked.recorder.backward = backward_alone
 
     def fwd_bwd() -> None:
         model.zero_grad(set_to_none=True)
@@ -372,18 +390,17 @@ def stage_breakdown(
     try:
         for round_ in range(repeats + 1):  # the first is a warm-up
             spent.clear()
-            recorded.clear()
             total = timed("total", lambda: hooked(x, y))
             assert total is not None, "a layer ran twice: the hook path does not apply"
             timed("unit", fwd_bwd)
-            stages = sum(v for k, v in spent.items() if k not in ("total", "unit"))
+            references = sum(v for k, v in spent.items() if k.startswith(REFERENCE))
+            spent["total"] -= references
+            stages = sum(
+                v
+                for k, v in spent.items()
+                if k not in ("total", "unit") and not k.startswith(REFERENCE)
+            )
             spent["forward with recording hooks, rest"] = spent["total"] - stages
-            for layer, a, delta in recorded:
-                if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                    # Named as the layer's terms are: "terms: Conv2d (grouped)" -> its reference
-                    kind = layer_stage(layer, a).removeprefix("terms: ")
-                    run = lambda r=(layer, a, delta): batch_weight_gradient(*r)  # noqa: E731
-                    timed(f"{REFERENCE}, {kind}", run)
             if round_:
                 for stage, seconds in spent.items():
                     best[stage] = min(best.get(stage, math.inf), seconds)
@@ -433,6 +450,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive", action="store_true", help="add the slow per-sample loop")
     parser.add_argument("--memory", action="store_true", help="peak memory of every row")
     parser.add_argument("--breakdown", action="store_true", help="the hook path's time by stage")
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="untimed calls of a row before each timed one, so that each row is timed in its "
+        "own steady state of the CPU heap, not in the one the previous row left (0: none)",
+    )
     parser.add_argument("--memory-row", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # opacus warns about its secure RNG and full backward hooks on every model; not ours.
@@ -445,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__} | {cpu_name()} | {os.cpu_count()} cores | "
         f"threads {torch.get_num_threads()} | device {args.device} | float32 | "
-        f"best of {args.repeats} interleaved rounds"
+        f"best of {args.repeats} interleaved rounds, {args.settle} untimed call(s) before each"
     )
     for name in args.models.split(","):
         bench_model(args, name)

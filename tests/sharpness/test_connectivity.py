@@ -353,13 +353,9 @@ def test_hooks_refuses_unsupported_model() -> None:
         connectivity_sharpness(bn, make_batches((4,), 3, [2]), method="hooks")
 
 
-@pytest.mark.parametrize("edges", [True, False])
-def test_output_gradients_with_and_without_gradient_edges(edges: bool, monkeypatch) -> None:
-    """Both ways of finding layer-output gradients (edges; tensor hooks and the input's
-    gradient) are exact, through in-place ReLUs and residual additions."""
-    from biasdecay.sharpness import _per_sample
-
-    monkeypatch.setattr(_per_sample, "_gradient_edges_supported", lambda: edges)
+def test_output_gradients_through_in_place_ops_and_residuals() -> None:
+    """Each layer's output gradient, taken by a hook as the backward pass forms it, is the one
+    of the value the layer returned, through in-place ReLUs and residual additions."""
     torch.manual_seed(0)
     model = TinyResNet().double()
     randomise_norms(model)
@@ -367,3 +363,74 @@ def test_output_gradients_with_and_without_gradient_edges(edges: bool, monkeypat
     report = connectivity_sharpness(model, batches, method="hooks", strict=True)
     for name, value in naive_per_sample(model, batches).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10, abs=1e-300), name
+
+
+class TwoBranches(nn.Module):
+    """Two stems read the input side by side; a head reads both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Linear(4, 3), nn.Linear(4, 3)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.left(x).relu(), self.right(x).tanh()], 1))
+
+
+def test_the_backward_asks_autograd_for_the_lowest_layers_alone() -> None:
+    """Autograd is asked for the gradients at the layers with no other layer below them (every
+    other layer's node lies above one of them and runs); a layer above one is not asked for."""
+    from biasdecay.sharpness._per_sample import lowest_layers
+
+    def edges(model: nn.Module, x: torch.Tensor) -> dict[str, object]:
+        found: dict[str, object] = {}
+        for name, m in model.named_children():
+            m.register_forward_hook(
+                lambda _m, _a, out, name=name: found.__setitem__(
+                    name, torch.autograd.graph.get_gradient_edge(out)
+                )
+            )
+        model(x)
+        return found
+
+    x = torch.randn(5, 4)
+    assert lowest_layers(edges(TwoBranches(), x)) == ["left", "right"]
+    chain = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+    found = edges(chain, x)
+    assert lowest_layers({k: v for k, v in found.items() if k != "1"}) == ["0"]
+    # The two-branch model is exact on the hook path too.
+    torch.manual_seed(0)
+    model = TwoBranches().double()
+    batches = make_batches((4,), 2, [6])
+    report = connectivity_sharpness(model, batches, method="hooks", strict=True)
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+def test_the_backward_frees_each_layer_output_gradient_once_its_terms_are_formed() -> None:
+    """By the time the lowest layer's gradient arrives, the gradients of the layers above it
+    are gone: the hook path never holds every layer's output gradient at once."""
+    import weakref
+
+    import torch.nn.functional as F
+
+    from biasdecay.sharpness._per_sample import HookedPerSample
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*(nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(5))).eval()
+    hooked = HookedPerSample(model, F.cross_entropy)
+    taken, alive_at_last = [], []
+    formulas = hooked.recorder.on_gradient
+
+    def watch(name: str, grad: torch.Tensor) -> None:
+        if name == "0.0":  # the lowest layer: its gradient comes last
+            alive_at_last.append(sum(ref() is not None for ref in taken))
+        taken.append(weakref.ref(grad))
+        formulas(name, grad)
+
+    hooked.recorder.on_gradient = watch
+    x, y = torch.randn(6, 8), torch.randint(0, 8, (6,))
+    terms, failures = hooked(x, y)
+    hooked.close()
+    assert not failures and len(terms) == 10 and len(taken) == 5
+    assert alive_at_last == [0]

@@ -1,10 +1,10 @@
 """Per-sample |θ ⊙ ∂ℓ_n/∂θ| sums without materialising every per-sample gradient of the model.
 
-One forward pass records each supported layer's input, and one backward pass (to the input, so
-no parameter gradient is ever formed) records each layer's output gradient. For sample ``n`` the
-loss is ℓ_n, so the output gradient of ``Σ_n ℓ_n`` restricted to row ``n`` is exactly
-∂ℓ_n/∂(layer output)_n — samples do not interact in eval mode. Each layer then forms only its own
-per-sample quantities:
+One forward pass records each supported layer's input, and one backward pass (to the layer
+outputs only, so no parameter gradient is ever formed) hands on each layer's output gradient as
+it is formed. For sample ``n`` the loss is ℓ_n, so the output gradient of ``Σ_n ℓ_n`` restricted
+to row ``n`` is exactly ∂ℓ_n/∂(layer output)_n — samples do not interact in eval mode. Each
+layer forms only its own per-sample quantities, there and then:
 
 * Linear (2-D input): the per-sample weight gradient δ_n a_nᵀ is rank one, so
   Σ_ij |W_ij δ_ni a_nj| = |δ_n|ᵀ |W| |a_n| — one matrix product, no per-sample gradient at all
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -117,35 +117,35 @@ def supports_fast_path(model: nn.Module) -> str | None:
     return None
 
 
-def _gradient_edges_supported() -> bool:
-    """Whether ``torch.autograd.grad`` takes gradient edges as inputs (torch >= 2.2)."""
-    return hasattr(torch.autograd.graph, "get_gradient_edge")
-
-
 class _Recorder:
-    """Forward hooks that keep each layer's input and where to find its output's gradient.
+    """Forward hooks that keep each layer's input and hand its output's gradient on as soon as
+    the backward pass has formed it.
 
-    The output's gradient edge is taken when the layer runs, so a later in-place op on the
-    output (``out += shortcut``, ReLU(inplace=True)) does not change which gradient it names.
-    Asking autograd for the gradients at these edges alone computes neither a parameter
-    gradient nor the gradient of the model's input. Where edges are not available (older
-    torch), a tensor hook on the output keeps its gradient instead, and the backward runs to
-    the input.
+    In the measured forward each layer's output gets a tensor hook (it receives the gradient of
+    the value the layer returned, even where a later in-place op changes the tensor:
+    ``out += shortcut``, ReLU(inplace=True)) and its gradient edge is noted. The backward pass
+    then asks autograd for the gradients at the edges of the *lowest* layers alone (those with
+    no other recorded layer below them), which drives it through every layer's output but
+    computes neither a parameter gradient nor the input's. So each output gradient is used
+    while it is fresh in cache and freed by autograd as in an ordinary backward: the pass
+    never holds every layer's output gradient at once (holding them made the CPU allocator
+    return and fault in ~100 MB per ResNet-18 batch). ``on_gradient(name, grad)`` receives
+    them.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.layers: list[tuple[str, nn.Module]] = [
             (n, m) for n, m in model.named_modules() if _own_trainable(m)
         ]
-        self.use_edges = _gradient_edges_supported()
         self.inputs: dict[str, torch.Tensor] = {}
         self.edges: dict[str, object] = {}
-        self.grads: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
+        self.on_gradient = None  # callable(name, grad), set by the user of the recorder
         self.active = False  # on during the measured forward alone
         self.batch: int | None = None  # the measured batch's size, set before its forward
         self.expand_tables = True  # see _expanded_lookup
         self.expanded: set[str] = set()
+        self._lowest: set[str] = set()  # layers whose gradients autograd is asked for
         self._tables = {n for n, m in self.layers if op_of(m) == "embedding"}
         self._handles = [
             m.register_forward_hook(self._make_hook(n), with_kwargs=False) for n, m in self.layers
@@ -162,19 +162,24 @@ class _Recorder:
                 output = replaced
                 self.expanded.add(name)
             self.inputs[name] = a
-            if not output.requires_grad:
-                return None
-            if self.use_edges:
+            if output.requires_grad:
                 self.edges[name] = torch.autograd.graph.get_gradient_edge(output)
-            else:
-
-                def keep(grad: torch.Tensor) -> None:
-                    self.grads[name] = grad
-
-                output.register_hook(keep)
+                output.register_hook(self._gradient_hook(name))
             return replaced
 
         return hook
+
+    def _gradient_hook(self, name: str):
+        def take(grad: torch.Tensor) -> torch.Tensor | None:
+            with torch.no_grad():
+                self.on_gradient(name, grad)
+            if name in self._lowest:
+                # Captured for autograd.grad's result, which is not used, and not propagated
+                # further (nothing recorded lies below): a stride-0 zero frees it now.
+                return grad.new_zeros(()).expand(grad.shape)
+            return None
+
+        return take
 
     def _one_lookup_for_the_batch(self, name: str, ids: torch.Tensor) -> bool:
         """An Embedding looked up once for the whole batch: ids of shape (1, T…) or (T,)."""
@@ -199,25 +204,51 @@ class _Recorder:
         batch = self.batch
         return ids.expand(batch, *ids.shape[1:]), output.expand(batch, *output.shape[1:])
 
-    def backward(self, total: torch.Tensor, x: torch.Tensor) -> None:
-        """Fill ``grads``: each recorded layer's output gradient of ``total``."""
-        if self.use_edges:
-            names = list(self.edges)
-            grads = torch.autograd.grad(total, [self.edges[n] for n in names], allow_unused=True)
-            self.grads.update({n: g for n, g in zip(names, grads, strict=True) if g is not None})
-        else:  # the tensor hooks keep the gradients
-            torch.autograd.grad(total, [x], allow_unused=True)
+    def backward(self, total: torch.Tensor) -> None:
+        """Back-propagate ``total`` through every recorded layer's output; each output gradient
+        goes to ``on_gradient`` as it is formed."""
+        self._lowest = set(lowest_layers(self.edges))
+        try:
+            torch.autograd.grad(total, [self.edges[n] for n in self._lowest], allow_unused=True)
+        finally:
+            self._lowest = set()
 
     def clear(self) -> None:
         self.inputs.clear()
         self.edges.clear()
-        self.grads.clear()
         self.calls.clear()
         self.expanded.clear()
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def lowest_layers(edges: dict[str, object]) -> list[str]:
+    """The layers (of ``{name: gradient edge}``) whose backward node has no other layer's node
+    below it in the autograd graph.
+
+    Asking autograd for the gradients at these edges alone runs every other layer's node (each
+    lies above one of them), so every layer's output gradient is formed, and only these few
+    are kept for the result. One pass over the graph (each node once).
+    """
+    recorded = {id(e.node) for e in edges.values()}
+    below: dict[int, bool] = {}  # node -> whether a recorded node lies strictly below it
+    children: dict[int, list] = {}
+    for start in {id(e.node): e.node for e in edges.values()}.values():
+        stack = [(start, False)]
+        while stack:
+            node, finished = stack.pop()
+            key = id(node)
+            if finished:
+                below[key] = any(id(c) in recorded or below[id(c)] for c in children[key])
+                continue
+            if key in children:  # visited from another parent (a DAG: it is finished)
+                continue
+            kids = children[key] = [c for c, _ in node.next_functions if c is not None]
+            stack.append((node, True))
+            stack.extend((c, False) for c in kids if id(c) not in children)
+    return [n for n, e in edges.items() if not below[id(e.node)]]
 
 
 # A layer's terms: {local parameter name: (per-sample Σ|θ⊙g_n| of shape (B,), Σ_n w_n g_n
@@ -416,6 +447,17 @@ def _layer_terms(
 
 
 @dataclass
+class _BatchTerms:
+    """What the layers of one measured batch have given so far."""
+
+    guard: torch.Tensor  # the guard's weights, one per checked sample from the first
+    size: int  # samples in the batch
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) sums
+    implied: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> Σ_n w_n g_n
+    unbatched: list[GuardFailure] = field(default_factory=list)  # modules not run per sample
+
+
+@dataclass
 class GuardFailure:
     """A parameter whose formula disagreed with autograd on a batch, or could not apply."""
 
@@ -442,6 +484,8 @@ class HookedPerSample:
         self.model = model
         self.loss_fn = loss_fn
         self.recorder = _Recorder(model)
+        self.recorder.on_gradient = self._layer_gradient
+        self._layer = dict(self.recorder.layers)
         owner_of = {id(p): n for n, p in model.named_parameters()}
         self.names = {
             (lname, local): owner_of[id(p)]
@@ -450,11 +494,7 @@ class HookedPerSample:
         }
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.workspace = thread_workspace()
-
-    @property
-    def needs_float_input(self) -> bool:
-        """Whether the backward runs to the model's input (torch without gradient edges)."""
-        return not self.recorder.use_edges
+        self._batch: _BatchTerms | None = None  # the batch being measured
 
     def close(self) -> None:
         self.recorder.remove()
@@ -476,77 +516,78 @@ class HookedPerSample:
         """
         rec = self.recorder
         x = x.detach()
-        if not rec.use_edges:
-            x.requires_grad_(True)
         rec.batch = x.shape[0]
+        # Distinct weights 1, 2, …: a formula that gives one sample's rows to another (a layer
+        # whose rows are not samples) fails a weighted sum even where a plain one would match.
+        guard = torch.arange(1, guard_samples(x.shape[0]) + 1, device=x.device)
         try:
-            recorded = self._record(x, y, check_mean)
+            recorded = self._record(x, y, guard, check_mean)
         except Exception:
             if not rec.expanded:
                 raise
             # The model does not just broadcast the table handed to it expanded (its shape
             # mattered): record this model as it is, from now on.
             rec.expand_tables = False
-            recorded = self._record(x, y, check_mean)
+            recorded = self._record(x, y, guard, check_mean)
+        batch, self._batch = self._batch, None
         if not recorded:
             return None
-        # Distinct weights 1, 2, …: a formula that gives one sample's rows to another (a layer
-        # whose rows are not samples) fails a weighted sum even where a plain one would match.
-        guard = torch.arange(1, guard_samples(x.shape[0]) + 1, device=x.device)
-        terms: dict[str, torch.Tensor] = {}
-        implied: dict[str, torch.Tensor] = {}
-        unbatched: list[GuardFailure] = []
-        for lname, layer in rec.layers:
-            if lname not in rec.grads:  # layer unused in this forward: zero sensitivity
-                continue
-            a, delta = rec.inputs[lname], rec.grads[lname]
-            if a.dim() == 0 or a.shape[0] != x.shape[0] or delta.shape[0] != x.shape[0]:
-                # Run once for the whole batch and broadcast (a position table looked up as
-                # pos(arange(T))): its output gradient is already summed over the samples.
-                why = (
-                    f"its module '{lname}' ran on an input of shape {tuple(a.shape)}, not one "
-                    f"row per sample of the batch of {x.shape[0]}"
-                )
-                unbatched += [
-                    GuardFailure(self.names[(lname, local)], math.nan, why)
-                    for local, _ in _own_trainable(layer)
-                ]
-                continue
-            for local, (value, grad) in _layer_terms(
-                layer, a, delta, guard, self.workspace
-            ).items():
-                terms[self.names[(lname, local)]] = value
-                implied[self.names[(lname, local)]] = grad
-        rec.clear()
-        skip = {f.name for f in unbatched}
+        skip = {f.name for f in batch.unbatched}
         truths = self._autograd_gradient(x, y, guard)
-        failures = unbatched + self._guard(implied, truths, skip)
+        failures = batch.unbatched + self._guard(batch.implied, truths, skip)
         for failure in failures:
-            terms.pop(failure.name, None)
-        return terms, failures
+            batch.terms.pop(failure.name, None)
+        return batch.terms, failures
 
-    def _record(self, x: torch.Tensor, y: torch.Tensor, check_mean: bool) -> bool:
-        """The measured forward and backward: each layer's input and output gradient in the
-        recorder. False if a layer ran twice."""
+    def _record(
+        self, x: torch.Tensor, y: torch.Tensor, guard: torch.Tensor, check_mean: bool
+    ) -> bool:
+        """The measured forward and backward; each layer's terms are formed in the backward
+        (:meth:`_layer_gradient`), into ``self._batch``. False if a layer ran twice."""
         rec = self.recorder
         rec.clear()
-        with torch.enable_grad():
-            rec.active = True
-            try:
-                logits = self.model(x)
-            finally:
-                rec.active = False
-            # The loss is a batch mean, so B × loss = Σ_n ℓ_n; its gradient w.r.t. row n of any
-            # activation is ∂ℓ_n/∂(activation)_n.
-            if check_mean:
-                check_batch_mean(self.loss_fn, logits.detach(), y)
-            total = self.loss_fn(logits, y) * x.shape[0]
-            if any(c > 1 for c in rec.calls.values()):
-                return False
-            # Differentiating with respect to layer outputs alone makes autograd skip every
-            # parameter-gradient kernel.
-            rec.backward(total, x)
+        self._batch = _BatchTerms(guard, x.shape[0])
+        try:
+            with torch.enable_grad():
+                rec.active = True
+                try:
+                    logits = self.model(x)
+                finally:
+                    rec.active = False
+                # The loss is a batch mean, so B × loss = Σ_n ℓ_n; its gradient w.r.t. row n of
+                # any activation is ∂ℓ_n/∂(activation)_n.
+                if check_mean:
+                    check_batch_mean(self.loss_fn, logits.detach(), y)
+                total = self.loss_fn(logits, y) * x.shape[0]
+                if any(c > 1 for c in rec.calls.values()):
+                    return False
+                rec.backward(total)
+        finally:  # the graph's references: activations, nodes
+            rec.inputs.clear()
+            rec.edges.clear()
         return True
+
+    def _layer_gradient(self, lname: str, delta: torch.Tensor) -> None:
+        """One layer's output gradient, as the backward pass forms it: its terms, now."""
+        batch, layer = self._batch, self._layer[lname]
+        a = self.recorder.inputs.pop(lname)  # not needed after this layer's terms
+        if a.dim() == 0 or a.shape[0] != batch.size or delta.shape[0] != batch.size:
+            # Run once for the whole batch and broadcast (a position table looked up as
+            # pos(arange(T))): its output gradient is already summed over the samples.
+            why = (
+                f"its module '{lname}' ran on an input of shape {tuple(a.shape)}, not one "
+                f"row per sample of the batch of {batch.size}"
+            )
+            batch.unbatched += [
+                GuardFailure(self.names[(lname, local)], math.nan, why)
+                for local, _ in _own_trainable(layer)
+            ]
+            return
+        for local, (value, grad) in _layer_terms(
+            layer, a, delta, batch.guard, self.workspace
+        ).items():
+            batch.terms[self.names[(lname, local)]] = value
+            batch.implied[self.names[(lname, local)]] = grad
 
     def _autograd_gradient(
         self, x: torch.Tensor, y: torch.Tensor, guard: torch.Tensor

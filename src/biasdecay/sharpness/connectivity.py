@@ -274,16 +274,13 @@ def _per_sample_sums(
         for x, y in iter_batches(batches, model):
             terms = None
             if hooked is not None:
-                if not x.is_floating_point() and hooked.needs_float_input:
-                    reason = "the inputs are not floating point (hooks differentiate w.r.t. them)"
+                # The hook path scales by the batch size: the loss must be a batch mean.
+                result = hooked(x, y, check_mean=not batch_sizes)
+                if result is None:
+                    reason = "a layer ran more than once in one forward pass"
                 else:
-                    # The hook path scales by the batch size: the loss must be a batch mean.
-                    result = hooked(x, y, check_mean=not batch_sizes)
-                    if result is None:
-                        reason = "a layer ran more than once in one forward pass"
-                    else:
-                        terms, failures = result
-                        _note_failures(failures, guarded, strict)
+                    terms, failures = result
+                    _note_failures(failures, guarded, strict)
                 if terms is None:  # switch to the generic path for this and later batches
                     hooked.close()
                     hooked = None
