@@ -128,9 +128,8 @@ class _Recorder:
     no other recorded layer below them), which drives it through every layer's output but
     computes neither a parameter gradient nor the input's. So each output gradient is used
     while it is fresh in cache and freed by autograd as in an ordinary backward: the pass
-    never holds every layer's output gradient at once (holding them made the CPU allocator
-    return and fault in ~100 MB per ResNet-18 batch). ``on_gradient(name, grad)`` receives
-    them.
+    never holds every layer's output gradient at once (holding them all costs memory, and on
+    the CPU page faults on every batch). ``on_gradient(name, grad)`` receives them.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -451,7 +450,6 @@ class _BatchTerms:
     """What the layers of one measured batch have given so far."""
 
     guard: torch.Tensor  # the guard's weights, one per checked sample from the first
-    size: int  # samples in the batch
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) sums
     implied: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> Σ_n w_n g_n
     unbatched: list[GuardFailure] = field(default_factory=list)  # modules not run per sample
@@ -546,7 +544,7 @@ class HookedPerSample:
         (:meth:`_layer_gradient`), into ``self._batch``. False if a layer ran twice."""
         rec = self.recorder
         rec.clear()
-        self._batch = _BatchTerms(guard, x.shape[0])
+        self._batch = _BatchTerms(guard)
         try:
             with torch.enable_grad():
                 rec.active = True
@@ -569,14 +567,14 @@ class HookedPerSample:
 
     def _layer_gradient(self, lname: str, delta: torch.Tensor) -> None:
         """One layer's output gradient, as the backward pass forms it: its terms, now."""
-        batch, layer = self._batch, self._layer[lname]
+        batch, layer, size = self._batch, self._layer[lname], self.recorder.batch
         a = self.recorder.inputs.pop(lname)  # not needed after this layer's terms
-        if a.dim() == 0 or a.shape[0] != batch.size or delta.shape[0] != batch.size:
+        if a.dim() == 0 or a.shape[0] != size or delta.shape[0] != size:
             # Run once for the whole batch and broadcast (a position table looked up as
             # pos(arange(T))): its output gradient is already summed over the samples.
             why = (
                 f"its module '{lname}' ran on an input of shape {tuple(a.shape)}, not one "
-                f"row per sample of the batch of {batch.size}"
+                f"row per sample of the batch of {size}"
             )
             batch.unbatched += [
                 GuardFailure(self.names[(lname, local)], math.nan, why)
