@@ -40,6 +40,14 @@ def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
     assert out.count("reference, not in the total: the batch weight-gradient kernels") == 2
 
 
+def test_conv_routes_benchmark_times_every_route_of_every_layer() -> None:
+    out = run_script("bench_conv_routes.py", "--batch", "4", "--repeats", "1", timeout=180)
+    assert "summed over the model's 20 conv layers" in out
+    assert "128x128x3x3 on 4x4, stride 1            3" in out
+    for route in ("grouped", "im2col", "im2col channels-last"):
+        assert f"per-sample, the best without {route}" in out
+
+
 def test_hessian_benchmark_times_our_hvp_methods() -> None:
     out = run_script(
         "bench_hessian.py", "--data", "synthetic", "--n-samples", "64", "--batch-size", "32",

@@ -1,10 +1,11 @@
-"""Both routes of per-sample conv weight gradients, against a one-sample loop in float64.
+"""Every route of per-sample conv weight gradients, against a one-sample loop in float64.
 
-A conv layer's per-sample weight gradients are formed either by the backend's grouped
-weight-gradient kernel (samples as groups) or by im2col and a batched matmul, a chunk of samples
-at a time; ``conv_plan`` times the candidates once per layer geometry and keeps the fastest.
-Here every route runs on every geometry (forced), with chunks of 2 and 32 samples, and the batch
-is longer than a chunk so that chunk boundaries (and the guard's samples) are crossed.
+A conv layer's per-sample weight gradients are formed by the backend's grouped weight-gradient
+kernel (samples as groups) or by im2col (channels first or channels last) and a batched matmul,
+a chunk of samples at a time; ``conv_plan`` times the candidates once per layer geometry and
+keeps the fastest. Here every route runs on every geometry (forced), with chunks of 2 and 32
+samples, and the batch is longer than a chunk so that chunk boundaries (and the guard's samples)
+are crossed.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def fresh_plans(monkeypatch):
     monkeypatch.setattr(products, "_PLANS", {})
 
 
-# Every route that applies to each layer (im2col is written for 1-D and 2-D convs).
+# Every route that applies to each layer (im2col is written for 1-D and 2-D convs, its
+# channels-last form for one group).
 CASES = [(c, r) for c in sorted(LAYERS) for r in products.routes_for(LAYERS[c][0]())]
 
 
@@ -126,18 +128,32 @@ def test_the_fastest_plan_is_kept_and_timed_once(monkeypatch) -> None:
 
 def test_candidate_chunks_stay_within_the_batch_and_the_memory_cap() -> None:
     big = nn.Conv2d(512, 512, 3, bias=False)  # 2.4M weights: one sample per chunk
-    assert products.candidate_plans(big, 64, 16) == [ConvPlan("im2col", 1)]
+    assert products.candidate_plans(big, 64, 16) == [
+        ConvPlan("im2col", 1),
+        ConvPlan("im2col channels-last", 1),
+    ]
     plans = products.candidate_plans(nn.Conv2d(8, 6, 3), 5, 9)
     assert plans and all(2 <= p.chunk <= 5 or p.route == "im2col" for p in plans)
     assert all(p.chunk <= 5 for p in plans)
-    # A thin layer on a large map: the unfolded block (144 × 4096 per sample) bounds im2col's
-    # chunk, the gradients (2,304 per sample) the grouped route's.
+    # A thin layer on a large map: the unfolded block (144 × 4096 per sample) bounds the im2col
+    # routes' chunks (with the padded input, 16 × 66 × 66, for the channels-last one), the
+    # gradients (2,304 per sample) the grouped route's.
     thin = nn.Conv2d(16, 16, 3, padding=1)
     cap = products._MAX_CHUNK_ELEMENTS
-    for plan in products.candidate_plans(thin, 128, 64 * 64):
-        per_sample = 2304 + (144 * 4096 if plan.route == "im2col" else 0)
-        assert plan.chunk * per_sample <= cap, plan
-    assert {p.route for p in products.candidate_plans(thin, 128, 64 * 64)} == set(ROUTES)
+    padded = 16 * 66 * 66
+    assert products._padded_elements(thin, torch.zeros(16, 64, 64)) == padded
+    plans = products.candidate_plans(thin, 128, 64 * 64, padded)
+    buffers = {
+        "grouped": 2304,
+        "im2col": 2304 + 144 * 4096,
+        "im2col channels-last": 2304 + 144 * 4096 + padded,
+    }
+    for plan in plans:
+        assert plan.chunk * buffers[plan.route] <= cap, plan
+    for route, elements in buffers.items():  # each route's largest chunk is at its cap
+        largest = max(p.chunk for p in plans if p.route == route)
+        assert largest == min(products._TUNING_SAMPLES, cap // elements), route
+    assert {p.route for p in plans} == set(ROUTES)
 
 
 class SequenceHead(nn.Module):

@@ -7,13 +7,16 @@ value, so G_n is formed, a chunk of samples at a time, and reduced against |W| a
 * **Into one reused buffer** (:class:`Workspace`). Writing each chunk's gradients into fresh
   memory costs a page fault per 4 KiB on the CPU, a large share of a chunk's time for a
   transformer's linear layers on a 2-core CPU.
-* **By the faster of two conv routes**, chosen by measurement (:func:`conv_plan`): the backend's
-  grouped weight-gradient kernel with the chunk's samples as groups (any conv), or im2col and
-  a batched matmul (1-D and 2-D convs). Which is faster depends on the layer's shape and on
-  the CPU (on a 2-core Xeon the grouped route wins on large feature maps and loses on 4×4 ones;
-  fixed thresholds tuned on an AMD EPYC chose wrongly there), so each layer shape is timed once
-  per process, on its first batch, as ``torch.backends.cudnn.benchmark`` does for kernels.
-  Both routes are exact; they differ only in the order of floating-point sums.
+* **By the fastest of three conv routes**, chosen by measurement (:func:`conv_plan`): the
+  backend's grouped weight-gradient kernel with the chunk's samples as groups (any conv), or
+  im2col and a batched matmul (1-D and 2-D convs), unfolding the input either as it is laid
+  out (channels first) or after copying it channels last (one group), where a window's channels
+  are one contiguous copy. Which is faster depends on the layer's shape and on the CPU (on a
+  2-core Xeon the grouped route wins on large feature maps, channels-last im2col on 4×4 and
+  8×8 ones with many channels, channels-first im2col on the 3-channel stem and 1×1 convs; fixed
+  thresholds tuned on an AMD EPYC chose wrongly there), so each layer shape is timed once per
+  process, on its first batch, as ``torch.backends.cudnn.benchmark`` does for kernels. The
+  routes are exact; they differ only in the order of floating-point sums.
   ``benchmarks/bench_connectivity.py --breakdown`` shows each route's time beside the batch
   weight-gradient kernels'.
 
@@ -165,18 +168,28 @@ class ConvPlan:
 
 
 def routes_for(layer: nn.Module) -> tuple[str, ...]:
-    """The routes that can form ``layer``'s per-sample gradients: im2col is written for 1-D and
-    2-D convs, the grouped kernel for any (3-D and transposed ones included)."""
-    return ROUTES if layer.weight.dim() <= 4 and not layer.transposed else ("grouped",)
+    """The routes that can form ``layer``'s per-sample gradients: the im2col routes are written
+    for 1-D and 2-D convs (the channels-last one for a single group), the grouped kernel for any
+    (3-D and transposed ones included)."""
+    if layer.weight.dim() > 4 or layer.transposed:
+        return ("grouped",)
+    return ROUTES if layer.groups == 1 else ("grouped", "im2col")
 
 
-def candidate_plans(layer: _Conv, batch: int, positions: int) -> list[ConvPlan]:
+def candidate_plans(
+    layer: _Conv, batch: int, positions: int, padded_input: int = 0
+) -> list[ConvPlan]:
     """The plans :func:`conv_plan` times for ``layer`` on ``batch`` samples with ``positions``
-    output positions each."""
+    output positions each (and ``padded_input`` elements in one sample's padded input, which
+    the channels-last route copies a chunk of)."""
     per_sample = layer.weight.numel()
     unfolded = layer.weight[0].numel() * layer.groups * positions  # one sample's im2col block
     routes = routes_for(layer)
-    elements = {"grouped": per_sample, "im2col": per_sample + unfolded}
+    elements = {
+        "grouped": per_sample,
+        "im2col": per_sample + unfolded,
+        "im2col channels-last": per_sample + unfolded + padded_input,
+    }
     plans = []
     for route in routes:
         cap = max(1, min(_TUNING_SAMPLES, _MAX_CHUNK_ELEMENTS // elements[route]))
@@ -219,7 +232,9 @@ def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspac
     key = _geometry(layer, a)
     plan = _PLANS.get(key)
     if plan is None:
-        plans = candidate_plans(layer, a.shape[0], delta[0, 0].numel())
+        plans = candidate_plans(
+            layer, a.shape[0], delta[0, 0].numel(), _padded_elements(layer, a[0])
+        )
         if len(plans) == 1:
             plan = plans[0]
         else:
@@ -228,6 +243,15 @@ def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspac
             plan = min(plans, key=seconds.__getitem__)
         _PLANS[key] = plan
     return plan
+
+
+def _padded_elements(layer: _Conv, sample: torch.Tensor) -> int:
+    """Elements of one sample's input once padded as ``layer`` pads it."""
+    if isinstance(layer.padding, str):  # 'same' pads by at most the kernel's reach
+        pads = [d * (k - 1) for k, d in zip(layer.kernel_size, layer.dilation, strict=True)]
+    else:
+        pads = [2 * p for p in layer.padding]
+    return sample.shape[0] * math.prod(n + p for n, p in zip(sample.shape[1:], pads, strict=True))
 
 
 def chosen_plan(layer: _Conv, a: torch.Tensor) -> ConvPlan | None:
@@ -359,67 +383,148 @@ def _output_padding(
     )
 
 
-def _unfolded(
-    operands: _ConvOperands, guard: torch.Tensor, chunk: int, work: Workspace
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The im2col route: unfold a chunk of inputs (:func:`_unfold`), then a batched matmul."""
-    layer, a, delta, w_abs = operands.layer, operands.a, operands.delta, operands.w_abs
-    padding = operands.padding
+@dataclass(frozen=True)
+class _Conv2dView:
+    """A 1-D or 2-D conv's operands as a 2-D conv's (a 1-D conv is one of height 1): what both
+    im2col routes read."""
+
+    a: torch.Tensor  # (B, C, H, W), not padded
+    d: torch.Tensor  # (B, O, L): the output gradient, positions flattened
+    padding: tuple[int, int]  # still to apply, with zeros
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    out_size: tuple[int, int]  # (h_out, w_out), h_out · w_out = L
+
+
+def _as_2d(operands: _ConvOperands) -> _Conv2dView:
+    layer, a, delta = operands.layer, operands.a, operands.delta
     one_d = a.dim() == 3  # as a 2-D conv of height 1: kernel, stride, dilation 1, no padding
 
-    def lift(t: tuple[int, ...], height: int = 1) -> tuple[int, ...]:
+    def lift(t: tuple[int, ...], height: int = 1) -> tuple[int, int]:
         return (height, *t) if one_d else tuple(t)
 
     if one_d:
         a, delta = a.unsqueeze(2), delta.unsqueeze(2)
-    kernel, stride = lift(layer.kernel_size), lift(layer.stride)
-    padding, dilation = lift(padding, 0), lift(layer.dilation)
-    if any(padding):
-        a = F.pad(a, (padding[1], padding[1], padding[0], padding[0]))
-    B = a.shape[0]
-    d = delta.reshape(B, delta.shape[1], -1)  # (B, O, L)
-    groups = layer.groups
+    view = _Conv2dView(
+        a,
+        delta.reshape(*delta.shape[:2], -1),
+        lift(operands.padding, 0),
+        lift(layer.kernel_size),
+        lift(layer.stride),
+        lift(layer.dilation),
+        tuple(delta.shape[2:]),
+    )
+    # The unfolds read windows through as_strided, which checks only the whole batch's
+    # storage: the windows must fit each sample's padded input.
+    fits = tuple(
+        (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+        for size, pad, dil, k, stride in zip(
+            a.shape[2:], view.padding, view.dilation, view.kernel, view.stride, strict=True
+        )
+    )
+    assert fits == view.out_size, (fits, view.out_size)
+    return view
+
+
+def _unfolded(
+    operands: _ConvOperands, guard: torch.Tensor, chunk: int, work: Workspace
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The im2col route: unfold a chunk of inputs (:func:`_unfold`), then a batched matmul."""
+    view, w_abs = _as_2d(operands), operands.w_abs
+    (ph, pw), a = view.padding, view.a
+    if ph or pw:
+        a = F.pad(a, (pw, pw, ph, ph))
+    B, d = a.shape[0], view.d
     w_flat = w_abs.reshape(-1)
     per_sample = w_flat.numel()
     parts, grad = [], torch.zeros_like(w_flat)
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
         # Unfolded a chunk at a time: the block and its gradients stay in cache.
-        u = _unfold(a[s : s + n], kernel, dilation, stride, d.shape[2], work)
+        u = _unfold(a[s : s + n], view, work)
         out = work.take((n, per_sample), d)
         parts.append(
             _outer_chunk(
-                d[s : s + n], u.transpose(1, 2), w_flat, groups, out, grad, guard[s : s + n]
+                d[s : s + n],
+                u.transpose(1, 2),
+                w_flat,
+                operands.layer.groups,
+                out,
+                grad,
+                guard[s : s + n],
             )
         )
     return torch.cat(parts), grad.reshape(w_abs.shape)
 
 
-def _unfold(
-    a: torch.Tensor,
-    kernel: tuple[int, int],
-    dilation: tuple[int, int],
-    stride: tuple[int, int],
-    positions: int,
-    work: Workspace,
-) -> torch.Tensor:
-    """``F.unfold`` of an already padded (n, C, H, W) input, (n, C·kh·kw, L), in the workspace.
+def _unfold(a: torch.Tensor, view: _Conv2dView, work: Workspace) -> torch.Tensor:
+    """``F.unfold`` of a chunk of ``view``'s padded (n, C, H, W) input, (n, C·kh·kw, L), in the
+    workspace.
 
     A strided view of the input copied into the buffer: on a 2-core Xeon, much faster than
     ``F.unfold`` on large feature maps (and a little slower on 4×4 ones).
     """
-    n, C, H, W = a.shape
-    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
-    h_out, w_out = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
-    assert h_out * w_out == positions, (h_out, w_out, positions)
+    n, C = a.shape[:2]
+    (kh, kw), (dh, dw), (sh, sw) = view.kernel, view.dilation, view.stride
+    h_out, w_out = view.out_size
     sn, sc, s_h, s_w = a.stride()
-    view = a.as_strided(
+    windows = a.as_strided(
         (n, C, kh, kw, h_out, w_out), (sn, sc, dh * s_h, dw * s_w, sh * s_h, sw * s_w)
     )
     out = work.take((n, C, kh, kw, h_out, w_out), a, use="unfold")
-    return out.copy_(view).view(n, C * kh * kw, positions)
+    return out.copy_(windows).view(n, C * kh * kw, h_out * w_out)
+
+
+def _unfolded_channels_last(
+    operands: _ConvOperands, guard: torch.Tensor, chunk: int, work: Workspace
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The channels-last im2col route (one group): each chunk of inputs is copied, padded, into
+    (n, H, W, C) order, so that a window's C channels are contiguous and the chunk unfolds as a
+    copy of whole channel vectors, (n, L, kh·kw·C), where the channels-first unfold copies rows
+    of w_out values (4 on a 4×4 map).
+
+    The per-sample gradients come out in the weight order (O, kh, kw, C): |W| and the guard's
+    sum are permuted to it and back.
+    """
+    view = _as_2d(operands)
+    a, d = view.a, view.d
+    (B, C, H, W), O = a.shape, d.shape[1]
+    (ph, pw), (kh, kw) = view.padding, view.kernel
+    w_abs = operands.w_abs.view(O, C, kh, kw)  # a 1-D conv's too
+    w_flat = w_abs.permute(0, 2, 3, 1).reshape(-1)  # (O, kh, kw, C), the columns' order
+    per_sample = w_flat.numel()
+    parts, grad = [], torch.zeros_like(w_flat)
+    for s in range(0, B, chunk):
+        n = min(chunk, B - s)
+        rows = work.take((n, H + 2 * ph, W + 2 * pw, C), a, use="channels last")
+        if ph or pw:
+            rows.zero_()  # the border; the interior is overwritten next
+        rows[:, ph : ph + H, pw : pw + W].copy_(a[s : s + n].permute(0, 2, 3, 1))
+        u = _unfold_channels_last(rows, view, work)
+        out = work.take((n, per_sample), d)
+        parts.append(_outer_chunk(d[s : s + n], u, w_flat, 1, out, grad, guard[s : s + n]))
+    grad = grad.view(O, kh, kw, C).permute(0, 3, 1, 2)
+    return torch.cat(parts), grad.reshape(operands.w_abs.shape)
+
+
+def _unfold_channels_last(rows: torch.Tensor, view: _Conv2dView, work: Workspace) -> torch.Tensor:
+    """A padded (n, H, W, C) chunk unfolded as (n, L, kh·kw·C), in the workspace."""
+    n, _, _, C = rows.shape
+    (kh, kw), (dh, dw), (sh, sw) = view.kernel, view.dilation, view.stride
+    h_out, w_out = view.out_size
+    sn, s_h, s_w, sc = rows.stride()
+    windows = rows.as_strided(
+        (n, h_out, w_out, kh, kw, C), (sn, sh * s_h, sw * s_w, dh * s_h, dw * s_w, sc)
+    )
+    out = work.take((n, h_out, w_out, kh, kw, C), rows, use="unfold")
+    return out.copy_(windows).view(n, h_out * w_out, kh * kw * C)
 
 
 # The ways of forming a conv layer's per-sample weight gradients, each exact.
-_ROUTES = {"grouped": _grouped, "im2col": _unfolded}
+_ROUTES = {
+    "grouped": _grouped,
+    "im2col": _unfolded,
+    "im2col channels-last": _unfolded_channels_last,
+}
 ROUTES = tuple(_ROUTES)
