@@ -120,7 +120,9 @@ def test_a_directory_in_use_is_left_alone(tmp_path) -> None:
 
 
 def _start_sweep(out: Path) -> subprocess.Popen:
-    spec = runs("run.epochs=6")[0]
+    # Far more epochs than can pass before the signal lands: with 6, a fast CPU finished the
+    # tiny run before the sweep had passed its SIGTERM on (the stop is what is tested).
+    spec = runs("run.epochs=600")[0]
     script = (
         "from biasdecay.study import RunSpec, sweep; "
         f"sweep([RunSpec('nbd', {spec.overrides!r})], {str(out)!r}, log=lambda m: None)"
