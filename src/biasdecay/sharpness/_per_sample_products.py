@@ -498,8 +498,10 @@ def _unfolded_channels_last(
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
         rows = work.take((n, H + 2 * ph, W + 2 * pw, C), a, use="channels last")
-        if ph or pw:
-            rows.zero_()  # the border; the interior is overwritten next
+        if s == 0 and (ph or pw):
+            # The border, once: every chunk (the last, shorter one too, a prefix of the same
+            # layout) writes only the interior of the same buffer.
+            rows.zero_()
         rows[:, ph : ph + H, pw : pw + W].copy_(a[s : s + n].permute(0, 2, 3, 1))
         u = _unfold_channels_last(rows, view, work)
         out = work.take((n, per_sample), d)
