@@ -45,9 +45,11 @@ CHUNK_ELEMENTS = 1 << 19
 # Chunks the conv routes are timed with (samples), besides the one CHUNK_ELEMENTS gives: the
 # grouped kernel gains from more groups per call, up to a few dozen samples.
 _TRIED_CHUNKS = (8, 32, 64)
-# No chunk larger than this many elements of per-sample gradients and unfolded inputs (8 MiB
-# of float32): the memory above what autograd holds stays bounded, timing plans included.
-_MAX_CHUNK_ELEMENTS = 1 << 21
+# No chunk larger than this many elements of per-sample gradients and unfolded inputs (16 MiB
+# of float32): the memory above what autograd holds stays bounded, timing plans included. At
+# 8 MiB, ResNet-18's 128-channel 4×4 convs ran in chunks of 12 samples, and the per-chunk
+# costs made its conv products 8% slower (bench_conv_routes.py, docs/benchmarks.md).
+_MAX_CHUNK_ELEMENTS = 1 << 22
 # Samples a conv plan is timed on (at most), and so its largest chunk: what is timed is what
 # runs.
 _TUNING_SAMPLES = 64
