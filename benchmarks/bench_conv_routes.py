@@ -61,7 +61,9 @@ def geometry(layer: nn.Conv2d, a: torch.Tensor) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet18", help="resnet18 or resnet18-gn")
+    parser.add_argument(
+        "--model", default="resnet18", choices=("resnet18", "resnet18-gn"), help="the network"
+    )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
     args = parser.parse_args(argv)
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{'layer geometry':34s} {'layers':>6s} {'batch':>7s} "
         + " ".join(f"{r:>22s}" for r in routes)
     )
-    totals = {"batch kernel": 0.0, **{r: 0.0 for r in routes}}
+    kernels = 0.0  # the batch kernels, summed over the model's layers
     best_without = {r: 0.0 for r in (None, *routes)}
     for geo, same in layers.items():
         n = len(same)
@@ -120,14 +122,14 @@ def main(argv: list[str] | None = None) -> None:
             for r in routes
         ]
         print(f"{geo:34s} {n:6d} {kernel:7.2f} " + " ".join(cells))
-        totals["batch kernel"] += n * kernel
+        kernels += n * kernel
         for left_out in best_without:
             best_without[left_out] += n * min(
                 v for r, (v, _) in by_route.items() if r != left_out or len(by_route) == 1
             )
     print(f"\nsummed over the model's {sum(len(s) for s in layers.values())} conv layers (ms):")
     summary = {
-        "batch weight-gradient kernels": totals["batch kernel"],
+        "batch weight-gradient kernels": kernels,
         "per-sample, the best of every route": best_without[None],
         **{f"per-sample, the best without {r}": best_without[r] for r in routes},
     }
