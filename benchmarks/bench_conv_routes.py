@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             (f"{geo} | batch kernel", lambda p=(layer, a, delta): batch_weight_gradient(*p))
         )
-        padded = products._padded_elements(layer, a[0])
-        for plan in products.candidate_plans(layer, a.shape[0], delta[0, 0].numel(), padded):
+        for plan in products.plans_for(layer, a, delta):
             name = f"{geo} | {plan.route} | {plan.chunk}"
             rows.append(
                 (

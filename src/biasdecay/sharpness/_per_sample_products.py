@@ -234,9 +234,7 @@ def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspac
     key = _geometry(layer, a)
     plan = _PLANS.get(key)
     if plan is None:
-        plans = candidate_plans(
-            layer, a.shape[0], delta[0, 0].numel(), _padded_elements(layer, a[0])
-        )
+        plans = plans_for(layer, a, delta)
         if len(plans) == 1:
             plan = plans[0]
         else:
@@ -245,6 +243,11 @@ def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspac
             plan = min(plans, key=seconds.__getitem__)
         _PLANS[key] = plan
     return plan
+
+
+def plans_for(layer: _Conv, a: torch.Tensor, delta: torch.Tensor) -> list[ConvPlan]:
+    """:func:`candidate_plans` for ``layer`` with input ``a`` and output gradient ``delta``."""
+    return candidate_plans(layer, a.shape[0], delta[0, 0].numel(), _padded_elements(layer, a[0]))
 
 
 def _padded_elements(layer: _Conv, sample: torch.Tensor) -> int:
