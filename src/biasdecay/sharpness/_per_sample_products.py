@@ -48,7 +48,7 @@ _TRIED_CHUNKS = (8, 32, 64)
 # No chunk larger than this many elements of per-sample gradients and unfolded inputs (16 MiB
 # of float32): the memory above what autograd holds stays bounded, timing plans included. At
 # 8 MiB, ResNet-18's 128-channel 4×4 convs ran in chunks of 12 samples, and the per-chunk
-# costs made its conv products 8% slower (bench_conv_routes.py, docs/benchmarks.md).
+# costs made its conv products 7-9% slower (bench_conv_routes.py, docs/benchmarks.md).
 _MAX_CHUNK_ELEMENTS = 1 << 22
 # Samples a conv plan is timed on (at most), and so its largest chunk: what is timed is what
 # runs.
