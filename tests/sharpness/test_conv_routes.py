@@ -15,9 +15,10 @@ import torch
 from test_connectivity import naive_per_sample
 from torch import nn
 
+from biasdecay.sharpness import _native
 from biasdecay.sharpness import _per_sample_products as products
 from biasdecay.sharpness._per_sample import GUARD_SAMPLES
-from biasdecay.sharpness._per_sample_products import ROUTES, ConvPlan
+from biasdecay.sharpness._per_sample_products import ConvPlan
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
 # (layer, input shape of one sample)
@@ -103,7 +104,7 @@ def test_conv_route_matches_loop(case: str, route: str, chunk: int, monkeypatch)
 def test_the_fastest_plan_is_kept_and_timed_once(monkeypatch) -> None:
     conv = nn.Conv2d(8, 6, 3, padding=1)
     plans = products.candidate_plans(conv, 64, 25)
-    assert {p.route for p in plans} == set(ROUTES)
+    assert {p.route for p in plans} == set(products.routes_for(conv))
     fastest = plans[-1]
     timed = []
 
@@ -128,9 +129,12 @@ def test_the_fastest_plan_is_kept_and_timed_once(monkeypatch) -> None:
 
 def test_candidate_chunks_stay_within_the_batch_and_the_memory_cap() -> None:
     big = nn.Conv2d(512, 512, 3, bias=False)  # 2.4M weights: one sample per chunk
+    # The fused kernel holds no per-sample gradient: its chunk is bounded by the input alone.
+    fused = [ConvPlan("fused", 64)] if "fused" in products.routes_for(big) else []
     assert products.candidate_plans(big, 64, 16) == [
         ConvPlan("im2col", 1),
         ConvPlan("im2col channels-last", 1),
+        *fused,
     ]
     plans = products.candidate_plans(nn.Conv2d(8, 6, 3), 5, 9)
     assert plans and all(2 <= p.chunk <= 5 or p.route == "im2col" for p in plans)
@@ -147,13 +151,14 @@ def test_candidate_chunks_stay_within_the_batch_and_the_memory_cap() -> None:
         "grouped": 2304,
         "im2col": 2304 + 144 * 4096,
         "im2col channels-last": 2304 + 144 * 4096 + padded,
+        "fused": padded,  # the padded input alone (16 channels: whole vectors already)
     }
     for plan in plans:
         assert plan.chunk * buffers[plan.route] <= cap, plan
-    for route, elements in buffers.items():  # each route's largest chunk is at its cap
+    for route in products.routes_for(thin):  # each route's largest chunk is at its cap
         largest = max(p.chunk for p in plans if p.route == route)
-        assert largest == min(products._TUNING_SAMPLES, cap // elements), route
-    assert {p.route for p in plans} == set(ROUTES)
+        assert largest == min(products._TUNING_SAMPLES, cap // buffers[route]), route
+    assert {p.route for p in plans} == set(products.routes_for(thin))
 
 
 class SequenceHead(nn.Module):
@@ -168,16 +173,38 @@ class SequenceHead(nn.Module):
         return self.fc(torch.tanh(self.proj(x)).mean(1))
 
 
+class WideSequenceHead(SequenceHead):
+    """Rows of 16 features: whole vectors of the fused kernel, which can then take them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, 5)
+
+
+@pytest.fixture
+def fresh_sequence_plans(monkeypatch):
+    monkeypatch.setattr(products, "_SEQUENCE_PLANS", {})
+
+
+@pytest.mark.parametrize("route", products.SEQUENCE_ROUTES)
 @pytest.mark.parametrize("chunk_elements", [1 << 19, 60])
-def test_linear_on_sequences_matches_loop_across_chunks(chunk_elements: int, monkeypatch) -> None:
-    # 60 elements: two samples of the 5×6 weight per chunk, so 19 chunks and a short last one.
+def test_linear_on_sequences_matches_loop_across_chunks(
+    chunk_elements: int, route: str, fresh_sequence_plans, monkeypatch
+) -> None:
+    # 60 elements: two samples of the 5×6 weight per chunk, so 19 chunks and a short last one
+    # (the batched-matmul route; the fused one takes the batch at once).
     monkeypatch.setattr(products, "CHUNK_ELEMENTS", chunk_elements)
+    wide = route == "fused"
+    if wide and _native.unavailable() is not None:
+        pytest.skip(f"the fused kernel is not available: {_native.unavailable()}")
+    monkeypatch.setattr(products, "sequence_routes", lambda d, u: (route,))
     torch.manual_seed(0)
-    model = SequenceHead().double().eval()
+    model = (WideSequenceHead() if wide else SequenceHead()).double().eval()
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(37, 4, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(37, 4, model.proj.in_features, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (37,), generator=g)
     report = connectivity_sharpness(model, [(x, y)], method="hooks", strict=True)
+    assert list(products._SEQUENCE_PLANS.values()) == [route]
     for name, value in naive_per_sample(model, [(x, y)]).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
 

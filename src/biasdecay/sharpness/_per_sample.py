@@ -11,7 +11,8 @@ layer forms only its own per-sample quantities, there and then:
   (Hugging Face's Conv1D, whose weight is stored transposed, likewise).
 * Conv, and Linear on a sequence: the per-sample weight gradient Σ_s δ_n[:, s] u_n[:, s]ᵀ
   (u = unfolded input) is not rank one, so it is formed a chunk of samples at a time (bounded
-  memory), by the faster of two measured routes (:mod:`._per_sample_products`).
+  memory) or never written at all (a fused kernel), by the fastest of the measured routes
+  (:mod:`._per_sample_products`).
 * Embedding: sample n's gradient sums δ over n's tokens per table row, so δ is summed per
   distinct (sample, token) pair and weighed against that row of |E|.
 * Norm layers (BatchNorm with running statistics, InstanceNorm, GroupNorm, LayerNorm):

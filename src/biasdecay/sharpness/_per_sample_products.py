@@ -2,23 +2,28 @@
 
 A conv layer's G_n = Σ_s δ_n[:, s] u_n[:, s]ᵀ (u: the unfolded input), and a Linear layer
 applied to a sequence has G_n = Σ_t δ_n[:, t] a_n[:, t]ᵀ. Neither factorises under the absolute
-value, so G_n is formed, a chunk of samples at a time, and reduced against |W| at once:
+value, so G_n is formed and reduced against |W| at once, by the fastest of several exact routes
+for the layer's shape, chosen by measurement:
 
-* **Into one reused buffer** (:class:`Workspace`). Writing each chunk's gradients into fresh
-  memory costs a page fault per 4 KiB on the CPU, a large share of a chunk's time for a
-  transformer's linear layers on a 2-core CPU.
-* **By the fastest of three conv routes**, chosen by measurement (:func:`conv_plan`): the
-  backend's grouped weight-gradient kernel with the chunk's samples as groups (any conv), or
-  im2col and a batched matmul (1-D and 2-D convs), unfolding the input either as it is laid
-  out (channels first) or after copying it channels last (one group), where a window's channels
-  are one contiguous copy. Which is faster depends on the layer's shape and on the CPU (on a
-  2-core Xeon the grouped route wins on large feature maps, channels-last im2col on 4×4 and
-  8×8 ones with many channels, channels-first im2col on the 3-channel stem and 1×1 convs; fixed
-  thresholds tuned on an AMD EPYC chose wrongly there), so each layer shape is timed once per
-  process, on its first batch, as ``torch.backends.cudnn.benchmark`` does for kernels. The
-  routes are exact; they differ only in the order of floating-point sums.
-  ``benchmarks/bench_connectivity.py --breakdown`` shows each route's time beside the batch
-  weight-gradient kernels'.
+* **The fused kernel** (:mod:`._native`, where a C compiler could build it): each register
+  tile of G_n is reduced against |W| as it is formed, and the windows are read straight from a
+  padded channels-last copy of the input, so neither G_n nor the unfolded input is ever
+  written. Its cost is the matmul's FLOPs: 1.0-1.2× the batch weight-gradient kernel on
+  ResNet-18's 3×3 layers on a 2-core Xeon, where the best torch route took up to 2.9×
+  (``benchmarks/bench_conv_routes.py``).
+* **Torch routes**, a chunk of samples at a time into one reused buffer
+  (:class:`Workspace`: fresh memory for each chunk costs a page fault per 4 KiB on the CPU):
+  for convs, the backend's grouped weight-gradient kernel with the chunk's samples as groups
+  (any conv), or im2col and a batched matmul (1-D and 2-D convs), unfolding the input either as
+  it is laid out (channels first) or after copying it channels last (one group); for a Linear
+  on a sequence, a batched matmul.
+
+Which is fastest depends on the layer's shape and on the CPU (fixed thresholds tuned on an AMD
+EPYC chose wrongly on a Xeon), so each shape is timed once per process, on its first batch, as
+``torch.backends.cudnn.benchmark`` does for kernels (:func:`conv_plan`, :func:`sequence_plan`).
+The routes differ only in the order of floating-point sums.
+``benchmarks/bench_connectivity.py --breakdown`` shows each route's time beside the batch
+weight-gradient kernels'.
 
 Every function also returns Σ_n w_n G_n over the guard's samples (``guard``: their weights,
 one per sample from the first), which the exactness guard compares with autograd.
@@ -30,10 +35,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from biasdecay.sharpness import _native
 
 _Conv = nn.modules.conv._ConvNd  # Conv1d/2d/3d and ConvTranspose1d/2d/3d
 
@@ -111,13 +119,19 @@ def chunk_size(batch: int, per_sample_elements: int) -> int:
 def chunked_outer_sum(
     d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, guard: torch.Tensor, work: Workspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_ij |W_ij (d_n u_n)_ij| per sample, with d: (B, O, L), u: (B, L, I), W: (O, I).
-
-    Chunks of :func:`chunk_size` samples (a Linear layer on a sequence).
+    """Σ_ij |W_ij (d_n u_n)_ij| per sample, with d: (B, O, L), u: (B, L, I), W: (O, I) (a
+    Linear layer on a sequence), by the faster route for this shape (:func:`sequence_plan`).
 
     Returns:
         The (B,) sums and Σ_n guard_n d_n u_n, flat in the weight's layout.
     """
+    return _SEQUENCE_ROUTES[sequence_plan(d, u, w_abs, work)](d, u, w_abs, guard, work)
+
+
+def _bmm_outer_sum(
+    d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, guard: torch.Tensor, work: Workspace
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batched-matmul route: chunks of :func:`chunk_size` samples' gradients."""
     B, O, _ = d.shape
     per_sample = O * u.shape[-1]
     chunk = chunk_size(B, per_sample)
@@ -131,6 +145,57 @@ def chunked_outer_sum(
             _outer_chunk(d[s : s + n], u[s : s + n], w_flat, 1, out, grad, guard[s : s + n])
         )
     return torch.cat(parts), grad
+
+
+def _fused_outer_sum(
+    d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, guard: torch.Tensor, work: Workspace
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel (:mod:`._native`), reading each sample's (L, I) rows of ``u`` in place."""
+    L, I = u.shape[1:]
+    width = _native.lanes(u.dtype)
+    key = ("sequence", L, u.stride(1), I, width)
+    if key not in _COLUMNS:
+        starts, blocks = torch.arange(L).mul_(u.stride(1)), torch.arange(0, I, width)
+        _COLUMNS[key] = _native.Columns.of(starts, blocks, width)
+    grad = w_abs.new_zeros(w_abs.shape)
+    sums = _native.abs_products(d, u, _COLUMNS[key], w_abs.contiguous(), guard, grad)
+    return sums, grad.view(-1)
+
+
+_SEQUENCE_ROUTES = {"bmm": _bmm_outer_sum, "fused": _fused_outer_sum}
+SEQUENCE_ROUTES = tuple(_SEQUENCE_ROUTES)
+# Routes chosen so far, by shape: {key: route}.
+_SEQUENCE_PLANS: dict[tuple, str] = {}
+
+
+def sequence_routes(d: torch.Tensor, u: torch.Tensor) -> tuple[str, ...]:
+    """The routes that can take these operands: the batched matmul always, the fused kernel
+    where it runs on their dtype and device and each of u's rows is whole vectors of it."""
+    if _native.unavailable(u) is not None or u.stride(2) != 1:
+        return ("bmm",)
+    return ("bmm", "fused") if u.shape[2] % _native.lanes(u.dtype) == 0 else ("bmm",)
+
+
+def sequence_plan(d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, work: Workspace) -> str:
+    """The faster route for operands shaped like these: timed once (as :func:`conv_plan`),
+    then cached."""
+    key = (tuple(d.shape[1:]), tuple(u.shape[1:]), u.stride(1), u.stride(2), u.dtype)
+    key += (u.device, torch.get_num_threads())
+    if key not in _SEQUENCE_PLANS:
+        routes = sequence_routes(d, u)
+        if len(routes) == 1:
+            _SEQUENCE_PLANS[key] = routes[0]
+        else:
+            m = min(d.shape[0], _TUNING_SAMPLES)
+            unguarded = d.new_empty(0)
+            seconds = {
+                r: _best_time(
+                    lambda r=r: _SEQUENCE_ROUTES[r](d[:m], u[:m], w_abs, unguarded, work), d.device
+                )
+                for r in routes
+            }
+            _SEQUENCE_PLANS[key] = min(routes, key=seconds.__getitem__)
+    return _SEQUENCE_PLANS[key]
 
 
 def _outer_chunk(
@@ -171,11 +236,14 @@ class ConvPlan:
 
 def routes_for(layer: nn.Module) -> tuple[str, ...]:
     """The routes that can form ``layer``'s per-sample gradients: the im2col routes are written
-    for 1-D and 2-D convs (the channels-last one for a single group), the grouped kernel for any
+    for 1-D and 2-D convs (the channels-last one and the fused kernel for a single group, the
+    kernel where it could be built: :func:`._native.unavailable`), the grouped kernel for any
     (3-D and transposed ones included)."""
     if layer.weight.dim() > 4 or layer.transposed:
         return ("grouped",)
-    return ROUTES if layer.groups == 1 else ("grouped", "im2col")
+    if layer.groups != 1:
+        return ("grouped", "im2col")
+    return tuple(r for r in ROUTES if r != "fused" or _native.unavailable() is None)
 
 
 def candidate_plans(
@@ -194,7 +262,13 @@ def candidate_plans(
     }
     plans = []
     for route in routes:
-        cap = max(1, min(_TUNING_SAMPLES, _MAX_CHUNK_ELEMENTS // elements[route]))
+        if route == "fused":
+            # No per-sample gradient: the padded input alone, its channels up to whole vectors.
+            # Its time hardly depends on the chunk: the largest alone is timed.
+            copy = padded_input * _fused_channels(layer.in_channels) // layer.in_channels
+            plans.append(ConvPlan(route, min(batch, _cap(copy))))
+            continue
+        cap = _cap(elements[route])
         tried = (chunk_size(batch, per_sample), *_TRIED_CHUNKS)
         # A single-group call takes a slower kernel path: where im2col is there instead, the
         # grouped route needs two samples.
@@ -202,6 +276,11 @@ def candidate_plans(
         chunks = sorted({min(c, batch, cap) for c in tried})
         plans += [ConvPlan(route, c) for c in chunks if c >= least]
     return plans
+
+
+def _cap(elements: int) -> int:
+    """The most samples per chunk when each takes ``elements`` of the workspace."""
+    return max(1, min(_TUNING_SAMPLES, _MAX_CHUNK_ELEMENTS // max(elements, 1)))
 
 
 # Plans chosen so far, by layer geometry: {key: plan}.
@@ -245,9 +324,20 @@ def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspac
     return plan
 
 
+def _fused_channels(channels: int, dtype: torch.dtype = torch.float32) -> int:
+    """The channels of the fused route's input copy: padded to whole vectors of the kernel
+    (float32's vectors hold the most elements, so their padding bounds every dtype's)."""
+    width = _native.lanes(dtype)
+    return -(-channels // width) * width
+
+
 def plans_for(layer: _Conv, a: torch.Tensor, delta: torch.Tensor) -> list[ConvPlan]:
-    """:func:`candidate_plans` for ``layer`` with input ``a`` and output gradient ``delta``."""
-    return candidate_plans(layer, a.shape[0], delta[0, 0].numel(), _padded_elements(layer, a[0]))
+    """:func:`candidate_plans` for ``layer`` with input ``a`` and output gradient ``delta``
+    (without the fused kernel where it cannot take ``a``'s dtype or device)."""
+    plans = candidate_plans(layer, a.shape[0], delta[0, 0].numel(), _padded_elements(layer, a[0]))
+    if _native.unavailable(a) is not None:
+        plans = [p for p in plans if p.route != "fused"]
+    return plans
 
 
 def _padded_elements(layer: _Conv, sample: torch.Tensor) -> int:
@@ -276,13 +366,19 @@ def _timed(
     layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, plan: ConvPlan, work: Workspace
 ) -> float:
     unguarded = a.new_empty(0)
-    conv_weight_terms(layer, a, delta, unguarded, work, plan)  # warm-up
+    return _best_time(lambda: conv_weight_terms(layer, a, delta, unguarded, work, plan), a.device)
+
+
+def _best_time(run, device: torch.device) -> float:
+    """Best of _TIMED_RUNS calls of ``run`` after one to warm up (a backend builds its kernel
+    for a new shape); timings on a shared machine are noisy upwards."""
+    run()
     best = math.inf
     for _ in range(_TIMED_RUNS):
-        _sync(a.device)
+        _sync(device)
         start = time.perf_counter()
-        conv_weight_terms(layer, a, delta, unguarded, work, plan)
-        _sync(a.device)
+        run()
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -308,7 +404,7 @@ def conv_weight_terms(
         mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
         a = F.pad(a, layer._reversed_padding_repeated_twice, mode=mode)
         padding = (0,) * len(layer.kernel_size)
-    operands = _ConvOperands(layer, a, delta, tuple(padding), layer.weight.detach().abs())
+    operands = _ConvOperands(layer, a, delta, tuple(padding))
     return _ROUTES[plan.route](operands, guard, plan.chunk, work)
 
 
@@ -321,7 +417,10 @@ class _ConvOperands:
     a: torch.Tensor
     delta: torch.Tensor
     padding: tuple[int, ...]
-    w_abs: torch.Tensor
+
+    @cached_property
+    def w_abs(self) -> torch.Tensor:
+        return self.layer.weight.detach().abs()
 
 
 def _grouped(
@@ -528,10 +627,71 @@ def _unfold_channels_last(rows: torch.Tensor, view: _Conv2dView, work: Workspace
     return out.copy_(windows).view(n, h_out * w_out, kh * kw * C)
 
 
+def _fused(
+    operands: _ConvOperands, guard: torch.Tensor, chunk: int, work: Workspace
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused route (one group, 1-D and 2-D convs): the kernel of :mod:`._native` reads each
+    window straight from a padded channels-last copy of the chunk's inputs and reduces every
+    tile of the per-sample gradients against |W| as it forms it, so neither the unfolded input
+    nor a per-sample gradient is written.
+
+    The channels are padded with zeros up to whole vectors of the kernel (and |W| with zero
+    columns), which adds nothing to any sum.
+    """
+    view = _as_2d(operands)
+    a, d = view.a, view.d
+    (B, C, H, W), O = a.shape, d.shape[1]
+    (ph, pw), (kh, kw) = view.padding, view.kernel
+    width = _native.lanes(a.dtype)
+    channels = _fused_channels(C, a.dtype)
+    # |W| in the columns' order (O, kh, kw, C), its channels padded: one pass, in the workspace.
+    w_abs = work.take((O, kh, kw, channels), a, use="weights")
+    weight = operands.layer.weight.detach().view(O, C, kh, kw).permute(0, 2, 3, 1)
+    torch.abs(weight, out=w_abs[..., :C])
+    if channels != C:
+        w_abs[..., C:].zero_()
+    columns = _window_columns(view, W + 2 * pw, channels, width)
+    grad = torch.zeros_like(w_abs)
+    w_abs, grad_rows = w_abs.view(O, -1), grad.view(O, -1)
+    parts = []
+    for s in range(0, B, chunk):
+        n = min(chunk, B - s)
+        rows = work.take((n, H + 2 * ph, W + 2 * pw, channels), a, use="channels last")
+        if s == 0 and (ph or pw or channels != C):
+            rows.zero_()  # the border and the padding channels, once (as in the route above)
+        rows[:, ph : ph + H, pw : pw + W, :C].copy_(a[s : s + n].permute(0, 2, 3, 1))
+        parts.append(_native.abs_products(d[s : s + n], rows, columns, w_abs, guard[s:], grad_rows))
+    grad = grad[..., :C].permute(0, 3, 1, 2)  # a view in the weight's (O, C, kh, kw) order
+    return torch.cat(parts), grad.reshape(operands.layer.weight.shape)
+
+
+# Column layouts of the fused route, by window geometry: {key: _native.Columns}.
+_COLUMNS: dict[tuple, _native.Columns] = {}
+
+
+def _window_columns(
+    view: _Conv2dView, padded_width: int, channels: int, width: int
+) -> _native.Columns:
+    """Where the fused kernel finds U_n in a padded (n, H, W, channels) sample: the start of
+    output position l's window (off_l), and of each block of ``width`` channels at each kernel
+    position, in the weight's (kh, kw, C) order, within a window (off_k)."""
+    key = (view.kernel, view.dilation, view.stride, view.out_size, padded_width, channels, width)
+    if key not in _COLUMNS:
+        (kh, kw), (dh, dw), (sh, sw) = view.kernel, view.dilation, view.stride
+        h_out, w_out = view.out_size
+        starts = torch.arange(h_out).mul_(sh * padded_width).view(-1, 1)
+        off_l = (starts + torch.arange(w_out).mul_(sw)).mul_(channels).view(-1)
+        taps = torch.arange(kh).mul_(dh * padded_width).view(-1, 1) + torch.arange(kw).mul_(dw)
+        off_k = (taps.view(-1, 1) * channels + torch.arange(0, channels, width)).view(-1)
+        _COLUMNS[key] = _native.Columns.of(off_l, off_k, width)
+    return _COLUMNS[key]
+
+
 # The ways of forming a conv layer's per-sample weight gradients, each exact.
 _ROUTES = {
     "grouped": _grouped,
     "im2col": _unfolded,
     "im2col channels-last": _unfolded_channels_last,
+    "fused": _fused,
 }
 ROUTES = tuple(_ROUTES)

@@ -1,0 +1,245 @@
+"""The fused per-sample product kernel (``abs_products.c``): built on first use, then cached.
+
+Per-sample Σ|W ⊙ G_n| with G_n = D_n U_n is a matmul whose output is reduced at once; eager
+torch can only write G_n and read it back, which on the CPU costs more than the matmul (see
+``abs_products.c``). The kernel is plain C with vector extensions, compiled for this CPU by the
+system's C compiler (``$CC``, else ``cc``) the first time it is needed, into
+``$BIASDECAY_CACHE_DIR`` (default ``$XDG_CACHE_HOME/biasdecay`` or ``~/.cache/biasdecay``), one
+file per source, compiler and CPU. It shares torch's OpenMP runtime (the loaded
+``libgomp.so.1``), and runs with ``torch.get_num_threads()`` threads.
+
+It is one route among the measured ones (:mod:`._per_sample_products`), never required: without
+a compiler, on a GPU, for other dtypes, or with ``BIASDECAY_NATIVE=0``, the torch routes run,
+and :func:`unavailable` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("abs_products.c")
+DISABLE_ENV = "BIASDECAY_NATIVE"  # "0": never build or use the kernel
+CACHE_ENV = "BIASDECAY_CACHE_DIR"
+
+# Tried in order: the first that compiles is kept. Without OpenMP the kernel runs on one
+# thread (and is then rarely the fastest route); without -march=native, for a generic CPU.
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-march=native"),
+    ("-O3", "-fopenmp"),
+    ("-O3",),
+)
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+_lock = threading.Lock()
+_loaded: dict[str, object] = {}  # "library": the CDLL, or "why": the reason there is none
+
+
+def _cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "biasdecay"
+
+
+def _cpu_identity() -> str:
+    """What -march=native compiles for: the CPU's model and feature flags."""
+    lines = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    lines.append(line)
+                if line.strip() == "":  # the first processor is enough
+                    break
+    except OSError:
+        lines.append(platform.processor())
+    return platform.machine() + "".join(lines)
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        run = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return run.stdout
+
+
+def _build() -> ctypes.CDLL:
+    """Compile (or find compiled) and load the kernel; raises OSError with the reason."""
+    cc = os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        raise OSError(f"no C compiler ('{cc}' is not on PATH; set CC to one)")
+    source = SOURCE.read_bytes()
+    version = _compiler_version(cc)
+    errors = []
+    for flags in _FLAG_SETS:
+        what = [source, version.encode(), " ".join(flags).encode(), _cpu_identity().encode()]
+        key = hashlib.sha256(b"\0".join(what)).hexdigest()[:16]
+        target = _cache_dir() / f"abs_products-{key}.so"
+        if not target.exists():
+            try:
+                _compile(cc, flags, target)
+            except OSError as error:
+                errors.append(f"{' '.join(flags)}: {error}")
+                continue
+        return ctypes.CDLL(str(target))
+    raise OSError("the kernel did not compile: " + "; ".join(errors))
+
+
+def _compile(cc: str, flags: tuple[str, ...], target: Path) -> None:
+    """Compile into a temporary file beside ``target``, then rename it (atomic: a concurrent
+    process sees the old file, no file, or the whole new one)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        directory = target.parent
+    except OSError:
+        directory = Path(tempfile.gettempdir())
+        target = directory / target.name
+    fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".abs_products-", dir=directory)
+    os.close(fd)
+    try:
+        run = subprocess.run(
+            [cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if run.returncode != 0:
+            raise OSError(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _library() -> ctypes.CDLL | None:
+    with _lock:
+        if not _loaded:
+            if os.environ.get(DISABLE_ENV, "1") == "0":
+                _loaded["why"] = f"{DISABLE_ENV}=0"
+            else:
+                try:
+                    lib = _build()
+                    _declare(lib)
+                    _loaded["library"] = lib
+                except (OSError, AttributeError) as error:
+                    _loaded["why"] = str(error)
+        return _loaded.get("library")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for suffix in _DTYPES.values():
+        fn = getattr(lib, f"abs_products_{suffix}")
+        fn.restype = None
+        fn.argtypes = [i64] * 4 + [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, i64, ptr]
+        fn.argtypes += [ptr, ptr, i64, ctypes.c_int]
+        getattr(lib, f"abs_products_lanes_{suffix}").restype = ctypes.c_int
+
+
+def unavailable(like: torch.Tensor | None = None) -> str | None:
+    """None if the kernel can run on tensors like ``like`` (any, if None), else why not."""
+    if like is not None:
+        if like.device.type != "cpu":
+            return f"the kernel runs on the CPU, not {like.device.type}"
+        if like.dtype not in _DTYPES:
+            return f"the kernel is written for float32 and float64, not {like.dtype}"
+    if _library() is None:
+        return _loaded["why"]
+    return None
+
+
+_LANES: dict[torch.dtype, int] = {}
+
+
+def lanes(dtype: torch.dtype) -> int:
+    """Elements of ``dtype`` in one of the kernel's vectors: U's column blocks are this wide."""
+    if dtype not in _LANES:
+        lib = _library()
+        assert lib is not None, _loaded.get("why")
+        _LANES[dtype] = getattr(lib, f"abs_products_lanes_{_DTYPES[dtype]}")()
+    return _LANES[dtype]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where the kernel finds U_n in sample n's memory: row l, columns [k, k + lanes) are the
+    ``lanes`` contiguous elements at ``off_l[l] + off_k[k // lanes]``.
+
+    Build with :meth:`of`, which checks the offsets once.
+    """
+
+    off_l: torch.Tensor  # int64, contiguous, CPU
+    off_k: torch.Tensor
+    span: int  # elements from a sample's start to the end of the last one read
+
+    @classmethod
+    def of(cls, off_l: torch.Tensor, off_k: torch.Tensor, width: int) -> Columns:
+        off_l, off_k = off_l.to(torch.int64).contiguous(), off_k.to(torch.int64).contiguous()
+        if min(int(off_l.min()), int(off_k.min())) < 0:
+            raise ValueError("negative offsets")
+        return cls(off_l, off_k, int(off_l.max()) + int(off_k.max()) + width)
+
+
+# Samples whose inputs and output gradients stay in cache while every strip of |W| passes over
+# them: 8-32 ran within a few percent of each other on a 2-core Xeon, 128 was 10-20% slower.
+SAMPLE_BLOCK = 16
+
+
+def abs_products(
+    d: torch.Tensor,
+    x: torch.Tensor,
+    columns: Columns,
+    w_abs: torch.Tensor,
+    guard: torch.Tensor,
+    grad: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample Σ_ij |W_ij| |(D_n U_n)_ij|, and grad += Σ_n guard_n D_n U_n (first samples).
+
+    Args:
+        d: (n, O, L) output gradients, any strides.
+        x: the columns' source, sample n's at ``x[n]``, read as ``columns`` says.
+        w_abs: |W|, (O, K) contiguous, K a multiple of :func:`lanes`.
+        guard: the weights of the first samples, whose weighted sum of G_n goes to ``grad``.
+        grad: (O, K) contiguous, added to.
+
+    Returns:
+        The (n,) sums, in ``d``'s dtype.
+    """
+    n, O, L = d.shape
+    K = w_abs.shape[1]
+    width = lanes(d.dtype)
+    # The kernel reads through raw pointers: check every bound it relies on.
+    assert w_abs.shape[0] == O and K % width == 0 and w_abs.is_contiguous()
+    assert columns.off_l.numel() == L and columns.off_k.numel() == K // width
+    assert grad.shape == (O, K) and grad.is_contiguous() and x.stride(0) >= 0
+    assert x.dtype == d.dtype == w_abs.dtype == grad.dtype and x.shape[0] >= n
+    stored = x.untyped_storage().nbytes() // x.element_size()
+    assert x.storage_offset() + x.stride(0) * max(n - 1, 0) + columns.span <= stored
+    if n == 0:
+        return d.new_zeros(0)
+    threads = torch.get_num_threads()
+    sums = torch.zeros(threads, n, dtype=torch.float64)
+    g = min(guard.numel(), n)
+    weights = guard[:g].to(d.dtype).contiguous()
+    fn = getattr(_library(), f"abs_products_{_DTYPES[d.dtype]}")
+    fn(
+        n, O, L, K,
+        d.data_ptr(), *d.stride(),
+        x.data_ptr(), x.stride(0), columns.off_l.data_ptr(), columns.off_k.data_ptr(),
+        w_abs.data_ptr(), g, weights.data_ptr(), grad.data_ptr(), sums.data_ptr(),
+        max(SAMPLE_BLOCK, g), threads,
+    )  # fmt: skip
+    return sums.sum(0).to(d.dtype)
