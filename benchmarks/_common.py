@@ -21,6 +21,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def fused_kernel() -> str:
+    """Whether per-sample C's fused kernel runs here (it is built on first use), for a header."""
+    from biasdecay.sharpness import _native
+
+    why = _native.unavailable()
+    if why is not None:
+        return f"fused kernel: not used ({why})"
+    return f"fused kernel: {_native.lanes(torch.float32)} float32 lanes"
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA), so wall time measures the work itself."""
     if device.type == "cuda":

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import cpu_name, interleaved_best, sync
+from _common import cpu_name, fused_kernel, interleaved_best, sync
 from biasdecay.nn.models import build_model
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
@@ -470,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__} | {cpu_name()} | {os.cpu_count()} cores | "
         f"threads {torch.get_num_threads()} | device {args.device} | float32 | "
         f"best of {args.repeats} interleaved rounds, {args.settle} untimed call(s) before each"
+        f" | {fused_kernel()}"
     )
     for name in args.models.split(","):
         bench_model(args, name)
