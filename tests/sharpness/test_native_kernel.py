@@ -75,8 +75,11 @@ def test_kernel_refuses_offsets_past_the_input() -> None:
     d, x = torch.randn(4, 3, 2), torch.randn(4, 2, width)
     w_abs, grad = torch.ones(3, width), torch.zeros(3, width)
     past = _native.Columns.of(torch.tensor([0, width]), torch.tensor([width]), width)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="every window inside x"):
         _native.abs_products(d, x, past, w_abs, torch.ones(0), grad)
+    inside = _native.Columns.of(torch.tensor([0, 0]), torch.tensor([0]), width)
+    with pytest.raises(ValueError, match="grad is"):
+        _native.abs_products(d, x, inside, w_abs, torch.ones(0), grad[:2])
     with pytest.raises(ValueError, match="negative"):
         _native.Columns.of(torch.tensor([-1, 0]), torch.tensor([0]), width)
 

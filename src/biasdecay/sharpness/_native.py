@@ -220,14 +220,28 @@ def abs_products(
     """
     n, O, L = d.shape
     K = w_abs.shape[1]
-    width = lanes(d.dtype)
-    # The kernel reads through raw pointers: check every bound it relies on.
-    assert w_abs.shape[0] == O and K % width == 0 and w_abs.is_contiguous()
-    assert columns.off_l.numel() == L and columns.off_k.numel() == K // width
-    assert grad.shape == (O, K) and grad.is_contiguous() and x.stride(0) >= 0
-    assert x.dtype == d.dtype == w_abs.dtype == grad.dtype and x.shape[0] >= n
+    width = lanes(d.dtype) if d.dtype in _DTYPES else 1  # else refused below
+    # The kernel reads and writes through raw pointers: every bound it relies on is checked
+    # here (not with assert, which python -O drops).
     stored = x.untyped_storage().nbytes() // x.element_size()
-    assert x.storage_offset() + x.stride(0) * max(n - 1, 0) + columns.span <= stored
+    checks = {
+        "|W| is (O, K), contiguous, K whole vectors": w_abs.shape[0] == O
+        and K % width == 0
+        and w_abs.is_contiguous(),
+        "one offset per position and per column vector": columns.off_l.numel() == L
+        and columns.off_k.numel() == K // width,
+        "grad is (O, K), contiguous": tuple(grad.shape) == (O, K) and grad.is_contiguous(),
+        "one dtype, on the CPU": x.dtype == d.dtype == w_abs.dtype == grad.dtype
+        and d.dtype in _DTYPES
+        and x.device.type == d.device.type == w_abs.device.type == grad.device.type == "cpu",
+        "every window inside x": x.shape[0] >= n
+        and x.stride(0) >= 0
+        and x.storage_offset() + x.stride(0) * max(n - 1, 0) + columns.span <= stored,
+        "d's strides not negative": all(s >= 0 for s in d.stride()),
+    }
+    broken = [what for what, ok in checks.items() if not ok]
+    if broken:
+        raise ValueError("abs_products: operands break the kernel's layout: " + "; ".join(broken))
     if n == 0:
         return d.new_zeros(0)
     threads = torch.get_num_threads()
