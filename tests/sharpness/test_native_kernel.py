@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 import torch
@@ -126,6 +127,16 @@ def test_a_missing_compiler_is_named(unloaded, monkeypatch, tmp_path) -> None:
     assert "fused" not in products.routes_for(nn.Conv2d(16, 16, 3))
 
 
+def test_extra_flags_reach_the_compiler(unloaded, monkeypatch, tmp_path) -> None:
+    if shutil.which("cc") is None and not os.environ.get("CC"):
+        pytest.skip("no C compiler on PATH")
+    monkeypatch.delenv(_native.DISABLE_ENV, raising=False)
+    monkeypatch.setenv(_native.FLAGS_ENV, "--no-such-flag-here")
+    monkeypatch.setenv(_native.CACHE_ENV, str(tmp_path))
+    assert "no-such-flag-here" in _native.unavailable()
+    assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+
+
 def test_the_kernel_is_refused_for_other_dtypes_and_devices() -> None:
     assert "float32 and float64" in _native.unavailable(torch.zeros(1, dtype=torch.bfloat16))
     assert "CPU" in _native.unavailable(torch.zeros(1, device="meta"))
@@ -142,3 +153,18 @@ def test_a_build_lands_whole_in_the_cache(unloaded, monkeypatch, tmp_path) -> No
     monkeypatch.setattr(_native, "_loaded", {})
     monkeypatch.setattr(_native, "_compile", lambda *args: pytest.fail("compiled again"))
     assert _native.unavailable() is None
+
+
+@needs_kernel
+def test_an_unwritable_cache_falls_back_to_the_temporary_directory(
+    unloaded, monkeypatch, tmp_path
+) -> None:
+    blocked = tmp_path / "a-file-not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setenv(_native.CACHE_ENV, str(blocked))
+    fallback = tmp_path / "tmp"
+    fallback.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
+    assert _native.unavailable() is None
+    assert [p.name.startswith("abs_products-") for p in fallback.iterdir()] == [True]
+

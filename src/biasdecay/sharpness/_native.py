@@ -3,10 +3,10 @@
 Per-sample Σ|W ⊙ G_n| with G_n = D_n U_n is a matmul whose output is reduced at once; eager
 torch can only write G_n and read it back, which on the CPU costs more than the matmul (see
 ``abs_products.c``). The kernel is plain C with vector extensions, compiled for this CPU by the
-system's C compiler (``$CC``, else ``cc``) the first time it is needed, into
-``$BIASDECAY_CACHE_DIR`` (default ``$XDG_CACHE_HOME/biasdecay`` or ``~/.cache/biasdecay``), one
-file per source, compiler and CPU. It shares torch's OpenMP runtime (the loaded
-``libgomp.so.1``), and runs with ``torch.get_num_threads()`` threads.
+system's C compiler (``$CC``, else ``cc``; ``$BIASDECAY_NATIVE_CFLAGS`` adds flags) the first
+time it is needed, into ``$BIASDECAY_CACHE_DIR`` (default ``$XDG_CACHE_HOME/biasdecay`` or
+``~/.cache/biasdecay``), one file per source, compiler, flags and CPU. It shares torch's OpenMP
+runtime (the loaded ``libgomp.so.1``), and runs with ``torch.get_num_threads()`` threads.
 
 It is one route among the measured ones (:mod:`._per_sample_products`), never required: without
 a compiler, on a GPU, for other dtypes, or with ``BIASDECAY_NATIVE=0``, the torch routes run,
@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +32,7 @@ import torch
 SOURCE = Path(__file__).with_name("abs_products.c")
 DISABLE_ENV = "BIASDECAY_NATIVE"  # "0": never build or use the kernel
 CACHE_ENV = "BIASDECAY_CACHE_DIR"
+FLAGS_ENV = "BIASDECAY_NATIVE_CFLAGS"  # more compiler flags, after ours (-mno-avx512f: AVX2)
 
 # Tried in order: the first that compiles is kept. Without OpenMP the kernel runs on one
 # thread (and is then rarely the fastest route); without -march=native, for a generic CPU.
@@ -84,13 +86,14 @@ def _build() -> ctypes.CDLL:
     source = SOURCE.read_bytes()
     version = _compiler_version(cc)
     errors = []
-    for flags in _FLAG_SETS:
+    extra = tuple(shlex.split(os.environ.get(FLAGS_ENV, "")))
+    for flags in (f + extra for f in _FLAG_SETS):
         what = [source, version.encode(), " ".join(flags).encode(), _cpu_identity().encode()]
         key = hashlib.sha256(b"\0".join(what)).hexdigest()[:16]
         target = _cache_dir() / f"abs_products-{key}.so"
         if not target.exists():
             try:
-                _compile(cc, flags, target)
+                target = _compile(cc, flags, target)
             except OSError as error:
                 errors.append(f"{' '.join(flags)}: {error}")
                 continue
@@ -98,30 +101,38 @@ def _build() -> ctypes.CDLL:
     raise OSError("the kernel did not compile: " + "; ".join(errors))
 
 
-def _compile(cc: str, flags: tuple[str, ...], target: Path) -> None:
+def _compile(cc: str, flags: tuple[str, ...], target: Path) -> Path:
     """Compile into a temporary file beside ``target``, then rename it (atomic: a concurrent
-    process sees the old file, no file, or the whole new one)."""
+    process sees the old file, no file, or the whole new one). Where the cache directory cannot
+    be written, into the system's temporary directory instead.
+
+    Returns:
+        Where the library is.
+    """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        directory = target.parent
+        fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".abs_products-", dir=target.parent)
     except OSError:
-        directory = Path(tempfile.gettempdir())
-        target = directory / target.name
-    fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".abs_products-", dir=directory)
+        target = Path(tempfile.gettempdir()) / target.name
+        fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".abs_products-", dir=target.parent)
     os.close(fd)
     try:
-        run = subprocess.run(
-            [cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        try:
+            run = subprocess.run(
+                [cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        except subprocess.SubprocessError as error:  # a timeout
+            raise OSError(str(error)) from error
         if run.returncode != 0:
             raise OSError(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return target
 
 
 def _library() -> ctypes.CDLL | None:

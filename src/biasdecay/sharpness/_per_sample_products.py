@@ -8,9 +8,9 @@ for the layer's shape, chosen by measurement:
 * **The fused kernel** (:mod:`._native`, where a C compiler could build it): each register
   tile of G_n is reduced against |W| as it is formed, and the windows are read straight from a
   padded channels-last copy of the input, so neither G_n nor the unfolded input is ever
-  written. Its cost is the matmul's FLOPs: 1.0-1.2× the batch weight-gradient kernel on
-  ResNet-18's 3×3 layers on a 2-core Xeon, where the best torch route took up to 2.9×
-  (``benchmarks/bench_conv_routes.py``).
+  written. Its cost is the matmul's FLOPs: 0.8-1.3× the batch weight-gradient kernel on
+  ResNet-18's 3×3 layers (16 or more input channels) on a 2-core Xeon, where the best torch
+  route took up to 3.0× (``benchmarks/bench_conv_routes.py``, docs/benchmarks.md).
 * **Torch routes**, a chunk of samples at a time into one reused buffer
   (:class:`Workspace`: fresh memory for each chunk costs a page fault per 4 KiB on the CPU):
   for convs, the backend's grouped weight-gradient kernel with the chunk's samples as groups
