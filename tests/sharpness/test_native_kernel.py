@@ -167,4 +167,3 @@ def test_an_unwritable_cache_falls_back_to_the_temporary_directory(
     monkeypatch.setattr(tempfile, "tempdir", str(fallback))
     assert _native.unavailable() is None
     assert [p.name.startswith("abs_products-") for p in fallback.iterdir()] == [True]
-

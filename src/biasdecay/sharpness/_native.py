@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("abs_products.c")
+SOURCE = Path(__file__).resolve().with_name("abs_products.c")  # absolute: it includes __FILE__
 DISABLE_ENV = "BIASDECAY_NATIVE"  # "0": never build or use the kernel
 CACHE_ENV = "BIASDECAY_CACHE_DIR"
 FLAGS_ENV = "BIASDECAY_NATIVE_CFLAGS"  # more compiler flags, after ours (-mno-avx512f: AVX2)

@@ -54,10 +54,11 @@ static int omp_get_thread_num(void) { return 0; }
 #define COLS TILE_COLS
 #endif
 
-typedef float vec_f32 __attribute__((vector_size(VBYTES), aligned(4)));
-typedef int32_t bits_f32 __attribute__((vector_size(VBYTES), aligned(4)));
-typedef double vec_f64 __attribute__((vector_size(VBYTES), aligned(8)));
-typedef int64_t bits_f64 __attribute__((vector_size(VBYTES), aligned(8)));
+/* Element alignment (the loads are unaligned) and may_alias (they read float and double arrays). */
+typedef float vec_f32 __attribute__((vector_size(VBYTES), aligned(4), may_alias));
+typedef int32_t bits_f32 __attribute__((vector_size(VBYTES), aligned(4), may_alias));
+typedef double vec_f64 __attribute__((vector_size(VBYTES), aligned(8), may_alias));
+typedef int64_t bits_f64 __attribute__((vector_size(VBYTES), aligned(8), may_alias));
 
 /* The lanes of one vector, for the Python side to lay out its offsets. */
 int abs_products_lanes_f32(void) { return VBYTES / 4; }
