@@ -167,3 +167,25 @@ def test_an_unwritable_cache_falls_back_to_the_temporary_directory(
     monkeypatch.setattr(tempfile, "tempdir", str(fallback))
     assert _native.unavailable() is None
     assert [p.name.startswith("abs_products-") for p in fallback.iterdir()] == [True]
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", ["channels_last", "strided view"])
+def test_fused_route_reads_inputs_of_any_layout(layout: str) -> None:
+    """The kernel copies each block of samples from the input's own strides: a channels-last
+    input, or a view that skips every other column, give the exact values."""
+    torch.manual_seed(1)
+    layer = nn.Conv2d(5, 7, 3, padding=(1, 2), dilation=(1, 2)).double()
+    wide = torch.randn(19, 5, 6, 14, dtype=torch.float64)
+    a = wide.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else None
+    a = wide[..., ::2] if a is None else a
+    delta = torch.randn_like(layer(a))
+    guard, work = torch.arange(1, 6), products.Workspace()
+    sums, grad = products.conv_weight_terms(
+        layer, a, delta, guard, work, products.ConvPlan("fused", 8)
+    )
+    want_sums, want_grad = products.conv_weight_terms(
+        layer, a.contiguous(), delta, guard, work, products.ConvPlan("grouped", 2)
+    )
+    torch.testing.assert_close(sums, want_sums, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-12)

@@ -7,10 +7,11 @@ for the layer's shape, chosen by measurement:
 
 * **The fused kernel** (:mod:`._native`, where a C compiler could build it): each register
   tile of G_n is reduced against |W| as it is formed, and the windows are read straight from a
-  padded channels-last copy of the input, so neither G_n nor the unfolded input is ever
-  written. Its cost is the matmul's FLOPs: 0.8-1.3× the batch weight-gradient kernel on
-  ResNet-18's 3×3 layers (16 or more input channels) on a 2-core Xeon, where the best torch
-  route took up to 3.0× (``benchmarks/bench_conv_routes.py``, docs/benchmarks.md).
+  padded channels-last copy of each block of samples in the thread's cache, so neither G_n nor
+  the unfolded input is ever written. Its cost is the matmul's FLOPs: 0.8-1.3× the batch
+  weight-gradient kernel on ResNet-18's 3×3 layers (16 or more input channels) on a 2-core
+  Xeon, where the best torch route took up to 3.0× (``benchmarks/bench_conv_routes.py``,
+  docs/benchmarks.md).
 * **Torch routes**, a chunk of samples at a time into one reused buffer
   (:class:`Workspace`: fresh memory for each chunk costs a page fault per 4 KiB on the CPU):
   for convs, the backend's grouped weight-gradient kernel with the chunk's samples as groups
@@ -630,17 +631,17 @@ def _unfold_channels_last(rows: torch.Tensor, view: _Conv2dView, work: Workspace
 def _fused(
     operands: _ConvOperands, guard: torch.Tensor, chunk: int, work: Workspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused route (one group, 1-D and 2-D convs): the kernel of :mod:`._native` reads each
-    window straight from a padded channels-last copy of the chunk's inputs and reduces every
-    tile of the per-sample gradients against |W| as it forms it, so neither the unfolded input
-    nor a per-sample gradient is written.
+    """The fused route (one group, 1-D and 2-D convs): the kernel of :mod:`._native` copies
+    each block of samples into a padded channels-last buffer of its thread (in cache), reads
+    each window straight from it and reduces every tile of the per-sample gradients against |W|
+    as it forms it, so neither the unfolded input nor a per-sample gradient is written.
 
     The channels are padded with zeros up to whole vectors of the kernel (and |W| with zero
     columns), which adds nothing to any sum.
     """
     view = _as_2d(operands)
     a, d = view.a, view.d
-    (B, C, H, W), O = a.shape, d.shape[1]
+    (B, C, _, W), O = a.shape, d.shape[1]
     (ph, pw), (kh, kw) = view.padding, view.kernel
     width = _native.lanes(a.dtype)
     channels = _fused_channels(C, a.dtype)
@@ -653,14 +654,18 @@ def _fused(
     columns = _window_columns(view, W + 2 * pw, channels, width)
     grad = torch.zeros_like(w_abs)
     w_abs, grad_rows = w_abs.view(O, -1), grad.view(O, -1)
+    planar = _native.Planar(a, (ph, pw), channels)
+    # The kernel's threads copy blocks of samples, padded channels last, into this buffer; they
+    # write the interior alone, so the border and the padding channels are zeroed once.
+    size = _native.copies_elements(planar, guard.numel())
+    copies = work.take((size,), a, use="channels last").zero_()
     parts = []
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
-        rows = work.take((n, H + 2 * ph, W + 2 * pw, channels), a, use="channels last")
-        if s == 0 and (ph or pw or channels != C):
-            rows.zero_()  # the border and the padding channels, once (as in the route above)
-        rows[:, ph : ph + H, pw : pw + W, :C].copy_(a[s : s + n].permute(0, 2, 3, 1))
-        parts.append(_native.abs_products(d[s : s + n], rows, columns, w_abs, guard[s:], grad_rows))
+        rows = _native.Planar(a[s : s + n], (ph, pw), channels)
+        parts.append(
+            _native.abs_products(d[s : s + n], rows, columns, w_abs, guard[s:], grad_rows, copies)
+        )
     grad = grad[..., :C].permute(0, 3, 1, 2)  # a view in the weight's (O, C, kh, kw) order
     return torch.cat(parts), grad.reshape(operands.layer.weight.shape)
 

@@ -8,8 +8,10 @@
  * matmul's FLOPs.
  *
  * U_n is never formed either: row l, columns [k, k + LANES) of U_n start at
- * X + n·sxn + off_l[l] + off_k[k / LANES], so a padded channels-last input serves as its own
- * im2col matrix (each LANES-column block is LANES consecutive channels of one kernel position).
+ * X_n + off_l[l] + off_k[k / LANES], so a padded channels-last input serves as its own im2col
+ * matrix (each LANES-column block is LANES consecutive channels of one kernel position). A conv
+ * input in planes (NCHW) is copied that way by each thread, a block of samples at a time, into
+ * a buffer that stays in cache.
  *
  * For the guard's first g samples the signed G_n, weighted by gw[n], is also added to grad
  * (O, K): the same accumulators give the checked sum and the measured values.
@@ -22,6 +24,7 @@
 #ifndef ABS_PRODUCTS_BODY
 #define ABS_PRODUCTS_BODY
 
+#include <stddef.h>
 #include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -146,32 +149,66 @@ static inline __attribute__((always_inline)) void NAME(strip)(
     *sum += total;
 }
 
+/* Copies sample src (C, H, W planes, strides sc, sh, sw) into the interior of its padded
+ * channels-last copy dst (rows of wp positions of cp channels each); the border and the
+ * channels past C are left as they are (zero). */
+static void NAME(fill)(REAL *dst, const REAL *src, int64_t sc, int64_t sh, int64_t sw, int64_t C,
+                       int64_t H, int64_t Wd, int64_t ph, int64_t pw, int64_t wp, int64_t cp)
+{
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t w = 0; w < Wd; w++) {
+            const REAL *from = src + h * sh + w * sw;
+            REAL *to = dst + ((h + ph) * wp + w + pw) * cp;
+            for (int64_t c = 0; c < C; c++)
+                to[c] = from[c * sc];
+        }
+}
+
 /* Σ_t sums[t·samples + n] = Σ_ij |W_ij| |(D_n U_n)_ij| for n < samples (thread t adds to row t
  * of the zeroed (threads, samples) sums); grad += Σ_{n<g} gw[n] D_n U_n.
  *
- * D_n[o, l] = D[n·sdn + o·sdo + l·sdl]; U_n as above; W is (O, K) row-major and K a multiple
- * of LANES. The work is split into items of sample_block samples by one strip of columns: a
- * block's inputs and output gradients stay in cache while the strips of |W| pass over them, and
- * there are enough items to balance the threads on any layer shape. Only the items of the first
+ * D_n[o, l] = D[n·sdn + o·sdo + l·sdl]; W is (O, K) row-major and K a multiple of LANES. U_n
+ * is read as above from X_n, which is X + n·sxn if planar[0] (C) is 0. Otherwise X is a conv's
+ * input in planes, planar = {C, H, W, stride of c, of h, of w, padding of h, of w, padded
+ * width, padded channels, stride of n}, and X_n is sample n's padded channels-last copy (sxn
+ * elements: padded height × padded width × padded channels), made by each thread
+ * for each block of samples it takes, in its own part of `copies` (threads × sample_block ×
+ * sxn elements, zeroed by the caller): the copy stays in cache, where a copy made beforehand
+ * for the whole batch goes to memory and back.
+ *
+ * The work is split into items of sample_block samples by one strip of columns: a block's
+ * inputs and output gradients stay in cache while the strips of |W| pass over them, and there
+ * are enough items to balance the threads on any layer shape. Only the items of the first
  * block write grad (the caller makes g <= sample_block), each to its own strip's columns. */
 void NAME(abs_products)(
     int64_t samples, int64_t O, int64_t L, int64_t K, const REAL *D, int64_t sdn, int64_t sdo,
-    int64_t sdl, const REAL *X, int64_t sxn, const int64_t *off_l, const int64_t *off_k,
-    const REAL *W, int64_t g, const REAL *gw, REAL *grad, double *sums, int64_t sample_block,
-    int threads)
+    int64_t sdl, const REAL *X, int64_t sxn, const int64_t *planar, REAL *copies,
+    const int64_t *off_l, const int64_t *off_k, const REAL *W, int64_t g, const REAL *gw,
+    REAL *grad, double *sums, int64_t sample_block, int threads)
 {
     const int64_t blocks = K / LANES;
     const int64_t strips = (blocks + COLS - 1) / COLS;
     const int64_t sample_blocks = (samples + sample_block - 1) / sample_block;
 #pragma omp parallel num_threads(threads)
     {
-        double *mine = sums + omp_get_thread_num() * samples;
+        const int t = omp_get_thread_num();
+        double *mine = sums + t * samples;
+        REAL *copy = planar[0] ? copies + t * sample_block * sxn : NULL;
+        int64_t copied = -1; /* the block of samples in this thread's copy */
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < sample_blocks * strips; item++) {
             const int64_t n0 = item / strips * sample_block, j0 = item % strips * COLS;
             const int64_t n1 = n0 + sample_block < samples ? n0 + sample_block : samples;
+            if (copy && copied != n0) {
+                for (int64_t n = n0; n < n1; n++)
+                    NAME(fill)(copy + (n - n0) * sxn, X + n * planar[10], planar[3], planar[4],
+                               planar[5], planar[0], planar[1], planar[2], planar[6], planar[7],
+                               planar[8], planar[9]);
+                copied = n0;
+            }
             for (int64_t n = n0; n < n1; n++) {
-                const REAL *Dn = D + n * sdn, *Xn = X + n * sxn;
+                const REAL *Dn = D + n * sdn;
+                const REAL *Xn = copy ? copy + (n - n0) * sxn : X + n * sxn;
 #define STRIP(cb) \
     NAME(strip)(cb, n, O, j0, L, K, Dn, sdo, sdl, Xn, off_l, off_k, W, g, gw, grad, mine + n)
                 switch (blocks - j0 < COLS ? blocks - j0 : COLS) { /* a constant per case */
