@@ -224,7 +224,8 @@ class Planar:
 
 
 # Samples whose inputs and output gradients stay in cache while every strip of |W| passes over
-# them: 8-32 ran within a few percent of each other on a 2-core Xeon, 128 was 10-20% slower.
+# them: 16 samples of the input of a ResNet-18 layer on 32×32 maps with 16 channels, copied
+# padded and channels last, take 1.2 MB, within a core's L2 cache.
 SAMPLE_BLOCK = 16
 
 

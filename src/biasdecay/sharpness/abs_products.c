@@ -35,7 +35,9 @@ static int omp_get_thread_num(void) { return 0; }
 /* The widest vectors the compiler targets, and a tile of ROWS × COLS of them that, with COLS
  * vectors of U and one broadcast of D, fits the vector registers. */
 #if defined(__AVX512F__) /* 32 registers of 64 bytes (8 × 2, 6 × 4, 4 × 4 and 12 × 2 tiles were
-                            up to 30% slower than 8 × 3 on ResNet-18's layers on a Xeon) */
+                            slower than 8 × 3 on ResNet-18's layers on a Xeon; compare with
+                            BIASDECAY_NATIVE_CFLAGS='-DROWS=6 -DCOLS=4'
+                            python benchmarks/bench_conv_routes.py) */
 #define VBYTES 64
 #define TILE_ROWS 8
 #define TILE_COLS 3
