@@ -264,10 +264,10 @@ def candidate_plans(
     plans = []
     for route in routes:
         if route == "fused":
-            # No per-sample gradient: the padded input alone, its channels up to whole vectors.
-            # Its time hardly depends on the chunk: the largest alone is timed.
-            copy = padded_input * _fused_channels(layer.in_channels) // layer.in_channels
-            plans.append(ConvPlan(route, min(batch, _cap(copy))))
+            # No per-sample gradient, and its threads' copies of the input take blocks of a few
+            # samples whatever the chunk (_native.copies_elements); its time hardly depends on
+            # the chunk: the largest alone is timed.
+            plans.append(ConvPlan(route, min(batch, _TUNING_SAMPLES)))
             continue
         cap = _cap(elements[route])
         tried = (chunk_size(batch, per_sample), *_TRIED_CHUNKS)
@@ -325,9 +325,8 @@ def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspac
     return plan
 
 
-def _fused_channels(channels: int, dtype: torch.dtype = torch.float32) -> int:
-    """The channels of the fused route's input copy: padded to whole vectors of the kernel
-    (float32's vectors hold the most elements, so their padding bounds every dtype's)."""
+def _fused_channels(channels: int, dtype: torch.dtype) -> int:
+    """The channels of the fused route's input copies: padded to whole vectors of the kernel."""
     width = _native.lanes(dtype)
     return -(-channels // width) * width
 
