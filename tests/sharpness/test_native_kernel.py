@@ -83,6 +83,13 @@ def test_kernel_refuses_offsets_past_the_input() -> None:
         _native.abs_products(d, x, inside, w_abs, torch.ones(0), grad[:2])
     with pytest.raises(ValueError, match="negative"):
         _native.Columns.of(torch.tensor([-1, 0]), torch.tensor([0]), width)
+    # A planar input: the threads' copies must fit their buffer, and the input be 4-D.
+    planar = _native.Planar(torch.randn(4, 3, 1, 2), (0, 0), width)
+    with pytest.raises(ValueError, match="every window inside x"):
+        _native.abs_products(d, planar, inside, w_abs, torch.ones(0), grad, torch.zeros(width))
+    with pytest.raises(ValueError, match="planar input is"):
+        flat = _native.Planar(torch.randn(4, 3, 2), (0, 0), width)
+        _native.abs_products(d, flat, inside, w_abs, torch.ones(0), grad)
 
 
 @needs_kernel

@@ -272,6 +272,8 @@ def abs_products(
     g = min(guard.numel(), n)
     planar = x if isinstance(x, Planar) else None
     source = planar.x if planar else x
+    if planar and source.dim() != 4:
+        raise ValueError(f"abs_products: a planar input is (n, C, H, W), not {tuple(source.shape)}")
     if planar:
         per_sample = planar.sample_elements
         if copies is None:
@@ -282,6 +284,7 @@ def abs_products(
         fits = fits and planar.channels % width == 0 and min(planar.padding) >= 0
         fits = fits and copies.numel() >= copies_elements(planar, g, threads)
         fits = fits and copies.is_contiguous() and copies.dtype == d.dtype
+        fits = fits and copies.device.type == "cpu" and source.shape[0] >= n
     else:
         per_sample, layout = source.stride(0), [0] * 11
         stored = source.untyped_storage().nbytes() // source.element_size()
@@ -302,8 +305,6 @@ def abs_products(
         "every window inside x": fits,
         "no negative strides": all(s >= 0 for s in (*d.stride(), *source.stride())),
     }
-    if planar:
-        checks["x is (n, C, H, W), n samples"] = source.dim() == 4 and source.shape[0] >= n
     broken = [what for what, ok in checks.items() if not ok]
     if broken:
         raise ValueError("abs_products: operands break the kernel's layout: " + "; ".join(broken))
