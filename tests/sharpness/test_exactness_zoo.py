@@ -17,6 +17,7 @@ from test_connectivity import make_batches, naive_per_sample, randomise_norms
 from torch import nn
 
 from biasdecay import roles
+from biasdecay.sharpness import _per_sample
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
 
@@ -412,6 +413,30 @@ def test_group_norm_of_any_shape_equals_the_loop(groups, shape) -> None:
     model.float()
     report = connectivity_sharpness(model, [(x.float(), y) for x, y in batches])
     assert set(report.paths.values()) == {"hooks"}  # float32: the guard sees no error either
+
+
+def test_group_norm_reuses_the_statistics_its_forward_saved(monkeypatch) -> None:
+    """The per-sample γ terms of a GroupNorm use the mean and 1/std its own forward saved for
+    autograd (no second pass over the input), and still equal the loop."""
+    taken = []
+
+    def spy(node, layer, a):
+        out = real(node, layer, a)
+        taken.append(out is not None)
+        return out
+
+    real = _per_sample._saved_group_statistics
+    monkeypatch.setattr(_per_sample, "_saved_group_statistics", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 6, 3), nn.GroupNorm(3, 6), nn.Flatten(), nn.Linear(6 * 9, 3)
+    ).double()
+    randomise_norms(model)
+    batches = make_batches((4, 5, 5), 3, [6, 4])
+    report = connectivity_sharpness(model, batches, strict=True)
+    assert taken and all(taken)
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
 
 
 @pytest.mark.parametrize("frozen", ["weight", "bias", None])
