@@ -87,8 +87,9 @@ def _build() -> ctypes.CDLL:
     version = _compiler_version(cc)
     errors = []
     extra = tuple(shlex.split(os.environ.get(FLAGS_ENV, "")))
+    cpu = _cpu_identity().encode()
     for flags in (f + extra for f in _FLAG_SETS):
-        what = [source, version.encode(), " ".join(flags).encode(), _cpu_identity().encode()]
+        what = [source, version.encode(), " ".join(flags).encode(), cpu]
         key = hashlib.sha256(b"\0".join(what)).hexdigest()[:16]
         target = _cache_dir() / f"abs_products-{key}.so"
         if not target.exists():

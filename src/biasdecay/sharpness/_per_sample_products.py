@@ -325,12 +325,6 @@ def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspac
     return plan
 
 
-def _fused_channels(channels: int, dtype: torch.dtype) -> int:
-    """The channels of the fused route's input copies: padded to whole vectors of the kernel."""
-    width = _native.lanes(dtype)
-    return -(-channels // width) * width
-
-
 def plans_for(layer: _Conv, a: torch.Tensor, delta: torch.Tensor) -> list[ConvPlan]:
     """:func:`candidate_plans` for ``layer`` with input ``a`` and output gradient ``delta``
     (without the fused kernel where it cannot take ``a``'s dtype or device)."""
@@ -643,7 +637,7 @@ def _fused(
     (B, C, _, W), O = a.shape, d.shape[1]
     (ph, pw), (kh, kw) = view.padding, view.kernel
     width = _native.lanes(a.dtype)
-    channels = _fused_channels(C, a.dtype)
+    channels = -(-C // width) * width  # the copies' channels: padded to whole vectors
     # |W| in the columns' order (O, kh, kw, C), its channels padded: one pass, in the workspace.
     w_abs = work.take((O, kh, kw, channels), a, use="weights")
     weight = operands.layer.weight.detach().view(O, C, kh, kw).permute(0, 2, 3, 1)
