@@ -333,7 +333,7 @@ def stage_breakdown(
     same conv and linear layers on the same recorded inputs and output gradients, the FLOPs the
     per-sample weight-gradient products cannot go below.
     """
-    from biasdecay.sharpness import _per_sample, _per_sample_products
+    from biasdecay.sharpness import _native, _per_sample, _per_sample_products
 
     hooked = _per_sample.HookedPerSample(model, F.cross_entropy)
     spent: dict[str, float] = {}
@@ -366,7 +366,18 @@ def stage_breakdown(
             timed(f"{REFERENCE}, {kind}", lambda: batch_weight_gradient(layer, a, delta))
         return out
 
+    fused_norms = {k: getattr(_native, k) for k in ("batch_norm_backward", "group_norm_backward")}
+
+    def fused_norm_stage(kernel: str) -> Callable[..., object]:
+        # A norm layer's input gradient and per-sample terms, in the pass that replaces
+        # autograd's own backward of the layer (biasdecay.sharpness._fused_norm).
+        kind = "BatchNorm" if kernel.startswith("batch") else "GroupNorm"
+        stage = f"terms: {kind}, with its backward (fused)"
+        return lambda *args: timed(stage, lambda: fused_norms[kernel](*args))
+
     _per_sample._layer_terms = layer_terms
+    for kernel in fused_norms:
+        setattr(_native, kernel, fused_norm_stage(kernel))
     hooked._autograd_gradient = lambda *a: timed("guard: forward+backward", lambda: autograd(*a))
     hooked._guard = lambda *a: timed("guard: comparison", lambda: guard(*a))
 
@@ -406,6 +417,8 @@ def stage_breakdown(
                     best[stage] = min(best.get(stage, math.inf), seconds)
     finally:
         _per_sample._layer_terms = terms
+        for kernel, fn in fused_norms.items():
+            setattr(_native, kernel, fn)
         hooked.close()
     unit = best.pop("unit")
     references = {k: best.pop(k) for k in sorted(best) if k.startswith(REFERENCE)}

@@ -417,7 +417,8 @@ def test_group_norm_of_any_shape_equals_the_loop(groups, shape) -> None:
 
 def test_group_norm_reuses_the_statistics_its_forward_saved(monkeypatch) -> None:
     """The per-sample γ terms of a GroupNorm use the mean and 1/std its own forward saved for
-    autograd (no second pass over the input), and still equal the loop."""
+    autograd (no second pass over the input), and still equal the loop. (A GroupNorm on the
+    model's input: nothing below it, so its backward is not fused, see test_fused_norm.py.)"""
     taken = []
 
     def spy(node, layer, a):
@@ -429,7 +430,7 @@ def test_group_norm_reuses_the_statistics_its_forward_saved(monkeypatch) -> None
     monkeypatch.setattr(_per_sample, "_saved_group_statistics", spy)
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(4, 6, 3), nn.GroupNorm(3, 6), nn.Flatten(), nn.Linear(6 * 9, 3)
+        nn.GroupNorm(2, 4), nn.Conv2d(4, 6, 3), nn.Flatten(), nn.Linear(6 * 9, 3)
     ).double()
     randomise_norms(model)
     batches = make_batches((4, 5, 5), 3, [6, 4])

@@ -1,5 +1,5 @@
-"""The fused per-sample product kernel (``abs_products.c``) against a float64 einsum, and how it
-is built, found and refused.
+"""The per-sample kernels (``per_sample_kernels.c``) against float64 references, and how they
+are built, found and refused.
 
 The conv and sequence routes that call it are checked against the one-sample loop in
 test_conv_routes.py; here the kernel itself, on layouts those routes do not produce: strided
@@ -156,7 +156,9 @@ def test_a_build_lands_whole_in_the_cache(unloaded, monkeypatch, tmp_path) -> No
     monkeypatch.setenv(_native.CACHE_ENV, str(tmp_path))
     assert _native.unavailable() is None
     built = sorted(p.name for p in tmp_path.iterdir())
-    assert len(built) == 1 and built[0].startswith("abs_products-") and built[0].endswith(".so")
+    assert (
+        len(built) == 1 and built[0].startswith("per_sample_kernels-") and built[0].endswith(".so")
+    )
     monkeypatch.setattr(_native, "_loaded", {})
     monkeypatch.setattr(_native, "_compile", lambda *args: pytest.fail("compiled again"))
     assert _native.unavailable() is None
@@ -173,7 +175,7 @@ def test_an_unwritable_cache_falls_back_to_the_temporary_directory(
     fallback.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(fallback))
     assert _native.unavailable() is None
-    assert [p.name.startswith("abs_products-") for p in fallback.iterdir()] == [True]
+    assert [p.name.startswith("per_sample_kernels-") for p in fallback.iterdir()] == [True]
 
 
 @needs_kernel

@@ -1,16 +1,20 @@
-"""The fused per-sample product kernel (``abs_products.c``): built on first use, then cached.
+"""The per-sample kernels (``per_sample_kernels.c``): built on first use, then cached.
 
-Per-sample Σ|W ⊙ G_n| with G_n = D_n U_n is a matmul whose output is reduced at once; eager
-torch can only write G_n and read it back, which on the CPU costs more than the matmul (see
-``abs_products.c``). The kernel is plain C with vector extensions, compiled for this CPU by the
-system's C compiler (``$CC``, else ``cc``; ``$BIASDECAY_NATIVE_CFLAGS`` adds flags) the first
-time it is needed, into ``$BIASDECAY_CACHE_DIR`` (default ``$XDG_CACHE_HOME/biasdecay`` or
-``~/.cache/biasdecay``), one file per source, compiler, flags and CPU. It shares torch's OpenMP
-runtime (the loaded ``libgomp.so.1``), and runs with ``torch.get_num_threads()`` threads.
+* :func:`abs_products`: per-sample Σ|W ⊙ G_n| with G_n = D_n U_n is a matmul whose output is
+  reduced at once; eager torch can only write G_n and read it back, which on the CPU costs more
+  than the matmul.
+* :func:`batch_norm_backward`, :func:`group_norm_backward`: an eval-mode BatchNorm's or a
+  GroupNorm's input gradient with its per-sample γ and β gradients, in one pass over δ and the
+  input (autograd's backward makes one or two alone, and the per-sample sums another).
 
-It is one route among the measured ones (:mod:`._per_sample_products`), never required: without
-a compiler, on a GPU, for other dtypes, or with ``BIASDECAY_NATIVE=0``, the torch routes run,
-and :func:`unavailable` says why.
+The kernels are plain C with vector extensions, compiled for this CPU by the system's C
+compiler (``$CC``, else ``cc``; ``$BIASDECAY_NATIVE_CFLAGS`` adds flags) the first time they are
+needed, into ``$BIASDECAY_CACHE_DIR`` (default ``$XDG_CACHE_HOME/biasdecay`` or
+``~/.cache/biasdecay``), one file per source, compiler, flags and CPU. They share torch's OpenMP
+runtime (the loaded ``libgomp.so.1``), and run with ``torch.get_num_threads()`` threads.
+
+Neither is ever required: without a compiler, on a GPU, for other dtypes, or with
+``BIASDECAY_NATIVE=0``, the torch routes run, and :func:`unavailable` says why.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).resolve().with_name("abs_products.c")  # absolute: it includes __FILE__
+SOURCE = (
+    Path(__file__).resolve().with_name("per_sample_kernels.c")
+)  # absolute: it includes __FILE__
 DISABLE_ENV = "BIASDECAY_NATIVE"  # "0": never build or use the kernel
 CACHE_ENV = "BIASDECAY_CACHE_DIR"
 FLAGS_ENV = "BIASDECAY_NATIVE_CFLAGS"  # more compiler flags, after ours (-mno-avx512f: AVX2)
@@ -91,7 +97,7 @@ def _build() -> ctypes.CDLL:
     for flags in (f + extra for f in _FLAG_SETS):
         what = [source, version.encode(), " ".join(flags).encode(), cpu]
         key = hashlib.sha256(b"\0".join(what)).hexdigest()[:16]
-        target = _cache_dir() / f"abs_products-{key}.so"
+        target = _cache_dir() / f"per_sample_kernels-{key}.so"
         if not target.exists():
             try:
                 target = _compile(cc, flags, target)
@@ -112,10 +118,10 @@ def _compile(cc: str, flags: tuple[str, ...], target: Path) -> Path:
     """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".abs_products-", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".per_sample_kernels-", dir=target.parent)
     except OSError:
         target = Path(tempfile.gettempdir()) / target.name
-        fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".abs_products-", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".per_sample_kernels-", dir=target.parent)
     os.close(fd)
     try:
         try:
@@ -160,6 +166,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.argtypes = [i64] * 4 + [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64]
         fn.argtypes += [ptr, ptr, ptr, i64, ctypes.c_int]
         getattr(lib, f"abs_products_lanes_{suffix}").restype = ctypes.c_int
+        fn = getattr(lib, f"batch_norm_backward_{suffix}")
+        fn.restype = None
+        fn.argtypes = [i64] * 3 + [ptr] * 7 + [ctypes.c_int]
+        fn = getattr(lib, f"group_norm_backward_{suffix}")
+        fn.restype = None
+        fn.argtypes = [i64] * 4 + [ptr] * 8 + [ctypes.c_int]
 
 
 def unavailable(like: torch.Tensor | None = None) -> str | None:
@@ -325,3 +337,110 @@ def abs_products(
         sample_block(g), threads,
     )  # fmt: skip
     return sums.sum(0).to(d.dtype)
+
+
+def batch_norm_backward(
+    delta: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    scale: torch.Tensor,
+    input_gradient: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm's backward, y = (x − mean) · scale + shift per channel, with its
+    per-sample sums, in one pass.
+
+    Args:
+        delta: (N, C, *) output gradient, contiguous.
+        x: the layer's input, like ``delta``.
+        mean, scale: (C,) contiguous, in ``x``'s dtype.
+        input_gradient: also form the input gradient δ · scale.
+
+    Returns:
+        The input gradient (or None), and per (sample, channel), (N, C) in float64, Σ δ and
+        Σ δ (x − mean) over the positions.
+    """
+    C = x.shape[1] if x.dim() >= 2 else -1
+    _check_norm_operands("batch_norm_backward", delta, x, {"mean": mean, "scale": scale}, (C,))
+    grad_in, sums = _norm_outputs(x, input_gradient)
+    if x.numel():
+        getattr(_library(), f"batch_norm_backward_{_DTYPES[x.dtype]}")(
+            x.shape[0] * C, C, x[0, 0].numel(),
+            delta.data_ptr(), x.data_ptr(), mean.data_ptr(), scale.data_ptr(),
+            _pointer(grad_in), sums[0].data_ptr(), sums[1].data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+    return grad_in, *sums
+
+
+def group_norm_backward(
+    delta: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    gamma: torch.Tensor,
+    input_gradient: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """A GroupNorm's backward, y = γ (x − mean) · rstd + β with the statistics of each sample
+    and group that its forward saved, with its per-sample sums, in one pass over memory.
+
+    Args:
+        delta: (N, C, *) output gradient, contiguous.
+        x: the layer's input, like ``delta``.
+        mean, rstd: (N, G) contiguous, in ``x``'s dtype; G divides C.
+        gamma: (C,) contiguous.
+        input_gradient: also form the input gradient (autograd's formula).
+
+    Returns:
+        The input gradient (or None), and per (sample, channel), (N, C) in float64, Σ δ and
+        Σ δ (x − mean) over the positions.
+    """
+    N, C = x.shape[:2] if x.dim() >= 2 else (-1, -1)
+    G = mean.shape[1] if mean.dim() == 2 else 0
+    if G == 0 or C % G:
+        raise ValueError(f"group_norm_backward: {tuple(mean.shape)} statistics for {C} channels")
+    stats = {"mean": mean, "rstd": rstd}
+    _check_norm_operands("group_norm_backward", delta, x, stats, (N, G))
+    _check_norm_operands("group_norm_backward", delta, x, {"gamma": gamma}, (C,))
+    grad_in, sums = _norm_outputs(x, input_gradient)
+    if x.numel():
+        getattr(_library(), f"group_norm_backward_{_DTYPES[x.dtype]}")(
+            N, C, G, x[0, 0].numel(),
+            delta.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(), gamma.data_ptr(),
+            _pointer(grad_in), sums[0].data_ptr(), sums[1].data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+    return grad_in, *sums
+
+
+def _check_norm_operands(
+    kernel: str,
+    delta: torch.Tensor,
+    x: torch.Tensor,
+    small: dict[str, torch.Tensor],
+    shape: tuple[int, ...],
+) -> None:
+    """Raise ValueError unless the kernels can read the operands through raw pointers."""
+    checks = {
+        "δ and x are (N, C, …) of one shape, contiguous": delta.shape == x.shape
+        and x.dim() >= 2
+        and delta.is_contiguous()
+        and x.is_contiguous(),
+        f"{' and '.join(small)} are {shape}, contiguous": all(
+            tuple(t.shape) == shape and t.is_contiguous() for t in small.values()
+        ),
+        "one dtype, on the CPU": x.dtype in _DTYPES
+        and all(t.dtype == x.dtype and t.device.type == "cpu" for t in (delta, x, *small.values())),
+    }
+    broken = [what for what, ok in checks.items() if not ok]
+    if broken:
+        raise ValueError(f"{kernel}: operands break the kernel's layout: " + "; ".join(broken))
+
+
+def _norm_outputs(
+    x: torch.Tensor, input_gradient: bool
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+    """The input gradient's buffer (if wanted), and zeroed (N, C) float64 sums."""
+    grad_in = torch.empty_like(x) if input_gradient else None
+    return grad_in, tuple(torch.zeros(x.shape[:2], dtype=torch.float64) for _ in range(2))
+
+
+def _pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()

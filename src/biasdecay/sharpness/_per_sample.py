@@ -48,6 +48,7 @@ from torch import nn
 
 from biasdecay.roles import op_of
 from biasdecay.sharpness._autodiff import LossFn, check_batch_mean
+from biasdecay.sharpness._fused_norm import fused_backward, with_per_sample_sums
 from biasdecay.sharpness._per_sample_products import (
     Workspace,
     add_weighted_rows,
@@ -144,6 +145,10 @@ class _Recorder:
         self.edges: dict[str, object] = {}
         self.calls: dict[str, int] = {}
         self.on_gradient = None  # callable(name, grad), set by the user of the recorder
+        # callable(name, per-sample γ gradients, per-sample β gradients): a norm layer whose
+        # backward forms them (biasdecay.sharpness._fused_norm), when ``fuse`` is on
+        self.on_norm_sums = None
+        self.fuse = True
         self.active = False  # on during the measured forward alone
         self.batch: int | None = None  # the measured batch's size, set before its forward
         self.expand_tables = True  # see _expanded_lookup
@@ -160,6 +165,13 @@ class _Recorder:
                 return None
             self.calls[name] = self.calls.get(name, 0) + 1
             a, replaced = args[0].detach(), None
+            fused = fused_backward(module, args[0], output, self.batch) if self.fuse else None
+            if fused is not None and output.requires_grad:
+                # Its terms come from its own backward, in the pass that forms its input's
+                # gradient; its edge is its input's, so that the backward runs it.
+                sink = lambda g_gamma, g_beta: self.on_norm_sums(name, g_gamma, g_beta)  # noqa: E731
+                self.edges[name] = torch.autograd.graph.get_gradient_edge(args[0])
+                return with_per_sample_sums(args[0], output, fused, sink)
             if output.requires_grad and self._one_lookup_for_the_batch(name, a):
                 a, replaced = self._expanded_lookup(a, output)
                 output = replaced
@@ -211,8 +223,11 @@ class _Recorder:
         """Back-propagate ``total`` through every recorded layer's output; each output gradient
         goes to ``on_gradient`` as it is formed."""
         self._lowest = set(lowest_layers(self.edges))
+        # One edge may stand for two layers (a fused BatchNorm's is its input's).
+        lowest = {(id(e.node), e.output_nr): e for n, e in self.edges.items() if n in self._lowest}
+        edges = list(lowest.values())
         try:
-            torch.autograd.grad(total, [self.edges[n] for n in self._lowest], allow_unused=True)
+            torch.autograd.grad(total, edges, allow_unused=True)
         finally:
             self._lowest = set()
 
@@ -428,7 +443,6 @@ def _norm_terms(
 ) -> Terms:
     """Per-sample Σ|γ⊙g_γ| and Σ|β⊙g_β| of a BatchNorm/InstanceNorm/GroupNorm/LayerNorm
     (``saved``: see :func:`_channel_norm_gradients`)."""
-    B = a.shape[0]
     want = tuple(p is not None and p.requires_grad for p in (layer.weight, layer.bias))
     if op == "layer_norm":
         k = len(layer.normalized_shape)
@@ -437,6 +451,18 @@ def _norm_terms(
         g_beta = _sum_dims(delta, tokens) if want[1] else None  # (B, *parameter shape)
     else:
         g_gamma, g_beta = _channel_norm_gradients(layer, a, delta, op, want, saved)
+    return _norm_terms_of(layer, g_gamma, g_beta, guard)
+
+
+def _norm_terms_of(
+    layer: nn.Module,
+    g_gamma: torch.Tensor | None,
+    g_beta: torch.Tensor | None,
+    guard: torch.Tensor,
+) -> Terms:
+    """A norm layer's terms from its per-sample γ and β gradients, (B, *parameter shape) each
+    (None: not trainable)."""
+    B = next(g for g in (g_gamma, g_beta) if g is not None).shape[0]
     out: Terms = {}
     for local, p, g_n in (("weight", layer.weight, g_gamma), ("bias", layer.bias, g_beta)):
         if g_n is not None:
@@ -538,6 +564,7 @@ class HookedPerSample:
         self.loss_fn = loss_fn
         self.recorder = _Recorder(model)
         self.recorder.on_gradient = self._layer_gradient
+        self.recorder.on_norm_sums = self._norm_sums
         self._layer = dict(self.recorder.layers)
         owner_of = {id(p): n for n, p in model.named_parameters()}
         self.names = {
@@ -641,6 +668,16 @@ class HookedPerSample:
         for local, (value, grad) in _layer_terms(
             layer, a, delta, batch.guard, self.workspace, node
         ).items():
+            batch.terms[self.names[(lname, local)]] = value
+            batch.implied[self.names[(lname, local)]] = grad
+
+    def _norm_sums(self, lname: str, g_gamma: torch.Tensor, g_beta: torch.Tensor) -> None:
+        """A norm layer's per-sample γ and β gradients, formed by its own backward
+        (:mod:`._fused_norm`): its terms, now."""
+        batch, layer = self._batch, self._layer[lname]
+        want = [p is not None and p.requires_grad for p in (layer.weight, layer.bias)]
+        g_gamma, g_beta = (g if w else None for g, w in zip((g_gamma, g_beta), want, strict=True))
+        for local, (value, grad) in _norm_terms_of(layer, g_gamma, g_beta, batch.guard).items():
             batch.terms[self.names[(lname, local)]] = value
             batch.implied[self.names[(lname, local)]] = grad
 

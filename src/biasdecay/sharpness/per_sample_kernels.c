@@ -1,8 +1,13 @@
-/* Per-sample Σ_ij |W_ij| |G_n,ij| with G_n = D_n U_n, without writing G_n to memory.
+/* The per-sample kernels of the hook path (loaded by _native.py).
  *
- * D_n is (O, L) and U_n is (L, K): a conv layer's output gradient and its unfolded input (L
- * output positions, K = kernel positions × channels), or a Linear layer's output gradient and
- * input over a sequence of L tokens. The batched matmul route writes every sample's G_n (up to
+ * 1. abs_products: per-sample Σ_ij |W_ij| |G_n,ij| with G_n = D_n U_n, without writing G_n.
+ * 2. batch_norm_backward, group_norm_backward: an eval-mode BatchNorm's or a GroupNorm's input
+ *    gradient with its per-sample γ and β gradients, in one pass over the output gradient and
+ *    the input.
+ *
+ * abs_products, in detail. D_n is (O, L) and U_n is (L, K): a conv layer's output gradient and
+ * its unfolded input (L output positions, K = kernel positions × channels), or a Linear layer's
+ * output gradient and input over a sequence of L tokens. The batched matmul route writes every sample's G_n (up to
  * 147,456 entries for a 128-channel 3×3 conv) and reads it back for |·| and the product with |W|;
  * here a register tile of G_n is formed, reduced against |W| and dropped, so the cost is the
  * matmul's FLOPs.
@@ -21,8 +26,8 @@
  * of the widest registers the compiler targets (64 bytes with AVX-512, 32 with AVX2, 16 with
  * SSE or NEON).
  */
-#ifndef ABS_PRODUCTS_BODY
-#define ABS_PRODUCTS_BODY
+#ifndef PER_SAMPLE_KERNELS_BODY
+#define PER_SAMPLE_KERNELS_BODY
 
 #include <stddef.h>
 #include <stdint.h>
@@ -227,6 +232,99 @@ void NAME(abs_products)(
                 }
 #undef STRIP
             }
+        }
+    }
+}
+
+
+/* Σ δ and Σ δ (x − m) over one plane of S contiguous positions; gi = δ · k if gi. */
+static inline void NAME(plane_sums)(int64_t S, const REAL *d, const REAL *x, REAL m, REAL k,
+                                    REAL *gi, double *sum_d, double *sum_dx)
+{
+    VEC vd = (VEC){0}, vdx = (VEC){0};
+    int64_t s = 0;
+    for (; s + LANES <= S; s += LANES) {
+        const VEC dv = *(const VEC *)(d + s);
+        vd += dv;
+        vdx += dv * (*(const VEC *)(x + s) - m);
+        if (gi)
+            *(VEC *)(gi + s) = dv * k;
+    }
+    double td = 0, tdx = 0;
+    for (int i = 0; i < LANES; i++) {
+        td += vd[i];
+        tdx += vdx[i];
+    }
+    for (; s < S; s++) {
+        td += d[s];
+        tdx += (double)d[s] * (x[s] - m);
+        if (gi)
+            gi[s] = d[s] * k;
+    }
+    *sum_d = td;
+    *sum_dx = tdx;
+}
+
+/* The backward of an eval-mode BatchNorm, y = γ[c] (x − mean[c]) / √(var[c] + eps) + β[c], per
+ * plane p = (n, c) of S contiguous positions (planes = N · C, c = p mod C), δ the output gradient:
+ *   gi = δ · scale[c] (if gi is not NULL; scale = γ / √(var + eps): the input gradient),
+ *   sum_d[p] = Σ δ (the per-sample β gradient),
+ *   sum_dx[p] = Σ δ · (x − mean[c]) (times 1/√(var + eps): the per-sample γ gradient).
+ * One read of δ and x, where autograd's backward (which reads both too) and a second pass for
+ * the per-sample sums read them twice. */
+void NAME(batch_norm_backward)(int64_t planes, int64_t C, int64_t S, const REAL *D, const REAL *X,
+                               const REAL *mean, const REAL *scale, REAL *gi, double *sum_d,
+                               double *sum_dx, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t p = 0; p < planes; p++)
+        NAME(plane_sums)(S, D + p * S, X + p * S, mean[p % C], scale[p % C],
+                         gi ? gi + p * S : NULL, sum_d + p, sum_dx + p);
+}
+
+/* The backward of a GroupNorm, y = γ[c] (x − mean[q]) rstd[q] + β[c] with the statistics of
+ * sample n and group g (q = n · G + g) that its forward saved: per plane p = (n, c),
+ * sum_d[p] = Σ δ and sum_dx[p] = Σ δ (x − mean[q]) (times rstd[q]: the per-sample γ gradient),
+ * and, if gi is not NULL, the input gradient (autograd's formula)
+ *   gi = δ γ[c] rstd + c2 (x − mean) + c3,  c2 = −rstd³ Σ_c γ[c] sum_dx / (D S),
+ *   c3 = −rstd Σ_c γ[c] sum_d / (D S),
+ * with D = C / G channels of S positions per group. A group's planes are read a second time
+ * for gi while they are still in cache: one pass over memory, where autograd's backward makes
+ * two and the per-sample sums a third. */
+void NAME(group_norm_backward)(int64_t N, int64_t C, int64_t G, int64_t S, const REAL *D,
+                               const REAL *X, const REAL *mean, const REAL *rstd,
+                               const REAL *gamma, REAL *gi, double *sum_d, double *sum_dx,
+                               int threads)
+{
+    const int64_t per_group = C / G;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t q = 0; q < N * G; q++) {
+        const int64_t first = q / G * C + q % G * per_group; /* plane of the group's channel 0 */
+        const REAL m = mean[q], r = rstd[q];
+        double gamma_dx = 0, gamma_d = 0;
+        for (int64_t j = 0; j < per_group; j++) {
+            const int64_t p = first + j;
+            NAME(plane_sums)(S, D + p * S, X + p * S, m, 0, NULL, sum_d + p, sum_dx + p);
+            gamma_dx += gamma[q % G * per_group + j] * sum_dx[p];
+            gamma_d += gamma[q % G * per_group + j] * sum_d[p];
+        }
+        if (!gi)
+            continue;
+        const double share = 1.0 / ((double)per_group * (double)S);
+        const REAL c2 = (REAL)(-gamma_dx * r * r * r * share);
+        const REAL c3 = (REAL)(-gamma_d * r * share);
+        for (int64_t j = 0; j < per_group; j++) {
+            const int64_t p = first + j;
+            const REAL k = gamma[q % G * per_group + j] * r;
+            const REAL *d = D + p * S, *x = X + p * S;
+            REAL *g = gi + p * S;
+            int64_t s = 0;
+            for (; s + LANES <= S; s += LANES) {
+                const VEC dv = *(const VEC *)(d + s), xv = *(const VEC *)(x + s);
+                *(VEC *)(g + s) = dv * k + (xv - m) * c2 + c3;
+            }
+            for (; s < S; s++)
+                g[s] = d[s] * k + (x[s] - m) * c2 + c3;
         }
     }
 }
