@@ -366,13 +366,13 @@ def stage_breakdown(
             timed(f"{REFERENCE}, {kind}", lambda: batch_weight_gradient(layer, a, delta))
         return out
 
-    fused_norms = {k: getattr(_native, k) for k in ("batch_norm_backward", "group_norm_backward")}
+    kinds = {"batch_norm": "BatchNorm", "group_norm": "GroupNorm", "layer_norm": "LayerNorm"}
+    fused_norms = {f"{k}_backward": getattr(_native, f"{k}_backward") for k in kinds}
 
     def fused_norm_stage(kernel: str) -> Callable[..., object]:
         # A norm layer's input gradient and per-sample terms, in the pass that replaces
         # autograd's own backward of the layer (biasdecay.sharpness._fused_norm).
-        kind = "BatchNorm" if kernel.startswith("batch") else "GroupNorm"
-        stage = f"terms: {kind}, with its backward (fused)"
+        stage = f"terms: {kinds[kernel.removesuffix('_backward')]}, with its backward (fused)"
         return lambda *args: timed(stage, lambda: fused_norms[kernel](*args))
 
     _per_sample._layer_terms = layer_terms

@@ -120,7 +120,7 @@ def count_fused(monkeypatch) -> list[str]:
 
         return counted
 
-    for kernel in ("batch_norm_backward", "group_norm_backward"):
+    for kernel in ("batch_norm_backward", "group_norm_backward", "layer_norm_backward"):
         monkeypatch.setattr(_native, kernel, spy(kernel, getattr(_native, kernel)))
     return calls
 
@@ -257,6 +257,95 @@ def test_fused_group_norm_equals_the_loop(monkeypatch, frozen) -> None:
     batches = make_batches((2, 5, 5), 3, [5, 3])
     report = connectivity_sharpness(model, batches, strict=True)
     assert calls == ["group_norm_backward"] * 3 * len(batches) * FUSED
+    expected = naive_per_sample(model, batches)
+    assert set(report.by_parameter) == set(expected)
+    for name, value in expected.items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+    model.float()
+    report = connectivity_sharpness(model, [(x.float(), y) for x, y in batches], strict=True)
+    assert set(report.paths.values()) == {"hooks"}
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    ("shape", "normalized"),
+    [((4, 3, 5), (5,)), ((4, 2, 32), (32,)), ((3, 37), (37,)), ((3, 2, 4, 5), (4, 5))],
+    ids=["partial-vector", "whole-vectors", "one-row", "two-dims"],
+)
+def test_layer_norm_kernel_matches_autograd_in_float64(dtype, shape, normalized) -> None:
+    g = torch.Generator().manual_seed(len(shape))
+    x = 2.0 + torch.randn(shape, generator=g, dtype=torch.float64)
+    d = torch.randn(shape, generator=g, dtype=torch.float64)
+    gamma = 1 + 0.5 * torch.randn(normalized, generator=g, dtype=torch.float64)
+    _, mean, rstd = torch.native_layer_norm(x, normalized, None, None, 1e-5)
+    xr = x.clone().requires_grad_(True)
+    F.layer_norm(xr, normalized, gamma, None, 1e-5).backward(d)
+    cast = [t.to(dtype) for t in (d, x, mean, rstd, gamma)]
+    grad_in, g_gamma, g_beta = _native.layer_norm_backward(*cast, True)
+    tol = TOLERANCE[dtype]
+    rows = tuple(range(1, len(shape) - len(normalized)))
+    x_hat = (x - mean) * rstd
+    per_sample = (shape[0], -1)
+    assert g_gamma.dtype == g_beta.dtype == dtype
+    expect_gamma = (d * x_hat).sum(rows) if rows else d * x_hat
+    expect_beta = d.sum(rows) if rows else d
+    assert torch.allclose(g_gamma.double(), expect_gamma.reshape(per_sample), **tol)
+    assert torch.allclose(g_beta.double(), expect_beta.reshape(per_sample), **tol)
+    assert torch.allclose(grad_in.double(), xr.grad, **tol)
+    assert _native.layer_norm_backward(*cast, False)[0] is None
+
+
+@needs_kernel
+def test_the_layer_norm_kernel_refuses_what_it_cannot_read() -> None:
+    d, x = torch.randn(4, 3, 6), torch.randn(4, 3, 6)
+    stats = torch.zeros(4, 3, 1)
+    for bad in (
+        (d, x, stats, stats, torch.ones(5)),  # γ that does not tile the rows
+        (d, x, torch.zeros(4, 2, 1), stats, torch.ones(6)),  # one mean per row
+        (d.transpose(1, 2), x.transpose(1, 2), stats, stats, torch.ones(3)),  # not contiguous
+        (d, x, stats, stats, torch.ones(6, dtype=torch.float64)),  # one dtype
+    ):
+        with pytest.raises(ValueError, match="layer_norm_backward"):
+            _native.layer_norm_backward(*bad, True)
+
+
+class Transformerish(nn.Module):
+    """LayerNorm on the model's input (not fused), on a residual stream, without a bias, and
+    over two dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(6)
+        self.fc1, self.fc2 = nn.Linear(6, 6), nn.Linear(6, 6)
+        self.norm = nn.LayerNorm(6)
+        self.norm_nobias = nn.LayerNorm(6, bias=False)
+        self.norm_2d = nn.LayerNorm((4, 6))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.fc1(self.norm_in(x))
+        h = h + self.fc2(torch.tanh(self.norm(h)))
+        h = self.norm_2d(self.norm_nobias(h) * 1.5)
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("frozen", [None, "weight", "bias"])
+def test_fused_layer_norm_equals_the_loop(monkeypatch, frozen) -> None:
+    calls = count_fused(monkeypatch)
+    torch.manual_seed(0)
+    model = Transformerish().double().eval()
+    randomise_norms(model)
+    if frozen is not None:
+        for norm in (model.norm_in, model.norm, model.norm_nobias, model.norm_2d):
+            if getattr(norm, frozen) is not None:
+                getattr(norm, frozen).requires_grad_(False)
+    batches = make_batches((4, 6), 3, [5, 3])
+    report = connectivity_sharpness(model, batches, strict=True)
+    # norm, norm_2d and norm_nobias (which has nothing to measure with a frozen weight), each
+    # batch; norm_in has nothing below it
+    fused = 2 if frozen == "weight" else 3
+    assert calls == ["layer_norm_backward"] * fused * len(batches) * FUSED
     expected = naive_per_sample(model, batches)
     assert set(report.by_parameter) == set(expected)
     for name, value in expected.items():

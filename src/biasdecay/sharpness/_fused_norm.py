@@ -1,15 +1,16 @@
-"""Eval-mode BatchNorm and GroupNorm layers whose backward also forms their per-sample γ and β
-gradients.
+"""Norm layers (eval-mode BatchNorm, GroupNorm, LayerNorm) whose backward also forms their
+per-sample γ and β gradients.
 
 Autograd's backward of such a layer reads the output gradient δ and the input x to form the
 input gradient (a GroupNorm's reads them twice: for the group sums, then for the gradient); the
-per-sample gradients Σ_s δ·x̂ and Σ_s δ, taken from the output's gradient hook, read both
-again. In the hook path's measured forward, the output of a layer that ran the standard kernel
-(BatchNorm with running statistics, or GroupNorm) is therefore handed on through
-:class:`_WithPerSampleSums`, whose backward forms all of them in one pass over memory
-(:func:`~biasdecay.sharpness._native.batch_norm_backward`,
-:func:`~biasdecay.sharpness._native.group_norm_backward`). On ResNet-18 this takes the
-per-sample norm terms out of the cost almost entirely (docs/benchmarks.md).
+per-sample gradients Σ δ·x̂ and Σ δ (over positions or tokens), taken from the output's
+gradient hook, read both again (a LayerNorm's, three more passes). In the hook path's measured
+forward, the output of a layer that ran the standard kernel (BatchNorm with running
+statistics, GroupNorm, LayerNorm) is therefore handed on through :class:`_WithPerSampleSums`,
+whose backward forms all of them in one pass over memory (``batch_norm_backward``,
+``group_norm_backward`` and ``layer_norm_backward`` of :mod:`._native`). On ResNet-18 and the
+transformer blocks this takes the per-sample norm terms out of the cost almost entirely
+(docs/benchmarks.md).
 
 The value the layer computed is handed on unchanged; only its backward is replaced, by the same
 formula. The exactness guard still compares every parameter's implied gradient with autograd's
@@ -27,11 +28,11 @@ from torch import nn
 from biasdecay.roles import op_of
 from biasdecay.sharpness import _native
 
-# (per-sample ∂ℓ_n/∂γ, per-sample ∂ℓ_n/∂β), each (B, C) in the input's dtype.
+# (per-sample ∂ℓ_n/∂γ, per-sample ∂ℓ_n/∂β), each (B, *parameter shape) in the input's dtype.
 SumsSink = Callable[[torch.Tensor, torch.Tensor], None]
 
-# (δ, x, whether to form the input gradient) -> (input gradient or None, per (sample, channel)
-# ∂ℓ_n/∂γ and ∂ℓ_n/∂β in float64)
+# (δ, x, whether to form the input gradient) -> (input gradient or None, per-sample ∂ℓ_n/∂γ and
+# ∂ℓ_n/∂β, (B, *parameter shape) each)
 Backward = Callable[
     [torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]
 ]
@@ -54,6 +55,8 @@ def fused_backward(
             return _batch_norm(layer, a, node)
         if op == "group_norm" and type(node).__name__ == "NativeGroupNormBackward0":
             return _group_norm(layer, a, node)
+        if op == "layer_norm" and type(node).__name__ == "NativeLayerNormBackward0":
+            return _layer_norm(layer, a, node)
     except (AttributeError, RuntimeError):  # another torch's node, or already freed
         return None
     return None
@@ -106,6 +109,29 @@ def _group_norm(layer: nn.Module, a: torch.Tensor, node) -> Backward | None:
     return backward
 
 
+def _layer_norm(layer: nn.Module, a: torch.Tensor, node) -> Backward | None:
+    """The per-row mean and 1/std that the LayerNorm's forward saved for ``a``."""
+    shape, weight = tuple(node._saved_normalized_shape), node._saved_weight
+    if shape != tuple(layer.normalized_shape) or not _same_input(node._saved_input, a):
+        return None
+    if layer.weight is None or weight is None or weight.data_ptr() != layer.weight.data_ptr():
+        return None
+    mean, rstd = node._saved_result1.detach(), node._saved_result2.detach()
+    if mean.dtype != a.dtype:
+        return None
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    gamma = layer.weight.detach().contiguous()
+
+    def backward(delta: torch.Tensor, x: torch.Tensor, input_gradient: bool):
+        grad_in, g_gamma, g_beta = _native.layer_norm_backward(
+            delta, x, mean, rstd, gamma, input_gradient
+        )
+        per_sample = (x.shape[0], *shape)
+        return grad_in, g_gamma.view(per_sample), g_beta.view(per_sample)
+
+    return backward
+
+
 @dataclass
 class _State:
     backward: Backward
@@ -129,7 +155,7 @@ class _WithPerSampleSums(torch.autograd.Function):
         (a,) = ctx.saved_tensors
         state = ctx.state
         grad_in, g_gamma, g_beta = state.backward(delta.contiguous(), a, ctx.needs_input_grad[0])
-        state.sink(g_gamma.to(a.dtype), g_beta.to(a.dtype))
+        state.sink(g_gamma.to(a.dtype), g_beta.to(a.dtype))  # no copy where already
         return grad_in, None
 
 

@@ -1,9 +1,9 @@
 /* The per-sample kernels of the hook path (loaded by _native.py).
  *
  * 1. abs_products: per-sample Σ_ij |W_ij| |G_n,ij| with G_n = D_n U_n, without writing G_n.
- * 2. batch_norm_backward, group_norm_backward: an eval-mode BatchNorm's or a GroupNorm's input
- *    gradient with its per-sample γ and β gradients, in one pass over the output gradient and
- *    the input.
+ * 2. batch_norm_backward, group_norm_backward, layer_norm_backward: an eval-mode BatchNorm's,
+ *    a GroupNorm's or a LayerNorm's input gradient with its per-sample γ and β gradients, in one
+ *    pass over the output gradient and the input.
  *
  * abs_products, in detail. D_n is (O, L) and U_n is (L, K): a conv layer's output gradient and
  * its unfolded input (L output positions, K = kernel positions × channels), or a Linear layer's
@@ -325,6 +325,65 @@ void NAME(group_norm_backward)(int64_t N, int64_t C, int64_t G, int64_t S, const
             }
             for (; s < S; s++)
                 g[s] = d[s] * k + (x[s] - m) * c2 + c3;
+        }
+    }
+}
+
+
+/* The backward of a LayerNorm over the last D elements of each of N · T rows (T rows per
+ * sample), y = γ x̂ + β with x̂ = (x − mean[r]) rstd[r], the statistics its forward saved. Per
+ * sample n, added to its zeroed rows of g_gamma and g_beta (N, D): Σ_rows δ x̂ and Σ_rows δ
+ * (the per-sample γ and β gradients); and, if gi is not NULL, the input gradient (autograd's
+ * formula) gi = rstd (g − mean(g) − x̂ mean(g x̂)) with g = δ γ, means over the row. A row is
+ * read a second time for gi while it is in cache: one pass over memory, where autograd's
+ * backward makes one and the per-sample sums another three. Threads take whole samples. */
+void NAME(layer_norm_backward)(int64_t N, int64_t T, int64_t D, const REAL *Dl, const REAL *X,
+                               const REAL *mean, const REAL *rstd, const REAL *gamma, REAL *gi,
+                               REAL *g_gamma, REAL *g_beta, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        REAL *sg = g_gamma + n * D, *sb = g_beta + n * D;
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t r = n * T + t;
+            const REAL *d = Dl + r * D, *x = X + r * D;
+            const REAL m = mean[r], k = rstd[r];
+            VEC vg = (VEC){0}, vgx = (VEC){0};
+            REAL tg = 0, tgx = 0;
+            int64_t j = 0;
+            for (; j + LANES <= D; j += LANES) {
+                const VEC dv = *(const VEC *)(d + j);
+                const VEC xh = (*(const VEC *)(x + j) - m) * k;
+                const VEC g = dv * *(const VEC *)(gamma + j);
+                *(VEC *)(sg + j) += dv * xh;
+                *(VEC *)(sb + j) += dv;
+                vg += g;
+                vgx += g * xh;
+            }
+            for (; j < D; j++) {
+                const REAL xh = (x[j] - m) * k, g = d[j] * gamma[j];
+                sg[j] += d[j] * xh;
+                sb[j] += d[j];
+                tg += g;
+                tgx += g * xh;
+            }
+            if (!gi)
+                continue;
+            for (int i = 0; i < LANES; i++) {
+                tg += vg[i];
+                tgx += vgx[i];
+            }
+            const REAL mg = tg / D, mgx = tgx / D;
+            REAL *o = gi + r * D;
+            for (j = 0; j + LANES <= D; j += LANES) {
+                const VEC xh = (*(const VEC *)(x + j) - m) * k;
+                const VEC g = *(const VEC *)(d + j) * *(const VEC *)(gamma + j);
+                *(VEC *)(o + j) = k * (g - mg - xh * mgx);
+            }
+            for (; j < D; j++) {
+                const REAL xh = (x[j] - m) * k;
+                o[j] = k * (d[j] * gamma[j] - mg - xh * mgx);
+            }
         }
     }
 }
