@@ -8,6 +8,7 @@ output gradients, row and column counts that leave partial tiles, guards longer 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -198,3 +199,39 @@ def test_fused_route_reads_inputs_of_any_layout(layout: str) -> None:
     )
     torch.testing.assert_close(sums, want_sums, rtol=1e-12, atol=0)
     torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_guard_extremes_match_torch(dtype) -> None:
+    """Tensors smaller than a vector, of several chunks, and one without a formula."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [(3,), (5, 7), (3 * _native.GUARD_CHUNK + 11,), (0,), (16, 16)]
+    thetas = [torch.randn(s, generator=g, dtype=dtype) for s in sizes]
+    truths = [torch.randn(s, generator=g, dtype=dtype) for s in sizes]
+    formulas = [t + 1e-3 * torch.randn(t.shape, generator=g, dtype=dtype) for t in truths]
+    formulas[1] = None
+    pairs = _native.guard_extremes(thetas, truths, formulas)
+    for theta, truth, formula, (scale, error) in zip(thetas, truths, formulas, pairs, strict=True):
+        p = (theta * truth).double()
+        e = p - (0 if formula is None else (theta * formula).double())
+        expect = (0.0, 0.0) if p.numel() == 0 else (p.abs().max().item(), e.abs().max().item())
+        # float32 rounds θg and θf before their difference: an error of ~1e-7 of max |θg|
+        tol = {"rel": 1e-12} if dtype == torch.float64 else {"rel": 1e-6, "abs": 1e-6 * expect[0]}
+        assert (scale, error) == pytest.approx(expect, **tol)
+
+
+@needs_kernel
+def test_guard_extremes_carry_a_nan_and_refuse_mixed_operands() -> None:
+    theta, truth = torch.ones(2 * _native.GUARD_CHUNK), torch.ones(2 * _native.GUARD_CHUNK)
+    formula = truth.clone()
+    formula[-1] = float("nan")
+    scale, error = _native.guard_extremes([theta], [truth], [formula])[0]
+    assert scale == 1.0 and math.isnan(error)
+    for bad in (
+        ([theta], [truth.double()], [None]),  # one dtype
+        ([theta], [truth[::2]], [None]),  # contiguous and of θ's shape
+        ([theta], [truth], []),  # one formula (or None) per parameter
+    ):
+        with pytest.raises(ValueError, match="guard_extremes"):
+            _native.guard_extremes(*bad)

@@ -7,6 +7,9 @@
   eval-mode BatchNorm's, a GroupNorm's or a LayerNorm's input gradient with its per-sample γ
   and β gradients, in one pass over δ and the input (autograd's backward makes one or two
   alone, and the per-sample sums more).
+* :func:`guard_extremes`: the exactness guard's comparison of every parameter, in one read of
+  θ, autograd's gradient and the formula's, where torch's multi-tensor ops make four passes
+  and write two.
 
 The kernels are plain C with vector extensions, compiled for this CPU by the system's C
 compiler (``$CC``, else ``cc``; ``$BIASDECAY_NATIVE_CFLAGS`` adds flags) the first time they are
@@ -176,6 +179,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn = getattr(lib, f"layer_norm_backward_{suffix}")
         fn.restype = None
         fn.argtypes = [i64] * 3 + [ptr] * 8 + [ctypes.c_int]
+        fn = getattr(lib, f"guard_extremes_{suffix}")
+        fn.restype = None
+        fn.argtypes = [i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
 
 
 def unavailable(like: torch.Tensor | None = None) -> str | None:
@@ -493,3 +499,54 @@ def _norm_outputs(
 
 def _pointer(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
+
+
+GUARD_CHUNK = 32768  # as in per_sample_kernels.c: elements per share of a thread's work
+
+
+def guard_extremes(
+    thetas: list[torch.Tensor],
+    truths: list[torch.Tensor],
+    formulas: list[torch.Tensor | None],
+) -> list[tuple[float, float]]:
+    """Per parameter, max |θ g| and max |θ (g − f)| (NaN where either meets a NaN), for the
+    exactness guard.
+
+    Args:
+        thetas, truths: the parameters and autograd's gradients, contiguous, one dtype.
+        formulas: the formulas' gradients, like them; None: zero.
+
+    Returns:
+        (max |θ g|, max |θ (g − f)|) per parameter.
+    """
+    dtype = thetas[0].dtype if thetas else torch.float32
+    ok = dtype in _DTYPES and len(thetas) == len(truths) == len(formulas)
+    for group in zip(thetas, truths, formulas, strict=False):
+        for t in group:
+            if t is None:
+                continue
+            ok = ok and t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
+            ok = ok and t.shape == group[0].shape
+    if not ok:
+        raise ValueError(
+            "guard_extremes: every θ, g and f must be contiguous, of one dtype (float32 or "
+            "float64) and one shape per parameter, on the CPU"
+        )
+    if not thetas:
+        return []
+    sizes = torch.tensor([t.numel() for t in thetas], dtype=torch.int64)
+    first = torch.zeros(len(thetas) + 1, dtype=torch.int64)
+    torch.cumsum((sizes + GUARD_CHUNK - 1) // GUARD_CHUNK, 0, out=first[1:])
+    chunks = int(first[-1])
+    address = [
+        torch.tensor([0 if t is None else t.data_ptr() for t in ts], dtype=torch.int64)
+        for ts in (thetas, truths, formulas)
+    ]
+    partial = torch.empty(2 * chunks, dtype=dtype)
+    out = torch.zeros(2 * len(thetas), dtype=dtype)
+    getattr(_library(), f"guard_extremes_{_DTYPES[dtype]}")(
+        len(thetas), sizes.data_ptr(), *(a.data_ptr() for a in address),
+        chunks, first.data_ptr(), partial.data_ptr(), out.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    flat = out.tolist()
+    return list(zip(flat[::2], flat[1::2], strict=True))

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biasdecay.roles import op_of
+from biasdecay.sharpness import _native
 from biasdecay.sharpness._autodiff import LossFn, check_batch_mean
 from biasdecay.sharpness._fused_norm import fused_backward, with_per_sample_sums
 from biasdecay.sharpness._per_sample_products import (
@@ -312,8 +313,13 @@ def _linear_terms(
             per_sample, grad = chunked_outer_sum(l3.transpose(1, 2), r3, w_abs, guard, work)
             out["weight"] = (per_sample, grad.reshape(layer.weight.shape))
     if layer.bias is not None and layer.bias.requires_grad:
-        g_b = delta.reshape(B, -1, delta.shape[-1]).sum(1)
-        out["bias"] = ((g_b.abs() * layer.bias.detach().abs()).sum(1), _weighted(g_b, guard))
+        b_abs = layer.bias.detach().abs()
+        if delta.dim() == 2:  # one row per sample: the per-sample bias gradient is δ itself
+            s = guard.numel()
+            out["bias"] = (delta.abs() @ b_abs, guard.to(delta.dtype) @ delta[:s])
+        else:
+            g_b = delta.reshape(B, -1, delta.shape[-1]).sum(1)
+            out["bias"] = ((g_b.abs() * b_abs).sum(1), _weighted(g_b, guard))
     return out
 
 
@@ -712,8 +718,9 @@ class HookedPerSample:
     ) -> list[GuardFailure]:
         """Compare θ⊙Σ_n g_n (formula) with θ⊙g (autograd) per parameter; one host sync.
 
-        The comparisons of all parameters (but ``skip``, failed already) run as a few
-        multi-tensor (foreach) kernels.
+        All parameters (but ``skip``, failed already) are compared at once: by the native
+        kernel (one read of each operand) where it runs, else by a few multi-tensor (foreach)
+        kernels.
         """
         names, thetas, truths, formulas = [], [], [], []
         for name, p in self.params.items():
@@ -728,25 +735,62 @@ class HookedPerSample:
             elif truth.layout != torch.strided:  # an Embedding(sparse=True)'s gradient
                 truth = truth.to_dense()
             truths.append(truth)
-            formulas.append(torch.zeros_like(theta) if formula is None else formula)
+            formulas.append(formula)
         if not names:
             return []
-        # In place on autograd's gradients (each made this call's own first): fresh tensors
-        # would cost page faults on the CPU (on the MLP of bench_connectivity.py the comparison
-        # is a third of a forward+backward).
-        truths = _writable(truths)
-        torch._foreach_mul_(truths, thetas)  # θ⊙g
-        extremes = _extremes(truths)  # taken before the next line overwrites θ⊙g
-        torch._foreach_addcmul_(truths, thetas, formulas, value=-1)  # θ⊙g − θ⊙Σ_n g_n
-        # max |θ⊙g| and max |θ⊙(Σ_n g_n − g)| of every parameter
-        values = _abs_max(extremes + _extremes(truths))
-        n = len(names)
         failures = []
-        for name, theta, scale, error in zip(names, thetas, values[:n], values[n:], strict=True):
+        for name, theta, (scale, error) in zip(
+            names, thetas, _guard_extremes(thetas, truths, formulas), strict=True
+        ):
             scale = max(scale, torch.finfo(theta.dtype).tiny)
             if error > guard_tolerance(theta.dtype) * scale:
                 failures.append(GuardFailure(name, error / scale))
         return failures
+
+
+def _guard_extremes(
+    thetas: list[torch.Tensor], truths: list[torch.Tensor], formulas: list[torch.Tensor | None]
+) -> list[tuple[float, float]]:
+    """(max |θ⊙g|, max |θ⊙(g − f)|) per parameter (f None: zero); NaN where one met a NaN."""
+    native = [
+        i for i, t in enumerate(thetas) if t.device.type == "cpu" and _native.unavailable(t) is None
+    ]
+    out: list[tuple[float, float] | None] = [None] * len(thetas)
+    for dtype in {thetas[i].dtype for i in native}:
+        idx = [i for i in native if thetas[i].dtype == dtype]
+        pairs = _native.guard_extremes(
+            [thetas[i].contiguous() for i in idx],
+            [truths[i].to(dtype).contiguous() for i in idx],
+            [None if formulas[i] is None else formulas[i].to(dtype).contiguous() for i in idx],
+        )
+        for i, pair in zip(idx, pairs, strict=True):
+            out[i] = pair
+    rest = [i for i, pair in enumerate(out) if pair is None]
+    if rest:
+        pairs = _foreach_extremes(
+            [thetas[i] for i in rest],
+            [truths[i] for i in rest],
+            [torch.zeros_like(thetas[i]) if formulas[i] is None else formulas[i] for i in rest],
+        )
+        for i, pair in zip(rest, pairs, strict=True):
+            out[i] = pair
+    return out
+
+
+def _foreach_extremes(
+    thetas: list[torch.Tensor], truths: list[torch.Tensor], formulas: list[torch.Tensor]
+) -> list[tuple[float, float]]:
+    """:func:`_guard_extremes` by torch's multi-tensor kernels, on any device and dtype."""
+    # In place on autograd's gradients (each made this call's own first): fresh tensors
+    # would cost page faults on the CPU.
+    truths = _writable(truths)
+    torch._foreach_mul_(truths, thetas)  # θ⊙g
+    extremes = _extremes(truths)  # taken before the next line overwrites θ⊙g
+    torch._foreach_addcmul_(truths, thetas, formulas, value=-1)  # θ⊙g − θ⊙Σ_n g_n
+    # max |θ⊙g| and max |θ⊙(Σ_n g_n − g)| of every parameter
+    values = _abs_max(extremes + _extremes(truths))
+    n = len(thetas)
+    return list(zip(values[:n], values[n:], strict=True))
 
 
 def _writable(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

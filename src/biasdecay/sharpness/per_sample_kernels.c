@@ -4,6 +4,7 @@
  * 2. batch_norm_backward, group_norm_backward, layer_norm_backward: an eval-mode BatchNorm's,
  *    a GroupNorm's or a LayerNorm's input gradient with its per-sample γ and β gradients, in one
  *    pass over the output gradient and the input.
+ * 3. guard_extremes: the exactness guard's comparison of many parameters in one pass.
  *
  * abs_products, in detail. D_n is (O, L) and U_n is (L, K): a conv layer's output gradient and
  * its unfolded input (L output positions, K = kernel positions × channels), or a Linear layer's
@@ -29,6 +30,7 @@
 #ifndef PER_SAMPLE_KERNELS_BODY
 #define PER_SAMPLE_KERNELS_BODY
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #ifdef _OPENMP
@@ -388,4 +390,84 @@ void NAME(layer_norm_backward)(int64_t N, int64_t T, int64_t D, const REAL *Dl, 
     }
 }
 
+
+/* The exactness guard's comparison (one read of each operand, nothing written but the result):
+ * for each of `count` tensors t of sizes[t] contiguous elements at the addresses theta[t],
+ * truth[t] and formula[t] (0: zero), out[2t] = max |θ g| and out[2t + 1] = max |θ (g − f)|,
+ * NaN where a NaN was met. Tensors are cut into chunks of GUARD_CHUNK elements that the threads
+ * share (one large weight would otherwise keep one thread busy); partial holds two values per
+ * chunk. */
+#ifndef GUARD_CHUNK
+#define GUARD_CHUNK 32768
+#endif
+static inline REAL NAME(vmax)(VEC v, BITS *nan)
+{
+    REAL m = 0;
+    for (int i = 0; i < LANES; i++)
+        m = v[i] > m ? v[i] : m;
+    *nan |= (BITS)(v != v);
+    return m;
+}
+
+static inline int NAME(any)(BITS b)
+{
+    int any = 0;
+    for (int i = 0; i < LANES; i++)
+        any |= b[i] != 0;
+    return any;
+}
+
+void NAME(guard_extremes)(int64_t count, const int64_t *sizes, const int64_t *theta,
+                          const int64_t *truth, const int64_t *formula, int64_t chunks,
+                          const int64_t *first_chunk, REAL *partial, REAL *out, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t t = 0;
+        while (first_chunk[t + 1] <= c)
+            t++;
+        const int64_t start = (c - first_chunk[t]) * GUARD_CHUNK;
+        const int64_t end = start + GUARD_CHUNK < sizes[t] ? start + GUARD_CHUNK : sizes[t];
+        const REAL *th = (const REAL *)(intptr_t)theta[t], *g = (const REAL *)(intptr_t)truth[t];
+        const REAL *f = formula[t] ? (const REAL *)(intptr_t)formula[t] : NULL;
+        VEC scale = (VEC){0}, error = (VEC){0};
+        BITS nan_p = (BITS){0}, nan_e = (BITS){0};
+        int64_t i = start;
+        for (; i + LANES <= end; i += LANES) {
+            const VEC p = *(const VEC *)(th + i) * *(const VEC *)(g + i);
+            VEC e = p;
+            if (f)
+                e -= *(const VEC *)(th + i) * *(const VEC *)(f + i);
+            const VEC ap = (VEC)((BITS)p & ABS_MASK), ae = (VEC)((BITS)e & ABS_MASK);
+            const BITS up = (BITS)(ap > scale), ue = (BITS)(ae > error);
+            scale = (VEC)(((BITS)ap & up) | ((BITS)scale & ~up));
+            error = (VEC)(((BITS)ae & ue) | ((BITS)error & ~ue));
+            nan_p |= (BITS)(p != p);
+            nan_e |= (BITS)(e != e);
+        }
+        REAL ms = NAME(vmax)(scale, &nan_p), me = NAME(vmax)(error, &nan_e);
+        int bad_p = NAME(any)(nan_p), bad_e = NAME(any)(nan_e);
+        for (; i < end; i++) {
+            const REAL p = th[i] * g[i], e = f ? p - th[i] * f[i] : p;
+            const REAL ap = p < 0 ? -p : p, ae = e < 0 ? -e : e;
+            ms = ap > ms ? ap : ms;
+            me = ae > me ? ae : me;
+            bad_p |= p != p;
+            bad_e |= e != e;
+        }
+        partial[2 * c] = bad_p ? (REAL)NAN : ms;
+        partial[2 * c + 1] = bad_e ? (REAL)NAN : me;
+    }
+    for (int64_t t = 0; t < count; t++)
+        for (int k = 0; k < 2; k++) {
+            REAL m = 0;
+            int bad = 0;
+            for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; c++) {
+                const REAL v = partial[2 * c + k];
+                bad |= v != v;
+                m = v > m ? v : m;
+            }
+            out[2 * t + k] = bad ? (REAL)NAN : m;
+        }
+}
 #endif
