@@ -11,6 +11,10 @@ call right after an untimed one of its own (``--settle``):
   opacus can run the model: it refuses BatchNorm, whose buffers it cannot privatise);
 * with ``--naive``, the one-sample-at-a-time loop.
 
+Each row gets two ratios to the unit: of the best times over the rounds ("x fwd+bwd"), and the
+median over rounds of the row's time over the unit's in the same round ("median x", a paired
+ratio that a slow stretch of the machine moves less).
+
 Before the timings, each model's C from every path is printed, and a peer off the torch.func
 value by more than float32 rounding is marked WRONG (opacus on the text model, whose position
 table is looked up once for the whole batch).
@@ -39,6 +43,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -49,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import cpu_name, fused_kernel, interleaved_best, sync
+from _common import cpu_name, fused_kernel, interleaved_times, sync
 from biasdecay.nn.models import build_model
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
@@ -306,20 +311,32 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
         print(f"{peer}: WRONG, off the torch.func per-sample value by {off:+.2%}")
     if why_not:
         print(f"opacus: not run, {why_not}")
-    best = interleaved_best(rows, args.repeats, device, args.settle)
+    times = interleaved_times(rows, args.repeats, device, args.settle)
+    best = {row: min(t) for row, t in times.items()}
     unit = best[rows[0][0]]
-    header = f"{'method':38s} {'seconds':>9s} {'x fwd+bwd':>10s}"
+    # The median over rounds of a row's time over the unit's in the same round: a paired
+    # ratio, which a slow stretch of the machine moves less than the ratio of two best times.
+    paired = {
+        row: statistics.median(a / b for a, b in zip(t, times[rows[0][0]], strict=True))
+        for row, t in times.items()
+    }
+    header = f"{'method':38s} {'seconds':>9s} {'x fwd+bwd':>10s} {'median x':>9s}"
     print(header + (f" {'peak MiB':>9s} {'1st call':>9s}" if args.memory else ""))
     for row_name, _ in rows:
         line = f"{row_name:38s} {best[row_name]:9.4f} {best[row_name] / unit:10.2f}"
+        line += f" {paired[row_name]:9.2f}"
         if args.memory:
             line += " ".join(f" {mib:8.1f}" for mib in peak_memory(args, name, row_name))
         print(line)
-    peers = [best[r] for r, _ in rows if "opacus" in r]
+    peers = [r for r, _ in rows if "opacus" in r]
     if peers:
-        ratio = min(peers) / best[rows[1][0]]
+        ratio = min(best[r] for r in peers) / best[rows[1][0]]
+        median = min(paired[r] for r in peers) / paired[rows[1][0]]
         caveat = " (opacus is wrong on this model)" if wrong else ""
-        print(f"fastest opacus / ours (hooks + guard): {ratio:.2f}x{caveat}")
+        print(
+            f"fastest opacus / ours (hooks + guard): {ratio:.2f}x "
+            f"(median ratios: {median:.2f}x){caveat}"
+        )
     if args.breakdown:
         stage_breakdown(model, x, y, args.repeats, device)
 

@@ -125,6 +125,32 @@ def count_fused(monkeypatch) -> list[str]:
     return calls
 
 
+def measure_against_the_loop(monkeypatch, model: nn.Module, shape, frozen) -> list[str]:
+    """Per-sample C of ``model`` (float64, eval, its norm layers randomised, their ``frozen``
+    parameter frozen) equals the one-sample loop to 1e-10, and in float32 the guard passes
+    every parameter; returns the fused kernels called, per batch."""
+    calls = count_fused(monkeypatch)
+    model = model.double().eval()
+    randomise_norms(model)
+    if frozen is not None:
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+                if getattr(m, frozen) is not None:
+                    getattr(m, frozen).requires_grad_(False)
+    batches = make_batches(shape, 3, [5, 3])
+    report = connectivity_sharpness(model, batches, strict=True)
+    per_batch = calls[: len(calls) // len(batches)]
+    assert calls == per_batch * len(batches)
+    expected = naive_per_sample(model, batches)
+    assert set(report.by_parameter) == set(expected)
+    for name, value in expected.items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+    model.float()
+    report = connectivity_sharpness(model, [(x.float(), y) for x, y in batches], strict=True)
+    assert set(report.paths.values()) == {"hooks"}  # float32: the guard sees no error either
+    return per_batch
+
+
 class Block(nn.Module):
     """Conv, BN, in-place ReLU, a shortcut that reads the BN's input too, and a BatchNorm1d on
     (B, C) and on (B, C, L)."""
@@ -151,23 +177,9 @@ class Block(nn.Module):
 
 @pytest.mark.parametrize("frozen", [None, "weight", "bias"])
 def test_fused_batch_norm_equals_the_loop(monkeypatch, frozen) -> None:
-    calls = count_fused(monkeypatch)
     torch.manual_seed(0)
-    model = Block().double().eval()
-    randomise_norms(model)
-    if frozen is not None:
-        for bn in (model.bn, model.bn2, model.bn_seq, model.bn_flat):
-            getattr(bn, frozen).requires_grad_(False)
-    batches = make_batches((2, 5, 5), 3, [5, 3])
-    report = connectivity_sharpness(model, batches, strict=True)
-    assert calls == ["batch_norm_backward"] * 4 * len(batches) * FUSED  # each one, each batch
-    expected = naive_per_sample(model, batches)
-    assert set(report.by_parameter) == set(expected)
-    for name, value in expected.items():
-        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
-    model.float()
-    report = connectivity_sharpness(model, [(x.float(), y) for x, y in batches], strict=True)
-    assert set(report.paths.values()) == {"hooks"}  # float32: the guard sees no error either
+    calls = measure_against_the_loop(monkeypatch, Block(), (2, 5, 5), frozen)
+    assert calls == ["batch_norm_backward"] * 4 * FUSED  # each of them, each batch
 
 
 def test_a_batch_norm_on_the_input_itself_is_not_fused(monkeypatch) -> None:
@@ -247,23 +259,9 @@ class GroupNormBlock(nn.Module):
 
 @pytest.mark.parametrize("frozen", [None, "weight", "bias"])
 def test_fused_group_norm_equals_the_loop(monkeypatch, frozen) -> None:
-    calls = count_fused(monkeypatch)
     torch.manual_seed(0)
-    model = GroupNormBlock().double().eval()
-    randomise_norms(model)
-    if frozen is not None:
-        for gn in (model.gn, model.gn_seq, model.gn_flat):
-            getattr(gn, frozen).requires_grad_(False)
-    batches = make_batches((2, 5, 5), 3, [5, 3])
-    report = connectivity_sharpness(model, batches, strict=True)
-    assert calls == ["group_norm_backward"] * 3 * len(batches) * FUSED
-    expected = naive_per_sample(model, batches)
-    assert set(report.by_parameter) == set(expected)
-    for name, value in expected.items():
-        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
-    model.float()
-    report = connectivity_sharpness(model, [(x.float(), y) for x, y in batches], strict=True)
-    assert set(report.paths.values()) == {"hooks"}
+    calls = measure_against_the_loop(monkeypatch, GroupNormBlock(), (2, 5, 5), frozen)
+    assert calls == ["group_norm_backward"] * 3 * FUSED
 
 
 @needs_kernel
@@ -332,24 +330,8 @@ class Transformerish(nn.Module):
 
 @pytest.mark.parametrize("frozen", [None, "weight", "bias"])
 def test_fused_layer_norm_equals_the_loop(monkeypatch, frozen) -> None:
-    calls = count_fused(monkeypatch)
     torch.manual_seed(0)
-    model = Transformerish().double().eval()
-    randomise_norms(model)
-    if frozen is not None:
-        for norm in (model.norm_in, model.norm, model.norm_nobias, model.norm_2d):
-            if getattr(norm, frozen) is not None:
-                getattr(norm, frozen).requires_grad_(False)
-    batches = make_batches((4, 6), 3, [5, 3])
-    report = connectivity_sharpness(model, batches, strict=True)
-    # norm, norm_2d and norm_nobias (which has nothing to measure with a frozen weight), each
-    # batch; norm_in has nothing below it
-    fused = 2 if frozen == "weight" else 3
-    assert calls == ["layer_norm_backward"] * fused * len(batches) * FUSED
-    expected = naive_per_sample(model, batches)
-    assert set(report.by_parameter) == set(expected)
-    for name, value in expected.items():
-        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
-    model.float()
-    report = connectivity_sharpness(model, [(x.float(), y) for x, y in batches], strict=True)
-    assert set(report.paths.values()) == {"hooks"}
+    calls = measure_against_the_loop(monkeypatch, Transformerish(), (4, 6), frozen)
+    # norm, norm_2d and norm_nobias (which has nothing to measure with a frozen weight);
+    # norm_in has nothing below it
+    assert calls == ["layer_norm_backward"] * (2 if frozen == "weight" else 3) * FUSED

@@ -374,13 +374,10 @@ def batch_norm_backward(
     """
     C = x.shape[1] if x.dim() >= 2 else -1
     _check_norm_operands("batch_norm_backward", delta, x, {"mean": mean, "scale": scale}, (C,))
-    grad_in, sums = _norm_outputs(x, input_gradient)
-    if x.numel():
-        getattr(_library(), f"batch_norm_backward_{_DTYPES[x.dtype]}")(
-            x.shape[0] * C, C, x[0, 0].numel(),
-            delta.data_ptr(), x.data_ptr(), mean.data_ptr(), scale.data_ptr(),
-            _pointer(grad_in), sums[0].data_ptr(), sums[1].data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+    grad_in = torch.empty_like(x) if input_gradient else None
+    sums = [torch.zeros(x.shape[:2], dtype=torch.float64) for _ in range(2)]
+    sizes = (x.shape[0] * C, C, x[0, 0].numel()) if x.numel() else ()
+    _run_norm_kernel("batch_norm_backward", sizes, [delta, x, mean, scale], grad_in, sums)
     return grad_in, *sums
 
 
@@ -413,13 +410,10 @@ def group_norm_backward(
     stats = {"mean": mean, "rstd": rstd}
     _check_norm_operands("group_norm_backward", delta, x, stats, (N, G))
     _check_norm_operands("group_norm_backward", delta, x, {"gamma": gamma}, (C,))
-    grad_in, sums = _norm_outputs(x, input_gradient)
-    if x.numel():
-        getattr(_library(), f"group_norm_backward_{_DTYPES[x.dtype]}")(
-            N, C, G, x[0, 0].numel(),
-            delta.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(), gamma.data_ptr(),
-            _pointer(grad_in), sums[0].data_ptr(), sums[1].data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+    grad_in = torch.empty_like(x) if input_gradient else None
+    sums = [torch.zeros(x.shape[:2], dtype=torch.float64) for _ in range(2)]
+    sizes = (N, C, G, x[0, 0].numel()) if x.numel() else ()
+    _run_norm_kernel("group_norm_backward", sizes, [delta, x, mean, rstd, gamma], grad_in, sums)
     return grad_in, *sums
 
 
@@ -456,12 +450,8 @@ def layer_norm_backward(
     _check_norm_operands("layer_norm_backward", delta, x, flat, (N * rows,))
     grad_in = torch.empty_like(x) if input_gradient else None
     sums = [x.new_zeros(N, D) for _ in range(2)]
-    if x.numel():
-        getattr(_library(), f"layer_norm_backward_{_DTYPES[x.dtype]}")(
-            N, rows, D,
-            delta.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(), gamma.data_ptr(),
-            _pointer(grad_in), sums[0].data_ptr(), sums[1].data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+    sizes = (N, rows, D) if x.numel() else ()
+    _run_norm_kernel("layer_norm_backward", sizes, [delta, x, mean, rstd, gamma], grad_in, sums)
     return grad_in, *sums
 
 
@@ -489,12 +479,25 @@ def _check_norm_operands(
         raise ValueError(f"{kernel}: operands break the kernel's layout: " + "; ".join(broken))
 
 
-def _norm_outputs(
-    x: torch.Tensor, input_gradient: bool
-) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
-    """The input gradient's buffer (if wanted), and zeroed (N, C) float64 sums."""
-    grad_in = torch.empty_like(x) if input_gradient else None
-    return grad_in, tuple(torch.zeros(x.shape[:2], dtype=torch.float64) for _ in range(2))
+def _run_norm_kernel(
+    kernel: str,
+    sizes: tuple[int, ...],
+    inputs: list[torch.Tensor],
+    grad_in: torch.Tensor | None,
+    outputs: list[torch.Tensor],
+) -> None:
+    """Call a norm kernel (checked operands) for the inputs' dtype: its sizes, the inputs', the
+    input gradient's (None: not formed) and the outputs' addresses; nothing if ``sizes`` is
+    empty (no elements)."""
+    if not sizes:
+        return
+    getattr(_library(), f"{kernel}_{_DTYPES[inputs[0].dtype]}")(
+        *sizes,
+        *(t.data_ptr() for t in inputs),
+        _pointer(grad_in),
+        *(t.data_ptr() for t in outputs),
+        torch.get_num_threads(),
+    )
 
 
 def _pointer(t: torch.Tensor | None) -> int | None:
