@@ -224,7 +224,7 @@ class _Recorder:
         """Back-propagate ``total`` through every recorded layer's output; each output gradient
         goes to ``on_gradient`` as it is formed."""
         self._lowest = set(lowest_layers(self.edges))
-        # One edge may stand for two layers (a fused BatchNorm's is its input's).
+        # One edge may stand for two layers (a fused norm layer's is its input's).
         lowest = {(id(e.node), e.output_nr): e for n, e in self.edges.items() if n in self._lowest}
         edges = list(lowest.values())
         try:
