@@ -22,12 +22,13 @@ table is looked up once for the whole batch).
 With ``--memory`` each row also runs twice in a fresh process that reports its peak memory above
 the model and batch alone (resident memory on a Linux CPU, allocated memory on CUDA): on the
 first call (which, for our hook path, includes timing the conv plans of each new layer
-geometry) and on the second (the steady state; freed memory is returned to the system first).
-With
-``--breakdown`` the hook path's time is also split by stage (forward with the recording hooks,
-backward to the layer outputs, each kind of layer's per-sample terms (formed during that
-backward, and shown apart from it), the guard's forward and backward, the guard's comparison),
-best of the same rounds, as shares of a forward+backward.
+geometry) and on the second (the steady state; freed memory is returned to the system first);
+then the minor page faults of a third call ("faults": fresh 4 KiB pages asked of the system,
+each a cost in time). With ``--breakdown`` the hook path's time is also split by stage
+(forward with the recording hooks, backward to the layer outputs, each kind of layer's
+per-sample terms (formed during that backward, and shown apart from it), the guard's forward
+and backward, the guard's comparison), best of the same rounds, as shares of a
+forward+backward.
 
     python benchmarks/bench_connectivity.py                     # every model, CPU
     python benchmarks/bench_connectivity.py --models resnet18 --naive
@@ -242,7 +243,18 @@ def peak_memory_child(args: argparse.Namespace) -> None:
 
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    print(json.dumps({"first_bytes": first, "peak_bytes": _peak_bytes(fn, device)}))
+    peak = _peak_bytes(fn, device)
+    print(json.dumps({"first_bytes": first, "peak_bytes": peak, "faults": _minor_faults(fn)}))
+
+
+def _minor_faults(fn: Callable[[], object]) -> int:
+    """Minor page faults of one more call (this process's memory is now in its steady state):
+    each one is a fresh 4 KiB page the allocator asked the system for, and costs time."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def _peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
@@ -272,14 +284,14 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def peak_memory(args: argparse.Namespace, model_name: str, row: str) -> tuple[float, float]:
+def peak_memory(args: argparse.Namespace, model_name: str, row: str) -> tuple[float, float, int]:
     """Peak memory (MiB) of ``row`` above the model and batch, on a fresh process's second
-    call (the steady state) and on its first."""
+    call (the steady state) and on its first; and the minor page faults of a third call."""
     cmd = [sys.executable, __file__, "--device", args.device, "--batch", str(args.batch)]
     cmd += ["--memory-row", model_name, row]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     peaks = json.loads(out.stdout.strip().splitlines()[-1])
-    return peaks["peak_bytes"] / 2**20, peaks["first_bytes"] / 2**20
+    return peaks["peak_bytes"] / 2**20, peaks["first_bytes"] / 2**20, peaks["faults"]
 
 
 # Float32 rounding of the same sum of per-sample terms is about 1e-7 relative; a peer further
@@ -321,12 +333,13 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
         for row, t in times.items()
     }
     header = f"{'method':38s} {'seconds':>9s} {'x fwd+bwd':>10s} {'median x':>9s}"
-    print(header + (f" {'peak MiB':>9s} {'1st call':>9s}" if args.memory else ""))
+    print(header + (f" {'peak MiB':>9s} {'1st call':>9s} {'faults':>7s}" if args.memory else ""))
     for row_name, _ in rows:
         line = f"{row_name:38s} {best[row_name]:9.4f} {best[row_name] / unit:10.2f}"
         line += f" {paired[row_name]:9.2f}"
         if args.memory:
-            line += " ".join(f" {mib:8.1f}" for mib in peak_memory(args, name, row_name))
+            peak, first, faults = peak_memory(args, name, row_name)
+            line += f" {peak:9.1f} {first:9.1f} {faults:7d}"
         print(line)
     peers = [r for r, _ in rows if "opacus" in r]
     if peers:

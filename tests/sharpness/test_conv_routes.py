@@ -266,3 +266,29 @@ def test_each_thread_keeps_its_own_workspace_and_only_small_buffers() -> None:
     products.release_workspace(work)
     assert work.take((1,), like, use="test small").data_ptr() == small.data_ptr()  # kept
     assert ("test large", like.dtype, like.device) not in work._buffers  # freed
+
+
+def test_guard_sums_share_one_kept_buffer_from_the_second_batch() -> None:
+    work, like = products.Workspace(), torch.zeros(1, dtype=torch.float64)
+    work.begin_batch()
+    first = [work.implied((3, 4), like), work.implied((5,), like)]  # nothing kept yet: fresh
+    assert first[0].untyped_storage().data_ptr() != first[1].untyped_storage().data_ptr()
+    work.begin_batch()  # the buffer grows to what the first batch asked for
+    a, b = work.implied((3, 4), like), work.implied((5,), like)
+    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    assert b.data_ptr() == a.data_ptr() + 12 * like.element_size()  # one after the other
+    assert a.is_contiguous() and a.shape == (3, 4) and b.shape == (5,)
+    a.fill_(1.0)
+    b.fill_(2.0)
+    assert a.sum().item() == 12.0 and b.sum().item() == 10.0  # no overlap
+    bigger = work.implied((100,), like)  # past the buffer: fresh memory, not an overlap
+    assert bigger.untyped_storage().data_ptr() != a.untyped_storage().data_ptr()
+    work.begin_batch()  # from the start again, now large enough for all three
+    again = work.implied((3, 4), like)
+    assert again.data_ptr() != a.data_ptr()  # the buffer was replaced by a larger one
+    assert (
+        work.implied((105,), like).untyped_storage().data_ptr()
+        == again.untyped_storage().data_ptr()
+    )
+    # Another dtype has its own buffer.
+    assert work.implied((2,), torch.zeros(1)).dtype == torch.float32

@@ -299,15 +299,21 @@ def _linear_terms(
             Face's Conv1D), so its gradient is aᵀδ where nn.Linear's is δᵀa.
     """
     out: Terms = {}
-    B = a.shape[0]
+    B, s = a.shape[0], guard.numel()
+    weights = guard.to(delta.dtype)
     if layer.weight.requires_grad:
-        w_abs = layer.weight.detach().abs()
+        weight = layer.weight.detach()
+        w_abs = torch.abs(weight, out=work.take(weight.shape, weight, use="weights"))
         left, right = (a, delta) if transposed else (delta, a)  # the gradient is leftᵀ right
         if a.dim() == 2:
-            # Rank-one per-sample gradient: Σ|W ⊙ l rᵀ| = |l|ᵀ|W||r|.
-            per_sample = ((left.abs() @ w_abs) * right.abs()).sum(1)
-            s = guard.numel()
-            out["weight"] = (per_sample, (left[:s] * guard.to(left.dtype)[:, None]).t() @ right[:s])
+            # Rank-one per-sample gradient: Σ|W ⊙ l rᵀ| = |l|ᵀ|W||r| = Σ |(|l|ᵀ|W|) ⊙ r|, as
+            # |l|ᵀ|W| ≥ 0. Into kept buffers: fresh ones cost page faults on every batch.
+            l_abs = torch.abs(left, out=work.take(left.shape, left, use="rows"))
+            product = torch.mm(l_abs, w_abs, out=work.take(right.shape, right, use="products"))
+            per_sample = product.mul_(right).abs_().sum(1)
+            implied = work.implied(weight.shape, weight)
+            torch.mm((left[:s] * weights[:, None]).t(), right[:s], out=implied)
+            out["weight"] = (per_sample, implied)
         else:
             l3, r3 = left.reshape(B, -1, left.shape[-1]), right.reshape(B, -1, right.shape[-1])
             per_sample, grad = chunked_outer_sum(l3.transpose(1, 2), r3, w_abs, guard, work)
@@ -315,8 +321,7 @@ def _linear_terms(
     if layer.bias is not None and layer.bias.requires_grad:
         b_abs = layer.bias.detach().abs()
         if delta.dim() == 2:  # one row per sample: the per-sample bias gradient is δ itself
-            s = guard.numel()
-            out["bias"] = (delta.abs() @ b_abs, guard.to(delta.dtype) @ delta[:s])
+            out["bias"] = (delta.abs() @ b_abs, weights @ delta[:s])
         else:
             g_b = delta.reshape(B, -1, delta.shape[-1]).sum(1)
             out["bias"] = ((g_b.abs() * b_abs).sum(1), _weighted(g_b, guard))
@@ -603,6 +608,7 @@ class HookedPerSample:
         rec = self.recorder
         x = x.detach()
         rec.batch = x.shape[0]
+        self.workspace.begin_batch()  # the previous batch's guard sums are compared
         # Distinct weights 1, 2, …: a formula that gives one sample's rows to another (a layer
         # whose rows are not samples) fails a weighted sum even where a plain one would match.
         guard = torch.arange(1, guard_samples(x.shape[0]) + 1, device=x.device)

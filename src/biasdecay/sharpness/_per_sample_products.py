@@ -66,10 +66,18 @@ _TUNING_SAMPLES = 64
 
 class Workspace:
     """Reused buffers, by use, dtype and device: every chunk's per-sample gradients (and
-    unfolded inputs) are written to the same memory."""
+    unfolded inputs) are written to the same memory.
+
+    The guard's sums Σ_n w_n G_n (:meth:`implied`), one per parameter, all held until the
+    guard has compared them, are laid one after another in a buffer of their own, kept from
+    batch to batch: fresh memory of the parameters' size on every batch costs the CPU a page
+    fault per 4 KiB (``benchmarks/bench_connectivity.py --memory`` counts them per call).
+    """
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+        # the guard's sums handed out in this batch so far: elements, by dtype and device
+        self._implied_used: dict[tuple[torch.dtype, torch.device], int] = {}
 
     def trim(self, max_elements: int) -> None:
         """Drop the buffers larger than ``max_elements``."""
@@ -84,6 +92,28 @@ class Workspace:
         if buffer is None or buffer.numel() < n:
             buffer = self._buffers[key] = like.new_empty(n)
         return buffer[:n].view(shape)
+
+    def begin_batch(self) -> None:
+        """Start a batch: :meth:`implied` hands out its buffer from the start again, grown
+        first to what the previous batch asked for. The previous batch's sums must no longer
+        be in use."""
+        for (dtype, device), used in self._implied_used.items():
+            key = ("implied", dtype, device)
+            if key not in self._buffers or self._buffers[key].numel() < used:
+                self._buffers[key] = torch.empty(used, dtype=dtype, device=device)
+        self._implied_used.clear()
+
+    def implied(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape`` for one parameter's guard sum, in
+        this batch's part of the kept buffer (fresh memory where the buffer is full: the first
+        batch, or a larger one)."""
+        where = (like.dtype, like.device)
+        n, start = math.prod(shape), self._implied_used.get(where, 0)
+        self._implied_used[where] = start + n
+        buffer = self._buffers.get(("implied", *where))
+        if buffer is None or buffer.numel() < start + n:
+            return like.new_empty(shape)
+        return buffer[start : start + n].view(shape)
 
 
 def add_weighted_rows(total: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> None:
@@ -137,7 +167,7 @@ def _bmm_outer_sum(
     per_sample = O * u.shape[-1]
     chunk = chunk_size(B, per_sample)
     w_flat = w_abs.reshape(-1)
-    grad = torch.zeros_like(w_flat)
+    grad = work.implied(w_flat.shape, w_flat).zero_()
     parts = []
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
@@ -158,7 +188,7 @@ def _fused_outer_sum(
     if key not in _COLUMNS:
         starts, blocks = torch.arange(L).mul_(u.stride(1)), torch.arange(0, I, width)
         _COLUMNS[key] = _native.Columns.of(starts, blocks, width)
-    grad = w_abs.new_zeros(w_abs.shape)
+    grad = work.implied(w_abs.shape, w_abs).zero_()
     sums = _native.abs_products(d, u, _COLUMNS[key], w_abs.contiguous(), guard, grad)
     return sums, grad.view(-1)
 
@@ -437,7 +467,7 @@ def _grouped(
     # The kernel reads only the weight's shape: a stride-0 view of one element stands for it.
     weight_shape = a.new_empty(()).expand(chunk * rows, *w_abs.shape[1:])
     output_padding = _output_padding(layer, a, delta, padding)
-    parts, grad = [], torch.zeros_like(w_flat)
+    parts, grad = [], work.implied(w_flat.shape, w_flat).zero_()
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
         _, g, _ = torch.ops.aten.convolution_backward(
@@ -536,7 +566,7 @@ def _unfolded(
     B, d = a.shape[0], view.d
     w_flat = w_abs.reshape(-1)
     per_sample = w_flat.numel()
-    parts, grad = [], torch.zeros_like(w_flat)
+    parts, grad = [], work.implied(w_flat.shape, w_flat).zero_()
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
         # Unfolded a chunk at a time: the block and its gradients stay in cache.
@@ -592,7 +622,7 @@ def _unfolded_channels_last(
     w_abs = operands.w_abs.view(O, C, kh, kw)  # a 1-D conv's too
     w_flat = w_abs.permute(0, 2, 3, 1).reshape(-1)  # (O, kh, kw, C), the columns' order
     per_sample = w_flat.numel()
-    parts, grad = [], torch.zeros_like(w_flat)
+    parts, grad = [], work.take(w_flat.shape, w_flat, use="guard sum").zero_()
     for s in range(0, B, chunk):
         n = min(chunk, B - s)
         rows = work.take((n, H + 2 * ph, W + 2 * pw, C), a, use="channels last")
@@ -604,8 +634,16 @@ def _unfolded_channels_last(
         u = _unfold_channels_last(rows, view, work)
         out = work.take((n, per_sample), d)
         parts.append(_outer_chunk(d[s : s + n], u, w_flat, 1, out, grad, guard[s : s + n]))
-    grad = grad.view(O, kh, kw, C).permute(0, 3, 1, 2)
-    return torch.cat(parts), grad.reshape(operands.w_abs.shape)
+    return torch.cat(parts), _in_weight_order(grad.view(O, kh, kw, C), operands, work)
+
+
+def _in_weight_order(grad: torch.Tensor, operands: _ConvOperands, work: Workspace) -> torch.Tensor:
+    """The guard's sum, accumulated in the columns' order (O, kh, kw, C), copied into the
+    weight's own order (O, C, kh, kw) (a 1-D conv's: (O, C, k))."""
+    weight = operands.layer.weight
+    out = work.implied(tuple(weight.shape), grad)
+    out.view(grad.shape[0], grad.shape[3], *grad.shape[1:3]).copy_(grad.permute(0, 3, 1, 2))
+    return out
 
 
 def _unfold_channels_last(rows: torch.Tensor, view: _Conv2dView, work: Workspace) -> torch.Tensor:
@@ -645,7 +683,7 @@ def _fused(
     if channels != C:
         w_abs[..., C:].zero_()
     columns = _window_columns(view, W + 2 * pw, channels, width)
-    grad = torch.zeros_like(w_abs)
+    grad = work.take(w_abs.shape, w_abs, use="guard sum").zero_()
     w_abs, grad_rows = w_abs.view(O, -1), grad.view(O, -1)
     planar = _native.Planar(a, (ph, pw), channels)
     # The kernel's threads copy blocks of samples, padded channels last, into this buffer; they
@@ -659,8 +697,7 @@ def _fused(
         parts.append(
             _native.abs_products(d[s : s + n], rows, columns, w_abs, guard[s:], grad_rows, copies)
         )
-    grad = grad[..., :C].permute(0, 3, 1, 2)  # a view in the weight's (O, C, kh, kw) order
-    return torch.cat(parts), grad.reshape(operands.layer.weight.shape)
+    return torch.cat(parts), _in_weight_order(grad[..., :C], operands, work)
 
 
 # Column layouts of the fused route, by window geometry: {key: _native.Columns}.
