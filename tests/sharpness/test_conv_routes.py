@@ -106,25 +106,52 @@ def test_the_fastest_plan_is_kept_and_timed_once(monkeypatch) -> None:
     plans = products.candidate_plans(conv, 64, 25)
     assert {p.route for p in plans} == set(products.routes_for(conv))
     fastest = plans[-1]
-    timed = []
+    made, calls, clock = [], [], [0.0]
 
-    def fake_timer(layer, a, delta, plan, work):
-        timed.append((plan, a.shape[0]))
-        return 1.0 if plan == fastest else 2.0
+    def fake_run(layer, a, delta, plan, work):
+        made.append((plan, a.shape[0]))
 
-    monkeypatch.setattr(products, "_timed", fake_timer)
+        def run() -> None:  # the fastest takes 1 s of the fake clock, the others 2 s
+            calls.append(plan)
+            clock[0] += 1.0 if plan == fastest else 2.0
+
+        return run
+
+    monkeypatch.setattr(products, "_plan_run", fake_run)
+    monkeypatch.setattr(products, "_clock", lambda: clock[0])
     a, delta = torch.randn(64, 8, 5, 5), torch.randn(64, 6, 5, 5)
     work = products.Workspace()
     assert products.chosen_plan(conv, a) is None
     assert products.conv_plan(conv, a, delta, work) == fastest
-    # Each candidate timed once, on at most _TUNING_SAMPLES samples.
-    assert sorted(timed, key=str) == sorted(((p, products._TUNING_SAMPLES) for p in plans), key=str)
+    # Each candidate run on at most _TUNING_SAMPLES samples: once to warm up, then once per
+    # round, the rounds interleaving the candidates.
+    assert sorted(made, key=str) == sorted(((p, products._TUNING_SAMPLES) for p in plans), key=str)
+    order = [p for p, _ in made]
+    assert calls == order * (1 + products._TIMED_ROUNDS)
     assert products.conv_plan(conv, a, delta, work) == fastest
-    assert len(timed) == len(plans)  # cached: not timed again
+    assert len(made) == len(plans)  # cached: not timed again
     assert products.chosen_plan(conv, a) == fastest
     # Another input size is another geometry: timed afresh.
     products.conv_plan(conv, a[:, :, :4], delta[:, :, :4], work)
-    assert len(timed) == 2 * len(plans)
+    assert len(made) == 2 * len(plans)
+
+
+def test_a_slow_stretch_during_one_round_does_not_decide_the_plan(monkeypatch) -> None:
+    """Each candidate's best round counts: the fastest wins even though one of its runs fell in
+    a slow stretch (here, its first timed run took 10 s)."""
+    clock, seen = [0.0], {"fast": 0}
+
+    def fast() -> None:
+        seen["fast"] += 1
+        clock[0] += 10.0 if seen["fast"] == 2 else 1.0  # run 1 warms up, run 2 is timed
+
+    def slow() -> None:
+        clock[0] += 2.0
+
+    monkeypatch.setattr(products, "_clock", lambda: clock[0])
+    runs = {"fast": fast, "slow": slow}
+    assert products._fastest(runs, torch.device("cpu")) == "fast"
+    assert seen["fast"] == 1 + products._TIMED_ROUNDS
 
 
 def test_candidate_chunks_stay_within_the_batch_and_the_memory_cap() -> None:

@@ -35,8 +35,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -219,13 +221,11 @@ def sequence_plan(d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, work: W
         else:
             m = min(d.shape[0], _TUNING_SAMPLES)
             unguarded = d.new_empty(0)
-            seconds = {
-                r: _best_time(
-                    lambda r=r: _SEQUENCE_ROUTES[r](d[:m], u[:m], w_abs, unguarded, work), d.device
-                )
+            runs = {
+                r: lambda r=r: _SEQUENCE_ROUTES[r](d[:m], u[:m], w_abs, unguarded, work)
                 for r in routes
             }
-            _SEQUENCE_PLANS[key] = min(routes, key=seconds.__getitem__)
+            _SEQUENCE_PLANS[key] = _fastest(runs, d.device)
     return _SEQUENCE_PLANS[key]
 
 
@@ -337,9 +337,8 @@ def _geometry(layer: nn.Module, a: torch.Tensor) -> tuple:
 def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspace) -> ConvPlan:
     """The fastest plan for ``layer`` with inputs shaped like ``a``: timed once, then cached.
 
-    The candidates each run on the batch's first samples (at most _TUNING_SAMPLES), once to warm
-    up (a backend builds its kernel for a new shape), then _TIMED_RUNS times; the best run counts
-    (timings on a shared machine are noisy upwards).
+    The candidates each run on the batch's first samples (at most _TUNING_SAMPLES), timed by
+    :func:`_fastest`.
     """
     key = _geometry(layer, a)
     plan = _PLANS.get(key)
@@ -349,8 +348,9 @@ def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspac
             plan = plans[0]
         else:
             m = min(a.shape[0], _TUNING_SAMPLES)
-            seconds = {p: _timed(layer, a[:m], delta[:m], p, work) for p in plans}
-            plan = min(plans, key=seconds.__getitem__)
+            plan = _fastest(
+                {p: _plan_run(layer, a[:m], delta[:m], p, work) for p in plans}, a.device
+            )
         _PLANS[key] = plan
     return plan
 
@@ -383,28 +383,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-_TIMED_RUNS = 2
+_TIMED_ROUNDS = 3
+_clock = time.perf_counter  # what plans are timed by (a test gives its own)
 
 
-def _timed(
+def _plan_run(
     layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, plan: ConvPlan, work: Workspace
-) -> float:
+) -> Callable[[], object]:
+    """One call of ``plan`` on these operands, without the guard's sum: what is timed."""
     unguarded = a.new_empty(0)
-    return _best_time(lambda: conv_weight_terms(layer, a, delta, unguarded, work, plan), a.device)
+    return lambda: conv_weight_terms(layer, a, delta, unguarded, work, plan)
 
 
-def _best_time(run, device: torch.device) -> float:
-    """Best of _TIMED_RUNS calls of ``run`` after one to warm up (a backend builds its kernel
-    for a new shape); timings on a shared machine are noisy upwards."""
-    run()
-    best = math.inf
-    for _ in range(_TIMED_RUNS):
-        _sync(device)
-        start = time.perf_counter()
+def _fastest(runs: dict[Any, Callable[[], object]], device: torch.device) -> Any:
+    """The key of the fastest of ``runs``: each is called once to warm up (a backend builds its
+    kernel for a new shape), then once per round for _TIMED_ROUNDS rounds, and its best time
+    counts (timings on a shared machine are noisy upwards).
+
+    The rounds interleave the candidates, so a slow stretch of the machine slows one run of
+    each candidate, not every run of one candidate. Timed one candidate after the other (best
+    of two runs each), a slower route was chosen for some of ResNet-18's layers in one
+    benchmark run (docs/benchmarks.md).
+    """
+    for run in runs.values():
         run()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    best = dict.fromkeys(runs, math.inf)
+    for _ in range(_TIMED_ROUNDS):
+        for key, run in runs.items():
+            _sync(device)
+            start = _clock()
+            run()
+            _sync(device)
+            best[key] = min(best[key], _clock() - start)
+    return min(runs, key=best.__getitem__)
 
 
 def conv_weight_terms(
