@@ -701,19 +701,18 @@ class HookedPerSample:
 
         Samples do not interact in eval mode, so this is the weighted sum of their per-sample
         gradients, which the formulas must reproduce. Row n of the outputs' gradient of
-        Σ_n ℓ_n is ∂ℓ_n/∂(output)_n (the loss is a batch mean), so weighting the rows and
-        back-propagating them weights the samples. The recorder is off (it is on during the
-        measured forward alone).
+        Σ_n ℓ_n is ∂ℓ_n/∂(output)_n (the loss is a batch mean), so weighting the rows as the
+        backward pass goes through the outputs (a hook) weights the samples, in one pass. The
+        recorder is off (it is on during the measured forward alone).
         """
         s = guard.numel()
         with torch.enable_grad():
             out = self.model(x[:s].detach())
+            rows = guard.to(out.dtype).view(-1, *(1,) * (out.dim() - 1))
+            if out.requires_grad:  # else autograd.grad below says that nothing does
+                out.register_hook(lambda d_out: d_out * rows)
             total = self.loss_fn(out, y[:s]) * s
-            (d_out,) = torch.autograd.grad(total, out, retain_graph=True)
-            rows = guard.to(d_out.dtype).view(-1, *(1,) * (d_out.dim() - 1))
-            grads = torch.autograd.grad(
-                out, list(self.params.values()), d_out * rows, allow_unused=True
-            )
+            grads = torch.autograd.grad(total, list(self.params.values()), allow_unused=True)
         return dict(zip(self.params, grads, strict=True))
 
     def _guard(
