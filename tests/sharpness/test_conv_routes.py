@@ -319,3 +319,22 @@ def test_guard_sums_share_one_kept_buffer_from_the_second_batch() -> None:
     )
     # Another dtype has its own buffer.
     assert work.implied((2,), torch.zeros(1)).dtype == torch.float32
+
+
+def test_plan_timing_does_not_grow_the_guard_sums_buffer(monkeypatch) -> None:
+    """The timing runs of a new layer's plans take guard sums too; the buffer kept for the next
+    batch holds one sum per parameter at most, not theirs as well."""
+    monkeypatch.setattr(products, "_PLANS", {})
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3)).double().eval()
+    x, y = torch.randn(6, 3, 6, 6, dtype=torch.float64), torch.randint(0, 3, (6,))
+    assert len(products.plans_for(conv, x, torch.zeros(6, 8, 4, 4))) > 1  # so it is timed
+    work, key = products.thread_workspace(), ("implied", torch.float64, torch.device("cpu"))
+    work._buffers.pop(key, None)
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]
+    report = connectivity_sharpness(model, batches, method="hooks", strict=True)
+    assert products.chosen_plan(conv, x) is not None
+    assert 0 < work._buffers[key].numel() <= sum(p.numel() for p in model.parameters())
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name

@@ -35,7 +35,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -116,6 +117,16 @@ class Workspace:
         if buffer is None or buffer.numel() < start + n:
             return like.new_empty(shape)
         return buffer[start : start + n].view(shape)
+
+    @contextmanager
+    def trial(self) -> Iterator[None]:
+        """Runs whose guard sums are thrown away (a plan's timing runs): what they take of the
+        kept buffer is handed out again after them, and not counted toward its size."""
+        used = dict(self._implied_used)
+        try:
+            yield
+        finally:
+            self._implied_used = used
 
 
 def add_weighted_rows(total: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> None:
@@ -225,7 +236,8 @@ def sequence_plan(d: torch.Tensor, u: torch.Tensor, w_abs: torch.Tensor, work: W
                 r: lambda r=r: _SEQUENCE_ROUTES[r](d[:m], u[:m], w_abs, unguarded, work)
                 for r in routes
             }
-            _SEQUENCE_PLANS[key] = _fastest(runs, d.device)
+            with work.trial():
+                _SEQUENCE_PLANS[key] = _fastest(runs, d.device)
     return _SEQUENCE_PLANS[key]
 
 
@@ -348,9 +360,9 @@ def conv_plan(layer: _Conv, a: torch.Tensor, delta: torch.Tensor, work: Workspac
             plan = plans[0]
         else:
             m = min(a.shape[0], _TUNING_SAMPLES)
-            plan = _fastest(
-                {p: _plan_run(layer, a[:m], delta[:m], p, work) for p in plans}, a.device
-            )
+            runs = {p: _plan_run(layer, a[:m], delta[:m], p, work) for p in plans}
+            with work.trial():
+                plan = _fastest(runs, a.device)
         _PLANS[key] = plan
     return plan
 
