@@ -369,14 +369,17 @@ def _embedding_terms(
     keys = (torch.arange(B, device=ids.device).unsqueeze(1) * V + flat_ids).reshape(-1)
     pairs, which = torch.unique(keys, return_inverse=True)
     rows = pairs % V
-    summed = d.new_zeros(pairs.numel(), D).index_add_(0, which, d)
-    values = (summed.abs() * layer.weight.detach()[rows].abs()).sum(1)
+    # Token-sized operands in kept buffers (fresh ones cost page faults on every batch).
+    summed = work.take((pairs.numel(), D), d, use="pair sums").zero_().index_add_(0, which, d)
+    table = layer.weight.detach()
+    w_rows = torch.index_select(table, 0, rows, out=work.take(summed.shape, table, use="rows"))
+    values = summed.abs_().mul_(w_rows.abs_()).sum(1)
     if layer.padding_idx is not None:
         values = values.masked_fill(rows == layer.padding_idx, 0)
     per_sample = values.new_zeros(B).index_add_(0, pairs // V, values)
     s = guard.numel()
     weighted = (delta[:s].reshape(s, -1, D) * guard.to(d.dtype)[:, None, None]).reshape(-1, D)
-    grad = d.new_zeros(V, D).index_add_(0, flat_ids[:s].reshape(-1), weighted)
+    grad = work.implied((V, D), d).zero_().index_add_(0, flat_ids[:s].reshape(-1), weighted)
     if layer.padding_idx is not None:
         grad[layer.padding_idx] = 0
     return {"weight": (per_sample, grad)}
