@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -21,14 +22,26 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# Settings that cap the instruction set torch's CPU kernels use (to stand in for a CPU without
+# AVX-512): a header shows them, since they change every timing.
+_ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def fused_kernel() -> str:
-    """Whether per-sample C's fused kernel runs here (it is built on first use), for a header."""
+    """For a header: the instruction set of torch's CPU kernels (and any cap set on it), and
+    whether per-sample C's fused kernel runs here (it is built on first use) and how wide."""
     from biasdecay.sharpness import _native
 
+    caps = [f"{k}={os.environ[k]}" for k in _ISA_CAPS if os.environ.get(k)]
+    flags = os.environ.get(_native.FLAGS_ENV)
+    torch_isa = f"torch kernels: {torch.backends.cpu.get_cpu_capability()}"
+    if caps:
+        torch_isa += f" ({', '.join(caps)})"
     why = _native.unavailable()
     if why is not None:
-        return f"fused kernel: not used ({why})"
-    return f"fused kernel: {_native.lanes(torch.float32)} float32 lanes"
+        return f"{torch_isa} | fused kernel: not used ({why})"
+    built = f", built with {_native.FLAGS_ENV}={flags}" if flags else ""
+    return f"{torch_isa} | fused kernel: {_native.lanes(torch.float32)} float32 lanes{built}"
 
 
 def sync(device: torch.device) -> None:

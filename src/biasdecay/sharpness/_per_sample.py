@@ -67,12 +67,13 @@ _GUARD_RTOL_LOW_PRECISION = 5e-2  # bf16, fp16
 
 
 # The guard checks the first samples of each batch: a parameter misused (a tied weight, a
-# subclass's own forward) is misused on every sample. A forward and backward of 8 samples cost
-# 0.09-0.13 of a forward and backward of the batch on ResNet-18 and the transformer blocks at
-# batch 128 on a 2-core CPU, and 0.4 on the small MLP, where per-op costs dominate
-# (bench_connectivity.py --breakdown); fewer samples would cost less and see less (a sample on
-# which the misuse happens to vanish).
-GUARD_SAMPLES = 8
+# subclass's own forward) is misused on every sample. A forward and backward of 4 samples cost
+# 0.06-0.09 of a forward and backward of the batch on ResNet-18 and the transformer blocks at
+# batch 128 on a 2-core CPU (8 samples: 0.09-0.13), and 0.36 on the small MLP, where per-op
+# costs dominate (bench_connectivity.py --breakdown, "guard: forward+backward"). Fewer samples
+# would cost less and see less (a sample on which the misuse happens to vanish); four distinct
+# weights still tell every sample's rows from every other's.
+GUARD_SAMPLES = 4
 
 
 def guard_samples(batch: int) -> int:
