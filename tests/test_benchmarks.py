@@ -68,3 +68,21 @@ def test_integrations_benchmark_runs_and_prints_the_ratio() -> None:
 def test_robustness_tally_runs_its_cases_and_counts_them() -> None:
     out = run_script("robustness_tally.py", "--cases", "2", "--kills", "0", timeout=120)
     assert "ok  unknown key" in out and "tally: 2/2 bad inputs refused" in out
+
+
+def test_benchmark_header_names_the_instruction_set_caps(monkeypatch) -> None:
+    """A timing made with torch's kernels capped (a stand-in for a CPU without AVX-512) says
+    so in its header, with each cap, and says nothing of caps that are not set."""
+    sys.path.insert(0, str(BENCHMARKS[0].parent))
+    try:
+        from _common import fused_kernel
+    finally:
+        sys.path.pop(0)
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    plain = fused_kernel()
+    assert plain.startswith("torch kernels: ") and "=" not in plain.split("|")[0]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    capped = fused_kernel()
+    assert "(ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2)" in capped
