@@ -75,10 +75,10 @@ def test_benchmark_header_names_the_instruction_set_caps(monkeypatch) -> None:
     so in its header, with each cap, and says nothing of caps that are not set."""
     sys.path.insert(0, str(BENCHMARKS[0].parent))
     try:
-        from _common import fused_kernel
+        from _common import _ISA_CAPS, fused_kernel
     finally:
         sys.path.pop(0)
-    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+    for name in _ISA_CAPS:
         monkeypatch.delenv(name, raising=False)
     plain = fused_kernel()
     assert plain.startswith("torch kernels: ") and "=" not in plain.split("|")[0]
