@@ -47,12 +47,17 @@ def reference(d, u, w_abs, guard):
 @pytest.mark.parametrize("rows", [1, 13])  # partial row tiles
 @pytest.mark.parametrize("vectors", [1, 2, 3, 4, 7])  # partial column strips
 @pytest.mark.parametrize("guarded", [0, 3, 40])  # none, some, more than the batch
-def test_kernel_matches_float64_einsum(dtype, rows, vectors, guarded) -> None:
+# Output gradients laid out (n, L, O) and read as (n, O, L), as a Linear's are (the kernel's
+# unit-stride case), or laid out (n, O, L), as a conv's are.
+@pytest.mark.parametrize("linear_layout", [True, False])
+def test_kernel_matches_float64_einsum(dtype, rows, vectors, guarded, linear_layout) -> None:
     width = _native.lanes(dtype)
     n, L, K = 21, 5, vectors * width
     g = torch.Generator().manual_seed(rows * 100 + vectors)
-    # Output gradients laid out (n, L, O), read as (n, O, L): strided as a Linear's are.
-    d = torch.randn(n, L, rows, generator=g, dtype=dtype).transpose(1, 2)
+    if linear_layout:
+        d = torch.randn(n, L, rows, generator=g, dtype=dtype).transpose(1, 2)
+    else:
+        d = torch.randn(n, rows, L, generator=g, dtype=dtype)
     # Each sample's rows are 3 vectors apart in a wider buffer: offsets, not a dense matrix.
     buffer = torch.randn(n, L, K + 3 * width, generator=g, dtype=dtype)
     u = buffer[..., :K]

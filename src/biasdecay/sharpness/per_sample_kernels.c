@@ -127,11 +127,19 @@ static inline __attribute__((always_inline)) void NAME(tile)(
                 acc[r][c] += d * u[c];
         }
     }
-    for (int r = 0; r < rb; r++)
-        for (int c = 0; c < cb; c++) {
-            const VEC w = *(const VEC *)(W + (o0 + r) * K + (j0 + c) * LANES);
-            *s += (VEC)((BITS)acc[r][c] & ABS_MASK) * w;
-        }
+    /* Per-row partial sums, then a tree: a chain of rb · cb dependent additions into *s
+     * would outlast the next tile's start. */
+    VEC part[ROWS];
+    for (int r = 0; r < rb; r++) {
+        const VEC *w = (const VEC *)(W + (o0 + r) * K + j0 * LANES);
+        part[r] = (VEC)((BITS)acc[r][0] & ABS_MASK) * w[0];
+        for (int c = 1; c < cb; c++)
+            part[r] += (VEC)((BITS)acc[r][c] & ABS_MASK) * w[c];
+    }
+    for (int step = 1; step < rb; step *= 2)
+        for (int r = 0; r + step < rb; r += 2 * step)
+            part[r] += part[r + step];
+    *s += part[0];
     if (n < g)
         for (int r = 0; r < rb; r++)
             for (int c = 0; c < cb; c++) {
@@ -218,8 +226,14 @@ void NAME(abs_products)(
             for (int64_t n = n0; n < n1; n++) {
                 const REAL *Dn = D + n * sdn;
                 const REAL *Xn = copy ? copy + (n - n0) * sxn : X + n * sxn;
+/* With sdo a literal 1 (a Linear layer's output gradient read along its last axis), the
+ * tile's eight broadcasts take constant offsets; a runtime stride costs each one a register the
+ * tile does not have to spare, and the compiler reloads them from the stack on every step. */
 #define STRIP(cb) \
-    NAME(strip)(cb, n, O, j0, L, K, Dn, sdo, sdl, Xn, off_l, off_k, W, g, gw, grad, mine + n)
+    (sdo == 1 ? NAME(strip)(cb, n, O, j0, L, K, Dn, 1, sdl, Xn, off_l, off_k, W, g, gw, grad, \
+                            mine + n) \
+              : NAME(strip)(cb, n, O, j0, L, K, Dn, sdo, sdl, Xn, off_l, off_k, W, g, gw, grad, \
+                            mine + n))
                 switch (blocks - j0 < COLS ? blocks - j0 : COLS) { /* a constant per case */
                 case 1: STRIP(1); break;
 #if COLS > 1
