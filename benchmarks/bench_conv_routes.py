@@ -1,16 +1,20 @@
-"""Time every per-sample conv route on each conv layer of a model, against its batch kernel.
+"""Time every per-sample route on each conv layer, or each Linear layer on a sequence, of a
+model, against its batch kernel.
 
 Per-sample C forms each conv layer's per-sample weight gradients by one of several exact routes
 (``biasdecay.sharpness._per_sample_products.ROUTES``) and keeps the fastest plan for each layer
-geometry. This script records the inputs and output gradients of every conv layer of the
-benchmark's ResNet-18 (one forward+backward), then times, for each distinct geometry, every plan
-of every route (the candidates ``conv_plan`` would time) and the ordinary batch weight-gradient
-kernel, all interleaved over the same rounds. It prints, per geometry, the best plan of each
-route in milliseconds, and, summed over the model's layers, the total of the best route with and
-without each route (the gain a route brings, in the same run), against the batch kernels.
+geometry; a Linear layer on a sequence has its own routes (``SEQUENCE_ROUTES``: batched matmul,
+fused kernel). This script records the inputs and output gradients of every such layer of one of
+the connectivity benchmark's models (one forward+backward), then times, for each distinct
+geometry, every plan of every route (the candidates ``conv_plan`` or ``sequence_plan`` would
+time) and the ordinary batch weight-gradient kernel, all interleaved over the same rounds. It
+prints, per geometry, the best plan of each route in milliseconds, and, summed over the model's
+layers, the total of the best route with and without each route (the gain a route brings, in
+the same run), against the batch kernels.
 
     python benchmarks/bench_conv_routes.py
     python benchmarks/bench_conv_routes.py --model resnet18-gn --repeats 11
+    python benchmarks/bench_conv_routes.py --model vit      # Linear layers on 64 tokens
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from bench_connectivity import batch_weight_gradient, build
 from biasdecay.sharpness import _per_sample_products as products
 
 
-def recorded_conv_operands(
+def recorded_operands(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
-    """(layer, input, output gradient of Σ_n ℓ_n) of every Conv2d, from one forward+backward."""
+) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(layer, input, output gradient of Σ_n ℓ_n) of every Conv2d, and of every Linear that
+    runs on a sequence (an input of more than two dims), from one forward+backward."""
     inputs: dict[nn.Module, torch.Tensor] = {}
     grads: dict[nn.Module, torch.Tensor] = {}
 
@@ -40,8 +45,8 @@ def recorded_conv_operands(
         inputs[layer] = args[0].detach()
         out.register_hook(lambda g: grads.__setitem__(layer, g.detach()))
 
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles = [m.register_forward_hook(keep) for m in convs]
+    timed = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(keep) for m in timed]
     try:
         with torch.enable_grad():
             logits = model(x)
@@ -50,10 +55,17 @@ def recorded_conv_operands(
     finally:
         for h in handles:
             h.remove()
-    return [(m, inputs[m], grads[m]) for m in convs]
+    return [
+        (m, inputs[m], grads[m])
+        for m in timed
+        if isinstance(m, nn.Conv2d) or inputs[m].dim() > 2  # a Linear on rows has no routes
+    ]
 
 
-def geometry(layer: nn.Conv2d, a: torch.Tensor) -> str:
+def geometry(layer: nn.Module, a: torch.Tensor) -> str:
+    if isinstance(layer, nn.Linear):
+        tokens = a[0].numel() // a.shape[-1]
+        return f"Linear {layer.out_features}x{layer.in_features} on {tokens} tokens"
     o, c, kh, kw = layer.weight.shape
     h, w = a.shape[2:]
     return f"{o}x{c}x{kh}x{kw} on {h}x{w}, stride {layer.stride[0]}"
@@ -62,7 +74,10 @@ def geometry(layer: nn.Conv2d, a: torch.Tensor) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", default="resnet18", choices=("resnet18", "resnet18-gn"), help="the network"
+        "--model",
+        default="resnet18",
+        choices=("resnet18", "resnet18-gn", "vit", "text"),
+        help="the network: its conv layers, or (vit, text) its Linear layers on sequences",
     )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
@@ -78,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"## {args.model}: {what} | batch {args.batch} | eval")
     layers: dict[str, list] = {}  # geometry -> [(layer, a, delta), ...]
-    for layer, a, delta in recorded_conv_operands(model, x, y):
+    for layer, a, delta in recorded_operands(model, x, y):
         layers.setdefault(geometry(layer, a), []).append((layer, a, delta))
     work, unguarded = products.Workspace(), x.new_empty(0)
     rows: list[tuple[str, Callable[[], object]]] = []
@@ -88,20 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             (f"{geo} | batch kernel", lambda p=(layer, a, delta): batch_weight_gradient(*p))
         )
-        for plan in products.plans_for(layer, a, delta):
-            name = f"{geo} | {plan.route} | {plan.chunk}"
-            rows.append(
-                (
-                    name,
-                    lambda p=plan, o=(layer, a, delta): products.conv_weight_terms(
-                        *o, unguarded, work, p
-                    ),
-                )
-            )
-            plans_of.setdefault(geo, {}).setdefault(plan.route, []).append(name)
+        for route, chunk, run in candidates(layer, a, delta, unguarded, work):
+            name = f"{geo} | {route} | {chunk}"
+            rows.append((name, run))
+            plans_of.setdefault(geo, {}).setdefault(route, []).append(name)
     times = interleaved_times(rows, args.repeats, device, settle=1)
     best = {name: min(t) * 1e3 for name, t in times.items()}
-    routes = products.ROUTES
+    every = dict.fromkeys((*products.ROUTES, *products.SEQUENCE_ROUTES))  # "fused" in both
+    routes = [r for r in every if any(r in by_geo for by_geo in plans_of.values())]
     print(
         f"{'layer geometry':34s} {'layers':>6s} {'batch':>7s} "
         + " ".join(f"{r:>22s}" for r in routes)
@@ -115,19 +124,15 @@ def main(argv: list[str] | None = None) -> None:
             r: min((best[name], name.rsplit(" | ", 1)[1]) for name in names)
             for r, names in plans_of[geo].items()
         }
-        cells = [
-            f"{by_route[r][0]:8.2f} ms (chunk {by_route[r][1]:>2s})"
-            if r in by_route
-            else f"{'-':>22s}"
-            for r in routes
-        ]
-        print(f"{geo:34s} {n:6d} {kernel:7.2f} " + " ".join(cells))
+        cells = [cell(*by_route[r]) if r in by_route else "-" for r in routes]
+        print(f"{geo:34s} {n:6d} {kernel:7.2f} " + " ".join(f"{c:>22s}" for c in cells))
         kernels += n * kernel
         for left_out in best_without:
             best_without[left_out] += n * min(
                 v for r, (v, _) in by_route.items() if r != left_out or len(by_route) == 1
             )
-    print(f"\nsummed over the model's {sum(len(s) for s in layers.values())} conv layers (ms):")
+    kind = "Linear layers on sequences" if products.SEQUENCE_ROUTES[0] in routes else "conv layers"
+    print(f"\nsummed over the model's {sum(len(s) for s in layers.values())} {kind} (ms):")
     summary = {
         "batch weight-gradient kernels": kernels,
         "per-sample, the best of every route": best_without[None],
@@ -135,6 +140,34 @@ def main(argv: list[str] | None = None) -> None:
     }
     for label, ms in summary.items():
         print(f"  {label:52s} {ms:8.2f}")
+
+
+def cell(ms: float, chunk: str) -> str:
+    """A route's best time in a layer's row, with its chunk where it has one."""
+    return f"{ms:8.2f} ms" + (f" (chunk {chunk:>2s})" if chunk else "")
+
+
+def candidates(
+    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, unguarded: torch.Tensor, work
+) -> list[tuple[str, str, Callable[[], object]]]:
+    """(route, chunk, a call) of every plan the hook path would time for this layer; the chunk
+    is "" for a Linear's routes, which chunk (or not) by themselves."""
+    if isinstance(layer, nn.Linear):  # on a sequence: (B, O, L) gradients, (B, L, I) inputs
+        d = delta.reshape(delta.shape[0], -1, delta.shape[-1]).transpose(1, 2)
+        u = a.reshape(a.shape[0], -1, a.shape[-1])
+        w_abs = layer.weight.detach().abs()
+        return [
+            (r, "", lambda r=r: products._SEQUENCE_ROUTES[r](d, u, w_abs, unguarded, work))
+            for r in products.sequence_routes(d, u)
+        ]
+    return [
+        (
+            plan.route,
+            str(plan.chunk),
+            lambda p=plan: products.conv_weight_terms(layer, a, delta, unguarded, work, p),
+        )
+        for plan in products.plans_for(layer, a, delta)
+    ]
 
 
 if __name__ == "__main__":

@@ -48,6 +48,15 @@ def test_conv_routes_benchmark_times_every_route_of_every_layer() -> None:
         assert f"per-sample, the best without {route}" in out
 
 
+def test_conv_routes_benchmark_times_the_routes_of_linear_layers_on_sequences() -> None:
+    out = run_script(
+        "bench_conv_routes.py", "--model", "vit", "--batch", "4", "--repeats", "1", timeout=180
+    )  # fmt: skip
+    assert "summed over the model's 9 Linear layers on sequences" in out
+    assert "Linear 384x128 on 64 tokens             2" in out
+    assert "per-sample, the best without bmm" in out
+
+
 def test_hessian_benchmark_times_our_hvp_methods() -> None:
     out = run_script(
         "bench_hessian.py", "--data", "synthetic", "--n-samples", "64", "--batch-size", "32",
