@@ -44,6 +44,26 @@ def fused_kernel() -> str:
     return f"{torch_isa} | fused kernel: {_native.lanes(torch.float32)} float32 lanes{built}"
 
 
+# Settings of the C heap (glibc's, or one preloaded in its place). They decide how much freed
+# memory a process keeps, so how many fresh pages a row must fault in on each call: a peer that
+# allocates hundreds of MiB per call (opacus' per-sample gradients) is timed differently under
+# them (docs/benchmarks.md). A header shows each one set.
+_ALLOCATOR_SETTINGS = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_ARENA_MAX",
+    "GLIBC_TUNABLES",
+    "LD_PRELOAD",
+)
+
+
+def allocator() -> str:
+    """For a header: the heap settings that are set, or that none is."""
+    set_ = [f"{k}={os.environ[k]}" for k in _ALLOCATOR_SETTINGS if os.environ.get(k)]
+    return "allocator: " + (", ".join(set_) if set_ else "default settings")
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA), so wall time measures the work itself."""
     if device.type == "cuda":
@@ -55,6 +75,7 @@ def interleaved_times(
     repeats: int,
     device: torch.device,
     settle: int = 0,
+    faults: dict[str, list[int]] | None = None,
 ) -> dict[str, list[float]]:
     """Wall time (s) of each row in each of ``repeats`` rounds, rows interleaved in every round.
 
@@ -66,6 +87,8 @@ def interleaved_times(
             system, and a row whose peak outgrows what is left pays page faults for it; compare
             ``bench_connectivity.py --settle 0`` with ``--settle 1``). With ``settle`` each row
             is timed in its own steady state.
+        faults: if given, filled with each row's minor page faults in each timed call (fresh
+            4 KiB pages the process asked of the system, each a cost in time; Linux and macOS).
     """
     for _, fn in rows:  # warm-up: allocator, kernels, caches
         fn()
@@ -75,11 +98,21 @@ def interleaved_times(
             for _ in range(settle):
                 fn()
             sync(device)
+            pages = minor_faults() if faults is not None else 0
             start = time.perf_counter()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
+            if faults is not None:
+                faults.setdefault(name, []).append(minor_faults() - pages)
     return times
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far: fresh 4 KiB pages it asked of the system."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def interleaved_best(

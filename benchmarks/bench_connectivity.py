@@ -13,7 +13,10 @@ call right after an untimed one of its own (``--settle``):
 
 Each row gets two ratios to the unit: of the best times over the rounds ("x fwd+bwd"), and the
 median over rounds of the row's time over the unit's in the same round ("median x", a paired
-ratio that a slow stretch of the machine moves less).
+ratio that a slow stretch of the machine moves less); and the median over its timed calls of the
+minor page faults in a call ("faults": fresh 4 KiB pages asked of the system, each a cost in
+time; how many depends on how much freed memory the C heap keeps, and the header names any heap
+setting that is set).
 
 Before the timings, each model's C from every path is printed, and a peer off the torch.func
 value by more than float32 rounding is marked WRONG (opacus on the text model, whose position
@@ -23,11 +26,11 @@ With ``--memory`` each row also runs twice in a fresh process that reports its p
 the model and batch alone (resident memory on a Linux CPU, allocated memory on CUDA): on the
 first call (which, for our hook path, includes timing the conv plans of each new layer
 geometry) and on the second (the steady state; freed memory is returned to the system first);
-then the minor page faults of a third call ("faults": fresh 4 KiB pages asked of the system,
-each a cost in time). With ``--breakdown`` the hook path's time is also split by stage
-(forward with the recording hooks, backward to the layer outputs, each kind of layer's
-per-sample terms (formed during that backward, and shown apart from it), the guard's forward
-and backward, the guard's comparison), best of the same rounds, as shares of a
+then the minor page faults of a third call ("faults alone": the row's own steady state, with no
+other row's allocations between its calls). With ``--breakdown`` the hook path's time is also
+split by stage (forward with the recording hooks, backward to the layer outputs, each kind of
+layer's per-sample terms (formed during that backward, and shown apart from it), the guard's
+forward and backward, the guard's comparison), best of the same rounds, as shares of a
 forward+backward.
 
     python benchmarks/bench_connectivity.py                     # every model, CPU
@@ -55,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import cpu_name, fused_kernel, interleaved_times, sync
+from _common import allocator, cpu_name, fused_kernel, interleaved_times, minor_faults, sync
 from biasdecay.nn.models import build_model
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
@@ -244,17 +247,10 @@ def peak_memory_child(args: argparse.Namespace) -> None:
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     peak = _peak_bytes(fn, device)
-    print(json.dumps({"first_bytes": first, "peak_bytes": peak, "faults": _minor_faults(fn)}))
-
-
-def _minor_faults(fn: Callable[[], object]) -> int:
-    """Minor page faults of one more call (this process's memory is now in its steady state):
-    each one is a fresh 4 KiB page the allocator asked the system for, and costs time."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    # Minor page faults of one more call, this process's memory now in its steady state.
+    before = minor_faults()
     fn()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(json.dumps({"first_bytes": first, "peak_bytes": peak, "faults": minor_faults() - before}))
 
 
 def _peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
@@ -323,7 +319,8 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
         print(f"{peer}: WRONG, off the torch.func per-sample value by {off:+.2%}")
     if why_not:
         print(f"opacus: not run, {why_not}")
-    times = interleaved_times(rows, args.repeats, device, args.settle)
+    faults: dict[str, list[int]] = {}
+    times = interleaved_times(rows, args.repeats, device, args.settle, faults)
     best = {row: min(t) for row, t in times.items()}
     unit = best[rows[0][0]]
     # The median over rounds of a row's time over the unit's in the same round: a paired
@@ -332,14 +329,15 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
         row: statistics.median(a / b for a, b in zip(t, times[rows[0][0]], strict=True))
         for row, t in times.items()
     }
-    header = f"{'method':38s} {'seconds':>9s} {'x fwd+bwd':>10s} {'median x':>9s}"
-    print(header + (f" {'peak MiB':>9s} {'1st call':>9s} {'faults':>7s}" if args.memory else ""))
+    header = f"{'method':38s} {'seconds':>9s} {'x fwd+bwd':>10s} {'median x':>9s} {'faults':>8s}"
+    memory = f" {'peak MiB':>9s} {'1st call':>9s} {'faults alone':>12s}"
+    print(header + (memory if args.memory else ""))
     for row_name, _ in rows:
         line = f"{row_name:38s} {best[row_name]:9.4f} {best[row_name] / unit:10.2f}"
-        line += f" {paired[row_name]:9.2f}"
+        line += f" {paired[row_name]:9.2f} {statistics.median(faults[row_name]):8.0f}"
         if args.memory:
-            peak, first, faults = peak_memory(args, name, row_name)
-            line += f" {peak:9.1f} {first:9.1f} {faults:7d}"
+            peak, first, alone = peak_memory(args, name, row_name)
+            line += f" {peak:9.1f} {first:9.1f} {alone:12d}"
         print(line)
     peers = [r for r, _ in rows if "opacus" in r]
     if peers:
@@ -513,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__} | {cpu_name()} | {os.cpu_count()} cores | "
         f"threads {torch.get_num_threads()} | device {args.device} | float32 | "
         f"best of {args.repeats} interleaved rounds, {args.settle} untimed call(s) before each"
-        f" | {fused_kernel()}"
+        f" | {fused_kernel()} | {allocator()}"
     )
     for name in args.models.split(","):
         bench_model(args, name)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import cpu_name, fused_kernel, interleaved_times
+from _common import allocator, cpu_name, fused_kernel, interleaved_times
 from bench_connectivity import batch_weight_gradient, build
 from biasdecay.sharpness import _per_sample_products as products
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__} | {cpu_name()} | {os.cpu_count()} cores | "
         f"threads {torch.get_num_threads()} | float32 | best of {args.repeats} interleaved rounds"
-        f" | {fused_kernel()}"
+        f" | {fused_kernel()} | {allocator()}"
     )
     print(f"## {args.model}: {what} | batch {args.batch} | eval")
     layers: dict[str, list] = {}  # geometry -> [(layer, a, delta), ...]

@@ -35,6 +35,8 @@ def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
     )  # fmt: skip
     assert "C per-sample, hooks + guard (ours)" in out and "x fwd+bwd" in out
     assert "## vit" in out and "agreement: ours C =" in out
+    assert "| allocator: " in out.splitlines()[1]
+    assert "median x   faults" in out  # each row's page faults per timed call
     assert out.count("hook path by stage") == 2 and "backward to layer outputs" in out
     assert "terms: Linear" in out and "guard: comparison" in out
     assert out.count("reference, not in the total: the batch weight-gradient kernels") == 2
@@ -95,3 +97,21 @@ def test_benchmark_header_names_the_instruction_set_caps(monkeypatch) -> None:
     monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
     capped = fused_kernel()
     assert "(ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2)" in capped
+
+
+def test_benchmark_header_names_the_heap_settings(monkeypatch) -> None:
+    """A timing made with the C heap told to keep freed memory (which moves opacus' rows) says
+    so in its header, and a plain one says that no heap setting is set."""
+    sys.path.insert(0, str(BENCHMARKS[0].parent))
+    try:
+        from _common import _ALLOCATOR_SETTINGS, allocator
+    finally:
+        sys.path.pop(0)
+    for name in _ALLOCATOR_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert allocator() == "allocator: default settings"
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4294967296")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "33554432")
+    assert allocator() == (
+        "allocator: MALLOC_MMAP_THRESHOLD_=33554432, MALLOC_TRIM_THRESHOLD_=4294967296"
+    )
