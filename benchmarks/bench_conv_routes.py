@@ -131,8 +131,13 @@ def main(argv: list[str] | None = None) -> None:
             best_without[left_out] += n * min(
                 v for r, (v, _) in by_route.items() if r != left_out or len(by_route) == 1
             )
-    kind = "Linear layers on sequences" if products.SEQUENCE_ROUTES[0] in routes else "conv layers"
-    print(f"\nsummed over the model's {sum(len(s) for s in layers.values())} {kind} (ms):")
+    linear = sum(len(same) for same in layers.values() if isinstance(same[0][0], nn.Linear))
+    counts = {
+        "Linear layers on sequences": linear,
+        "conv layers": sum(len(same) for same in layers.values()) - linear,
+    }
+    what = " and ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    print(f"\nsummed over the model's {what} (ms):")
     summary = {
         "batch weight-gradient kernels": kernels,
         "per-sample, the best of every route": best_without[None],

@@ -81,16 +81,23 @@ def test_robustness_tally_runs_its_cases_and_counts_them() -> None:
     assert "ok  unknown key" in out and "tally: 2/2 bad inputs refused" in out
 
 
+def benchmarks_common():
+    """The benchmarks' shared module (``benchmarks/_common.py``), imported as they import it."""
+    sys.path.insert(0, str(BENCHMARKS[0].parent))
+    try:
+        import _common
+    finally:
+        sys.path.pop(0)
+    return _common
+
+
 def test_benchmark_header_names_the_instruction_set_caps(monkeypatch) -> None:
     """A timing made with torch's kernels capped (a stand-in for a CPU without AVX-512) says
     so in its header, with each cap, and says nothing of caps that are not set."""
-    sys.path.insert(0, str(BENCHMARKS[0].parent))
-    try:
-        from _common import _ISA_CAPS, fused_kernel
-    finally:
-        sys.path.pop(0)
-    for name in _ISA_CAPS:
+    common = benchmarks_common()
+    for name in common._ISA_CAPS:
         monkeypatch.delenv(name, raising=False)
+    fused_kernel = common.fused_kernel
     plain = fused_kernel()
     assert plain.startswith("torch kernels: ") and "=" not in plain.split("|")[0]
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
@@ -102,13 +109,10 @@ def test_benchmark_header_names_the_instruction_set_caps(monkeypatch) -> None:
 def test_benchmark_header_names_the_heap_settings(monkeypatch) -> None:
     """A timing made with the C heap told to keep freed memory (which moves opacus' rows) says
     so in its header, and a plain one says that no heap setting is set."""
-    sys.path.insert(0, str(BENCHMARKS[0].parent))
-    try:
-        from _common import _ALLOCATOR_SETTINGS, allocator
-    finally:
-        sys.path.pop(0)
-    for name in _ALLOCATOR_SETTINGS:
+    common = benchmarks_common()
+    for name in common._ALLOCATOR_SETTINGS:
         monkeypatch.delenv(name, raising=False)
+    allocator = common.allocator
     assert allocator() == "allocator: default settings"
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4294967296")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "33554432")
