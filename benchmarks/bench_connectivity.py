@@ -37,6 +37,7 @@ forward+backward.
     python benchmarks/bench_connectivity.py --models resnet18 --naive
     python benchmarks/bench_connectivity.py --device cuda --batch 512 --memory
     python benchmarks/bench_connectivity.py --models resnet18-gn --breakdown
+    python benchmarks/bench_connectivity.py --runs 3         # and the range over 3 runs
 """
 
 from __future__ import annotations
@@ -295,7 +296,14 @@ def peak_memory(args: argparse.Namespace, model_name: str, row: str) -> tuple[fl
 AGREEMENT_RTOL = 1e-4
 
 
-def bench_model(args: argparse.Namespace, name: str) -> None:
+def bench_model(args: argparse.Namespace, name: str) -> dict[str, float]:
+    """Print one model's agreement line, its timed rows and (with ``--breakdown``) its stages.
+
+    Returns:
+        For the summary of several runs: "ours", the hook path's median x; and, where opacus
+        ran, "opacus / ours", the fastest opacus row's over ours, by median ratios, and
+        "opacus wrong", 1.0 where its C is off the torch.func value (else 0.0).
+    """
     device = torch.device(args.device)
     model, x, what = build(name, args.batch, device)
     y = torch.randint(0, 10, (x.shape[0],), device=device)
@@ -339,10 +347,13 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
             peak, first, alone = peak_memory(args, name, row_name)
             line += f" {peak:9.1f} {first:9.1f} {alone:12d}"
         print(line)
+    summary = {"ours": paired[rows[1][0]]}
     peers = [r for r, _ in rows if "opacus" in r]
     if peers:
         ratio = min(best[r] for r in peers) / best[rows[1][0]]
         median = min(paired[r] for r in peers) / paired[rows[1][0]]
+        summary["opacus / ours"] = median
+        summary["opacus wrong"] = float(bool(wrong))
         caveat = " (opacus is wrong on this model)" if wrong else ""
         print(
             f"fastest opacus / ours (hooks + guard): {ratio:.2f}x "
@@ -350,6 +361,29 @@ def bench_model(args: argparse.Namespace, name: str) -> None:
         )
     if args.breakdown:
         stage_breakdown(model, x, y, args.repeats, device)
+    return summary
+
+
+# The issue's target for the hook path with its guard on, in median x of a forward+backward.
+TARGET = 1.3
+
+
+def print_runs_summary(runs: list[dict[str, dict[str, float]]]) -> None:
+    """Per model, the range over the runs of ours' median x (and how many runs are at or under
+    TARGET) and of the fastest opacus over ours."""
+    print(f"\n## over {len(runs)} runs (each value a run's median of per-round ratios)")
+    print(f"{'model':14s} {'ours, median x':>16s} {f'<= {TARGET}':>8s} {'opacus / ours':>15s}")
+    for name in runs[0]:
+        ours = [run[name]["ours"] for run in runs]
+        under = sum(v <= TARGET for v in ours)
+        lead = [run[name]["opacus / ours"] for run in runs if "opacus / ours" in run[name]]
+        lead_range = f"{min(lead):.2f}-{max(lead):.2f}" if lead else "-"
+        if any(run[name].get("opacus wrong") for run in runs):
+            lead_range += " (opacus wrong)"
+        print(
+            f"{name:14s} {f'{min(ours):.2f}-{max(ours):.2f}':>16s} "
+            f"{f'{under} of {len(ours)}':>8s} {lead_range:>15s}"
+        )
 
 
 def stage_breakdown(
@@ -492,6 +526,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory", action="store_true", help="peak memory of every row")
     parser.add_argument("--breakdown", action="store_true", help="the hook path's time by stage")
     parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="measure every model this many times, one run after another, then print the range "
+        "of each model's ratios over the runs (a machine's run-to-run spread)",
+    )
+    parser.add_argument(
         "--settle",
         type=int,
         default=1,
@@ -513,8 +554,15 @@ def main(argv: list[str] | None = None) -> None:
         f"best of {args.repeats} interleaved rounds, {args.settle} untimed call(s) before each"
         f" | {fused_kernel()} | {allocator()}"
     )
-    for name in args.models.split(","):
-        bench_model(args, name)
+    if args.runs < 1:
+        parser.error(f"--runs must be at least 1, got {args.runs}")
+    runs = []
+    for run in range(args.runs):
+        if args.runs > 1:
+            print(f"\n### run {run + 1} of {args.runs}")
+        runs.append({name: bench_model(args, name) for name in args.models.split(",")})
+    if args.runs > 1:
+        print_runs_summary(runs)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,31 @@ def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
     assert out.count("reference, not in the total: the batch weight-gradient kernels") == 2
 
 
+def test_connectivity_benchmark_summarises_several_runs() -> None:
+    out = run_script(
+        "bench_connectivity.py", "--models", "mlp", "--batch", "4", "--repeats", "1",
+        "--runs", "2", timeout=180,
+    )  # fmt: skip
+    assert "### run 1 of 2" in out and "### run 2 of 2" in out
+    summary = out.split("## over 2 runs", 1)[1].splitlines()
+    assert summary[1].split() == [
+        "model",
+        "ours,",
+        "median",
+        "x",
+        "<=",
+        "1.3",
+        "opacus",
+        "/",
+        "ours",
+    ]
+    name, ours, under, of, runs, lead = summary[2].split()
+    low, high = (float(v) for v in ours.split("-"))
+    assert name == "mlp" and 0 < low <= high and (of, runs) == ("of", "2")
+    assert 0 <= int(under) <= 2
+    assert lead == "-" or float(lead.split("-")[0]) > 0  # "-" where opacus is not installed
+
+
 def test_conv_routes_benchmark_times_every_route_of_every_layer() -> None:
     out = run_script("bench_conv_routes.py", "--batch", "4", "--repeats", "1", timeout=180)
     assert "summed over the model's 20 conv layers" in out
