@@ -112,3 +112,73 @@ def test_bad_input_is_explained():
     x, _ = batches("mlp")[0]
     with pytest.raises(ValueError, match="class-index targets"):
         fisher_rao_norm(mlp(), [(x, torch.zeros(7, dtype=torch.float64))], labels="empirical")
+
+
+class _Softplus(torch.autograd.Function):
+    """softplus with a backward of its own and no forward-mode rule (no ``jvp``, no
+    ``setup_context``), as in many third-party fused operations."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return nn.functional.softplus(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x)
+
+
+class _OnceSoftplus(_Softplus):
+    """The same with a backward that cannot itself be differentiated."""
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x)
+
+
+class _Custom(nn.Module):
+    def __init__(self, function) -> None:
+        super().__init__()
+        self.a, self.b, self.function = nn.Linear(4, 5), nn.Linear(5, 3), function
+
+    def forward(self, x):
+        return self.b(self.function.apply(self.a(x)))
+
+
+@pytest.mark.parametrize("labels", ["model", "empirical"])
+def test_an_operation_without_forward_mode_takes_two_backward_passes(labels):
+    torch.manual_seed(0)
+    model = _Custom(_Softplus).double()
+    data = [(torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))) for _ in range(2)]
+    result = fisher_rao_norm(model, data, labels=labels)
+    assert result.method == "double-vjp"
+    assert result.value == pytest.approx(explicit_fisher_rao(model, data, labels), rel=1e-10)
+    assert fisher_rao_norm(mlp(), batches("mlp")).method == "jvp"
+
+
+class _DetachedSoftplus(_Softplus):
+    """The same with a backward that detaches, unmarked: its graph is cut without a sign."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return (grad * torch.sigmoid(x)).detach()
+
+
+@pytest.mark.parametrize(
+    ("function", "says"),
+    [
+        (_OnceSoftplus, r"a node without one \(torch::autograd::Error\).*once_differentiable"),
+        (_DetachedSoftplus, r"rᵀ\(Jθ\) differs from ⟨Jᵀr, θ⟩"),
+    ],
+)
+def test_a_backward_without_its_own_derivative_is_refused(function, says):
+    """Without these checks the double backward gives a wrong norm for both, without a sign:
+    autograd skips what has no derivative."""
+    model = _Custom(function).double()
+    data = [(torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,)))]
+    with pytest.raises(ValueError, match=says):
+        fisher_rao_norm(model, data)

@@ -327,3 +327,23 @@ def test_a_model_torch_func_cannot_transform_falls_back_mid_pass(case, monkeypat
     assert operator._forward_over_reverse is False and len(calls) == 2
     torch.testing.assert_close(products, vectors @ exact, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(forms, ((vectors @ exact) * vectors).sum(1), rtol=1e-9, atol=1e-12)
+
+
+def test_a_custom_backward_without_a_derivative_is_refused_not_skipped():
+    """A custom Function whose backward is @once_differentiable: autograd skips it when the
+    gradient is differentiated again, and Tr(H) and λmax came out wrong without a sign.
+    Differentiable, the same Function gives the exact value."""
+    from test_fisher_rao import _Custom, _OnceSoftplus, _Softplus
+
+    torch.manual_seed(0)
+    data = [(torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,)))]
+    once = _Custom(_OnceSoftplus).double()
+    for measure in (hessian_trace, hessian_max_eigenvalue):
+        with pytest.raises(ValueError, match=r"torch::autograd::Error.*once_differentiable"):
+            measure(once, data)
+    smooth = _Custom(_Softplus).double()
+    smooth.load_state_dict(once.state_dict())
+    exact = exact_hessian(smooth, data)
+    d = exact.shape[0]
+    trace = hessian_trace(smooth, data, n_matvecs=3 * d + 3, seed=0)
+    assert trace.value == pytest.approx(exact.trace().item(), rel=1e-9)

@@ -86,14 +86,70 @@ def exact_higher_order() -> Iterator[None]:
     gives is not even symmetric (torch 2.13 on the CPU; ``tests/sharpness/test_exactness_zoo.py``
     shows it against the composite v·g/‖v‖ written out by hand), and it has no forward-mode
     derivative at all. Here it is replaced by that composite: the same function,
-    differentiable to any order. Not thread-safe: the Hessian and Fisher measures run inside it.
+    differentiable to any order.
+
+    Attention likewise: ``scaled_dot_product_attention``'s fused CPU kernel has no double
+    backward, and the fused forward that ``nn.TransformerEncoderLayer`` and
+    ``nn.MultiheadAttention`` take without autograd (their "fast path") has no forward-mode
+    derivative, so Tr(H), λmax and the Fisher-Rao norm of a transformer raised. Here attention
+    runs its composite (math) form and the fast path is off: the same function, written in
+    differentiable operations.
+
+    Not thread-safe: the Hessian and Fisher measures run inside it.
     """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     fused = torch._weight_norm
     torch._weight_norm = _composite_weight_norm
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        yield
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         torch._weight_norm = fused
+        torch.backends.mha.set_fastpath_enabled(fast_path)
+
+
+# Autograd nodes that stand for a derivative torch does not have: a custom Function's backward
+# marked @once_differentiable leaves an Error node in the graph of the gradient it forms, and an
+# op without a double-backward formula a NotImplemented one. Differentiating the gradient again
+# raises only where such a node lies on a path to the inputs asked for; the node is cut off from
+# them, so autograd skips it and the second derivatives through it are silently missing.
+_UNDIFFERENTIABLE_NODES = ("torch::autograd::Error", "torch::autograd::NotImplemented")
+
+
+def missing_second_derivatives(gradients: Iterable[torch.Tensor | None]) -> str | None:
+    """The name of a node without a derivative in the graph of ``gradients`` (formed with
+    ``create_graph=True``), or None: one walk over the graph.
+
+    Args:
+        gradients: first-order gradients whose graph is to be differentiated again.
+    """
+    stack = [g.grad_fn for g in gradients if g is not None and g.grad_fn is not None]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.name() in _UNDIFFERENTIABLE_NODES:
+            return node.name()
+        stack.extend(child for child, _ in node.next_functions)
+    return None
+
+
+def no_second_derivatives_error(node: str, measure: str) -> InputError:
+    """The error for a model whose gradient's graph holds ``node`` (see
+    :func:`missing_second_derivatives`), for ``measure``."""
+    return InputError(
+        f"{measure} needs second derivatives through the whole model, and its gradient's graph "
+        f"holds a node without one ({node}): a custom autograd Function whose backward is marked "
+        "@once_differentiable, or an operation torch cannot differentiate twice. Autograd would "
+        "skip it without a sign, and the result would be wrong. Write that backward in "
+        "differentiable torch operations, or freeze the parameters that come before the "
+        "operation (requires_grad=False): their gradients are the ones that pass through it"
+    )
 
 
 def eager_module(model: nn.Module) -> nn.Module:

@@ -9,6 +9,7 @@ exactly by parameter, module and role (substructure separability, eq. 11), which
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from biasdecay.sharpness._autodiff import (
 from biasdecay.sharpness._per_sample import (
     GuardFailure,
     HookedPerSample,
+    loop_per_sample,
     supports_fast_path,
     vmap_per_sample,
 )
@@ -41,7 +43,11 @@ __all__ = [
     "bias_utilization",
     "connection_sensitivity",
     "TABLE2_ROWS",
+    "PER_SAMPLE_METHODS",
 ]
+
+# How per-sample terms may be computed (connectivity_sharpness's ``method``).
+PER_SAMPLE_METHODS = ("auto", "hooks", "vmap", "loop")
 
 # The rows of the paper's Table 2 and the roles each one adds up.
 TABLE2_ROWS: dict[str, tuple[Role, ...]] = {
@@ -67,10 +73,14 @@ class ConnectivityReport:
         train_mode: whether the model ran in train mode (C_m only; C is always eval mode).
         n_samples: samples seen.
         batch_sizes: sizes of the batches seen; C_m depends on them, C does not.
-        method: how per-sample terms were computed: "hooks", "vmap", "hooks+vmap" (the
-            exactness guard sent some parameters to vmap), or "minibatch" for C_m.
+        method: how per-sample terms were computed: the paths of ``paths`` that were taken,
+            joined by "+" in the order hooks, vmap, loop ("hooks", "vmap", "hooks+vmap" when
+            the exactness guard sent some parameters to torch.func, "loop" or "hooks+loop"
+            where torch.func cannot transform the model), or "minibatch" for C_m.
         fallback_reason: why anything left the hook path, or None.
-        paths: each parameter's path: "hooks", "vmap" or "minibatch".
+        paths: each parameter's path: "hooks" (layer formulas), "vmap" (torch.func), "loop"
+            (one sample at a time), "vmap+loop" (batches of both: torch.func gave up on a later
+            batch) or "minibatch".
     """
 
     total: float
@@ -172,11 +182,14 @@ def connectivity_sharpness(
         per_sample: C (True) or C_m (False).
         train_mode: for C_m only, run the model in train mode (batch statistics).
         chunk_size: samples per vectorised chunk on the generic (``vmap``) path.
-        method: "auto" (layer hooks when every parametrised layer has an exact formula, else
-            vmap), "hooks" or "vmap"; per-sample only. On the hook path an exactness guard
-            checks every parameter on every batch (the formula's batch gradient against
-            autograd's) and recomputes those that fail through torch.func; the report's
-            ``paths`` says which parameter took which path.
+        method: one of :data:`PER_SAMPLE_METHODS`, per-sample only. "auto": layer hooks when
+            every parametrised layer has an exact formula, else torch.func (vmap), and one
+            sample at a time, with a warning, where torch.func cannot transform the model
+            (``nn.LSTM``, ``nn.GRU``). "hooks", "vmap" or "loop" force one path ("vmap" raises
+            where torch.func refuses the model). On the hook path an exactness guard checks
+            every parameter on every batch (the formula's batch gradient against autograd's)
+            and recomputes those that fail on the generic path; the report's ``paths`` says
+            which parameter took which path.
         strict: raise, naming the parameters, when the guard fails instead of recomputing.
         progress_bar: show a progress bar over batches.
 
@@ -195,8 +208,10 @@ def connectivity_sharpness(
             "per-sample gradient does not exist when BatchNorm uses the batch's own statistics. "
             "Use per_sample=False for C_m in train mode."
         )
-    if method not in ("auto", "hooks", "vmap"):
-        raise InputError(f"unknown method {method!r}; valid methods: auto, hooks, vmap")
+    if method not in PER_SAMPLE_METHODS:
+        raise InputError(
+            f"unknown method {method!r}; valid methods: {', '.join(PER_SAMPLE_METHODS)}"
+        )
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     params = trainable_parameters(model)
@@ -263,13 +278,19 @@ def _per_sample_sums(
     strict: bool,
 ) -> _PerSampleResult:
     """Σ over samples of each parameter's |θ⊙∂ℓ_n/∂θ| sum, accumulated in float64."""
-    reason = supports_fast_path(model) if method != "vmap" else "method='vmap' requested"
+    if method in ("vmap", "loop"):
+        reason: str | None = f"method={method!r} requested"
+    else:
+        reason = supports_fast_path(model)
     if method == "hooks" and reason is not None:
         raise InputError(f"method='hooks' cannot handle this model: {reason}")
     hooked = HookedPerSample(model, loss) if reason is None else None
+    generic = _GenericPath(
+        model, loss, chunk_size, loop=method == "loop", may_loop=method != "vmap"
+    )
     sums: dict[str, torch.Tensor] = {}
     batch_sizes: list[int] = []
-    guarded: dict[str, str] = {}  # parameters the guard sent to vmap -> what was wrong
+    guarded: dict[str, str] = {}  # parameters the guard sent to the generic path -> why
     try:
         for x, y in iter_batches(batches, model):
             terms = None
@@ -285,12 +306,12 @@ def _per_sample_sums(
                     hooked.close()
                     hooked = None
             if terms is None:
-                terms = _vmap_terms(model, loss, x, y, chunk_size, None, reason)
-            elif guarded:  # the guard's failures, exactly, through torch.func
+                terms = generic.terms(x, y, None, reason)
+            elif guarded:  # the guard's failures, exactly, through the generic path
                 for name in guarded:
                     terms.pop(name, None)
                 why = f"the exactness guard rejected the formula of {', '.join(guarded)}"
-                terms.update(_vmap_terms(model, loss, x, y, chunk_size, guarded, why))
+                terms.update(generic.terms(x, y, guarded, why))
             for n, t in terms.items():
                 s = t.sum(dtype=torch.float64)
                 sums[n] = sums[n] + s if n in sums else s
@@ -300,45 +321,90 @@ def _per_sample_sums(
             hooked.close()
     device = next(model.parameters()).device
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    if reason is not None:
-        used, paths = "vmap", dict.fromkeys(names, "vmap")
-    else:
-        paths = {n: "vmap" if n in guarded else "hooks" for n in names}
-        used = "hooks+vmap" if guarded else "hooks"
-        if guarded:
-            shown = "; ".join(f"{n} ({why})" for n, why in guarded.items())
-            reason = (
-                f"the exactness guard found the layer formula wrong or inapplicable for {shown}: "
-                "recomputed through torch.func"
-            )
+    paths = {n: generic.path_of(n) or "hooks" for n in names}
+    if reason is None and guarded:
+        shown = "; ".join(f"{n} ({why})" for n, why in guarded.items())
+        reason = (
+            f"the exactness guard found the layer formula wrong or inapplicable for {shown}: "
+            f"recomputed through {generic.path_name()}"
+        )
+    if generic.loop_reason is not None and reason is not None:
+        reason = f"{reason}; {generic.loop_reason}"
+    order = ("hooks", "vmap", "loop")
+    used = "+".join(p for p in order if any(p in path.split("+") for path in paths.values()))
     return _PerSampleResult({n: sums.get(n, zero) for n in names}, batch_sizes, used, reason, paths)
 
 
-def _vmap_terms(
-    model: nn.Module,
-    loss: LossFn,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    chunk_size: int,
-    only: Collection[str] | None,
-    why: str | None,
-) -> dict[str, torch.Tensor]:
-    """:func:`vmap_per_sample`, with torch.func's refusals told as what to do instead.
+class _GenericPath:
+    """Per-sample terms of any model: through ``torch.func`` (:func:`vmap_per_sample`) or,
+    where torch.func cannot transform the model, one sample at a time
+    (:func:`loop_per_sample`).
 
-    The model's plain forward and backward have run by now (or run eagerly the same way), so a
-    failure here is an operation torch.func cannot transform (an in-place update of a parameter,
-    a sparse gradient).
+    Args:
+        loop: one sample at a time from the start (``method="loop"``).
+        may_loop: fall back to one sample at a time when torch.func refuses the model, with a
+            warning (``method="auto"``); False raises instead (``method="vmap"``).
     """
-    try:
-        return vmap_per_sample(model, loss, x, y, chunk_size, only=only)
-    except (RuntimeError, NotImplementedError) as error:
-        raise InputError(
-            f"per-sample C needs per-sample gradients through torch.func here ({why}), and "
-            f"torch.func cannot transform this model: {str(error).splitlines()[0].rstrip('.')}. "
-            "Per-sample C through layer formulas needs every parametrised layer to be a "
-            "standard one (see biasdecay.roles.register_module_type); C_m (per_sample=False) "
-            "needs no per-sample gradients."
-        ) from error
+
+    def __init__(
+        self, model: nn.Module, loss: LossFn, chunk_size: int, *, loop: bool, may_loop: bool
+    ) -> None:
+        self.model, self.loss, self.chunk_size = model, loss, chunk_size
+        self.loop, self.may_loop = loop, may_loop
+        self.loop_reason: str | None = None  # why torch.func was given up, when it was
+        self._taken: dict[str, list[str]] = {}  # parameter -> the paths it took, in order
+
+    def path_name(self) -> str:
+        return "one sample at a time" if self.loop else "torch.func"
+
+    def path_of(self, name: str) -> str | None:
+        """ "vmap", "loop" or "vmap+loop" (batches of both), or None if never taken."""
+        taken = self._taken.get(name)
+        return None if taken is None else "+".join(taken)
+
+    def terms(
+        self, x: torch.Tensor, y: torch.Tensor, only: Collection[str] | None, why: str | None
+    ) -> dict[str, torch.Tensor]:
+        """The terms of ``only`` (None: every trainable parameter) on one batch.
+
+        Args:
+            why: why these parameters are off the hook path, for the error message.
+        """
+        if not self.loop:
+            try:
+                return self._took(
+                    vmap_per_sample(self.model, self.loss, x, y, self.chunk_size, only=only),
+                    "vmap",
+                )
+            except (RuntimeError, NotImplementedError) as error:
+                # The model's plain forward and backward have run by now (or run eagerly the
+                # same way), so this is an operation torch.func cannot transform.
+                refusal = str(error).splitlines()[0].rstrip(".")
+                if not self.may_loop:
+                    raise InputError(
+                        f"per-sample C needs per-sample gradients through torch.func here "
+                        f"({why}), and torch.func cannot transform this model: {refusal}. "
+                        "method='loop' (or 'auto') computes them one sample at a time instead; "
+                        "C_m (per_sample=False) needs no per-sample gradients."
+                    ) from error
+                self.loop = True
+                self.loop_reason = (
+                    f"torch.func cannot transform this model ({refusal}): per-sample gradients "
+                    "one sample at a time"
+                )
+                warnings.warn(
+                    f"per-sample C: {self.loop_reason}, one forward and backward per sample "
+                    "(slow on large data; C_m, per_sample=False, needs no per-sample gradients)",
+                    stacklevel=4,
+                )
+        return self._took(loop_per_sample(self.model, self.loss, x, y, only=only), "loop")
+
+    def _took(self, terms: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+        for name in terms:
+            taken = self._taken.setdefault(name, [])
+            if path not in taken:
+                taken.append(path)
+        return terms
 
 
 def _note_failures(failures: list[GuardFailure], guarded: dict[str, str], strict: bool) -> None:

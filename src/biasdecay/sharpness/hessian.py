@@ -39,6 +39,8 @@ from biasdecay.sharpness._autodiff import (
     eager_module,
     exact_higher_order,
     iter_batches,
+    missing_second_derivatives,
+    no_second_derivatives_error,
     preserved_state,
     resolve_loss,
     trainable_parameters,
@@ -187,6 +189,7 @@ class DatasetHessian:
         self.n_matvecs = 0
         self._passes = 0
         self._mean_checked = False
+        self._graph_checked = False  # for derivatives torch does not have
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H v`` for every row ``v`` of ``vectors`` (shape ``(k, dim)``), in one data pass."""
@@ -365,7 +368,13 @@ class DatasetHessian:
     def _first_order_graph(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
         loss = self.loss_fn(self.model(x), y)
         _check_scalar(loss)
-        return torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        if not self._graph_checked:  # the model's graph: the same on every batch
+            node = missing_second_derivatives(grads)
+            if node is not None:
+                raise no_second_derivatives_error(node, "the Hessian")
+            self._graph_checked = True
+        return grads
 
 
 def _check_scalar(loss: torch.Tensor) -> None:
