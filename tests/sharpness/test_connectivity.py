@@ -348,9 +348,28 @@ def test_bad_data() -> None:
 
 
 def test_hooks_refuses_unsupported_model() -> None:
-    bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False))
-    with pytest.raises(ValueError, match="running statistics"):
-        connectivity_sharpness(bn, make_batches((4,), 3, [2]), method="hooks")
+    prelu = nn.Sequential(nn.Linear(4, 4), nn.PReLU(4)).double()
+    with pytest.raises(ValueError, match=r"method='hooks' cannot.*'1' \(PReLU\)"):
+        connectivity_sharpness(prelu, make_batches((4,), 3, [2]), method="hooks")
+
+
+@pytest.mark.parametrize("method", ["auto", "hooks", "vmap", "loop"])
+@pytest.mark.parametrize("image", [False, True])
+def test_batch_norm_without_running_statistics_has_no_per_sample_c(method, image) -> None:
+    """Its eval forward normalises with the batch's statistics. torch.func and the loop, which
+    run one sample alone, returned a number for the image model (each sample normalised with
+    its own statistics, another function) and a raw torch error for the other."""
+    if image:
+        layers = [nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.Flatten()]
+        shape, width = (2, 5, 5), 27
+    else:
+        layers = [nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False)]
+        shape, width = (4,), 4
+    model = nn.Sequential(*layers, nn.Linear(width, 3)).double()
+    batches = make_batches(shape, 3, [4])
+    with pytest.raises(ValueError, match=r"BatchNorm '1'.*no running statistics.*per_sample=False"):
+        connectivity_sharpness(model, batches, method=method)
+    assert connectivity_sharpness(model, batches, per_sample=False).total > 0
 
 
 def test_output_gradients_through_in_place_ops_and_residuals() -> None:

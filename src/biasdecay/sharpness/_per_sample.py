@@ -109,8 +109,31 @@ def _own_trainable(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
 
 
+def samples_interact(model: nn.Module) -> str | None:
+    """Why the samples of a batch interact in the model's eval forward, or None.
+
+    A BatchNorm without running statistics (``track_running_stats=False``) normalises with the
+    batch's own statistics in eval mode too, so each sample's loss depends on the others: there
+    is no per-sample gradient of a fixed function, on any path. (Run on one sample alone, as
+    ``torch.func`` and the one-sample loop would, it normalises that sample with its own
+    statistics: another function, and another number.)
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+            return (
+                f"BatchNorm '{name}' ({type(module).__name__}) has no running statistics "
+                "(track_running_stats=False), so in eval mode it normalises each batch with the "
+                "batch's own statistics and the samples' losses depend on one another"
+            )
+    return None
+
+
 def supports_fast_path(model: nn.Module) -> str | None:
-    """``None`` if the hook path handles every trainable parameter of ``model``, else why not."""
+    """``None`` if the hook path handles every trainable parameter of ``model``, else why not.
+
+    The model's samples must not interact (:func:`samples_interact`), which the caller checks
+    first: without that no path has a per-sample gradient to compute.
+    """
     seen: set[int] = set()
     for name, module in model.named_modules():
         own = _own_trainable(module)
@@ -127,11 +150,6 @@ def supports_fast_path(model: nn.Module) -> str | None:
             return (
                 f"Embedding '{name}' scales its gradient by the batch's token frequencies "
                 "(scale_grad_by_freq), which the per-sample formula does not"
-            )
-        if op == "batch_norm" and module.running_mean is None:
-            return (
-                f"BatchNorm '{name}' has no running statistics, so its eval output depends on "
-                "the whole batch and a per-sample gradient does not exist"
             )
         for _, p in own:
             if id(p) in seen:

@@ -33,6 +33,7 @@ from biasdecay.sharpness._per_sample import (
     GuardFailure,
     HookedPerSample,
     loop_per_sample,
+    samples_interact,
     supports_fast_path,
     vmap_per_sample,
 )
@@ -207,6 +208,13 @@ def connectivity_sharpness(
             "per-sample C is defined with fixed normalisation statistics (eval mode): a "
             "per-sample gradient does not exist when BatchNorm uses the batch's own statistics. "
             "Use per_sample=False for C_m in train mode."
+        )
+    interaction = samples_interact(model) if per_sample else None
+    if interaction is not None:
+        raise InputError(
+            f"per-sample C is undefined for this model: {interaction}. Use per_sample=False "
+            "for C_m, which is defined on batches, or give the layer running statistics "
+            "(track_running_stats=True, then a pass over the data in train mode)"
         )
     if method not in PER_SAMPLE_METHODS:
         raise InputError(
