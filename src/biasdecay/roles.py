@@ -86,7 +86,7 @@ class ModuleType:
 # the formulas by accident; it joins with register_module_type.
 OPS = (
     "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose", "batch_norm",
-    "instance_norm", "group_norm", "layer_norm", "embedding", "linear_transposed",
+    "instance_norm", "group_norm", "layer_norm", "rms_norm", "embedding", "linear_transposed",
 )  # fmt: skip
 FAMILIES = ("conv", "linear", "norm", "embedding")
 _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
@@ -111,6 +111,7 @@ _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
     nn.modules.batchnorm._NormBase: ModuleType("norm"),  # roles of other norms (lazy ones)
     nn.GroupNorm: ModuleType("norm", "group_norm"),
     nn.LayerNorm: ModuleType("norm", "layer_norm"),
+    nn.RMSNorm: ModuleType("norm", "rms_norm"),  # γ only
     nn.Embedding: ModuleType("embedding", "embedding"),
     nn.EmbeddingBag: ModuleType("embedding"),
 }
@@ -118,8 +119,11 @@ _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
 # Classes of other libraries, by qualified name, so that roles are right without importing them:
 # Hugging Face's Conv1D (GPT-2) is a linear layer with its weight stored transposed, (in, out),
 # computing x W + b: op linear_transposed (nn.Linear's formulas with the weight's layout swapped).
+# Llama's RMSNorm computes nn.RMSNorm's function over the last dim (in float32 for 16-bit
+# inputs), with its ε named variance_epsilon.
 _MODULE_TYPES_BY_NAME: dict[str, ModuleType] = {
     "transformers.pytorch_utils.Conv1D": ModuleType("linear", "linear_transposed"),
+    "transformers.models.llama.modeling_llama.LlamaRMSNorm": ModuleType("norm", "rms_norm"),
 }
 
 

@@ -190,6 +190,42 @@ def test_per_sample_c_of_a_classifier_takes_the_hook_path_and_equals_the_loop(bu
     assert len(positions) == 1 and report.by_parameter[positions[0]] > 0
 
 
+def test_llama_rms_norm_is_a_norm_with_the_hook_path_formula() -> None:
+    """Llama's RMSNorm is registered by name (γ, role NORM_SCALE, op rms_norm); a tiny Llama
+    classifier takes the hook path under strict=True (float32: Llama's norm computes in
+    float32 whatever the model's dtype)."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=SEQ, num_labels=2,
+        pad_token_id=0,
+    )  # fmt: skip
+    model = transformers.LlamaForSequenceClassification(config).eval()
+    norms = [n for n, m in model.named_modules() if type(m).__name__ == "LlamaRMSNorm"]
+    assert len(norms) == 3
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        for name in norms:
+            gamma = model.get_submodule(name).weight
+            gamma.copy_(1 + 0.3 * torch.randn(gamma.shape, generator=g))
+    measured = hf.LogitsOf(model)
+    roles = param_roles(measured)
+    assert all(roles[f"model.{name}.weight"] is Role.NORM_SCALE for name in norms)
+    ids, labels = task(6)
+    ids = ids.clamp(min=1)
+    report = connectivity_sharpness(measured, [(ids, labels)], strict=True)
+    assert report.method == "hooks", report.fallback_reason
+    params = [p for p in measured.parameters() if p.requires_grad]
+    total = 0.0
+    for i in range(ids.shape[0]):
+        loss = F.cross_entropy(measured(ids[i : i + 1]), labels[i : i + 1])
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        total += sum(
+            (g * p).abs().sum().item() for g, p in zip(grads, params, strict=True) if g is not None
+        )
+    assert report.total == pytest.approx(total / ids.shape[0], rel=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # The Trainer with both callbacks, against a hand loop
 

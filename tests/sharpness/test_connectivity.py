@@ -124,11 +124,12 @@ def randomise_norms(model: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if not isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+            norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+            if not isinstance(m, norms):
                 continue  # BatchNorm and InstanceNorm derive from _NormBase
             if m.weight is not None:
                 m.weight.copy_(1 + 0.5 * torch.randn(m.weight.shape, generator=g))
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:  # RMSNorm has none
                 m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
             if getattr(m, "running_mean", None) is not None:
                 m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))

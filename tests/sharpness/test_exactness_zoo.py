@@ -123,6 +123,20 @@ class Attention(nn.Module):
         return self.fc(self.attn(x, x, x)[0].mean(1))
 
 
+class RMSNormed(nn.Module):
+    """nn.RMSNorm (γ only) over one and over two trailing dims of a token sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 6)
+        self.norm = nn.RMSNorm(6)
+        self.both = nn.RMSNorm([5, 6], eps=1e-3)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(self.both(self.norm(torch.tanh(self.embed(x)))).mean(1))
+
+
 class Convs(nn.Module):
     """Depthwise, grouped and transposed convolutions, and a conv called twice."""
 
@@ -176,6 +190,7 @@ ZOO = {
     "transformer block": (Transformer, images((4, 8), [3, 2]), "vmap"),
     "attention module": (Attention, images((3, 4), [3, 2]), "vmap"),
     "LSTM and GRU": (Recurrent, images((5, 4), [3, 2]), "loop"),
+    "RMSNorm": (RMSNormed, images((5, 4), [3, 2]), "hooks"),
     "tied embedding": (TiedEmbedding, lambda: tokens([4, 2]), "hooks+vmap"),
     "depthwise, grouped, transposed, twice": (Convs, images((4, 4, 4), [3]), "vmap"),
     "partly frozen": (partly_frozen, images((2, 5, 5), [4, 3]), "hooks"),

@@ -474,11 +474,25 @@ def _channel_norm_gradients(
     return tuple(g if g is None else g.view(B, C) for g in (g_gamma, g_beta))
 
 
-def _layer_norm_gamma_gradient(
-    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, reduce_dims: tuple[int, ...]
+def _normalized_shape(layer: nn.Module) -> tuple[int, ...]:
+    """The trailing dims a LayerNorm or RMSNorm normalises (Hugging Face's RMSNorm: its γ's)."""
+    return tuple(getattr(layer, "normalized_shape", layer.weight.shape))
+
+
+def _trailing_norm_gamma_gradient(
+    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, op: str, reduce_dims: tuple[int, ...]
 ) -> torch.Tensor:
-    """Per-sample ∂ℓ_n/∂γ of a LayerNorm: δ·x̂ summed over the leading (token) dims."""
-    x_hat = F.layer_norm(a, layer.normalized_shape, None, None, layer.eps)
+    """Per-sample ∂ℓ_n/∂γ of a LayerNorm or RMSNorm: δ·x̂ summed over the leading (token) dims.
+
+    x̂ is (x − mean)/sqrt(var + ε) for LayerNorm, x/sqrt(mean(x²) + ε) for RMSNorm (ε: ``eps``,
+    or Hugging Face's ``variance_epsilon``; torch's RMSNorm takes None as its dtype's epsilon).
+    """
+    shape = _normalized_shape(layer)
+    if op == "layer_norm":
+        x_hat = F.layer_norm(a, shape, None, None, layer.eps)
+    else:
+        eps = layer.eps if hasattr(layer, "eps") else layer.variance_epsilon
+        x_hat = F.rms_norm(a, shape, None, eps)
     return _sum_dims(delta * x_hat, reduce_dims)
 
 
@@ -490,13 +504,13 @@ def _norm_terms(
     op: str,
     saved: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Terms:
-    """Per-sample Σ|γ⊙g_γ| and Σ|β⊙g_β| of a BatchNorm/InstanceNorm/GroupNorm/LayerNorm
+    """Per-sample Σ|γ⊙g_γ| and Σ|β⊙g_β| of a BatchNorm/InstanceNorm/GroupNorm/LayerNorm/RMSNorm
     (``saved``: see :func:`_channel_norm_gradients`)."""
-    want = tuple(p is not None and p.requires_grad for p in (layer.weight, layer.bias))
-    if op == "layer_norm":
-        k = len(layer.normalized_shape)
-        tokens = tuple(range(1, a.dim() - k))  # the leading non-batch dims
-        g_gamma = _layer_norm_gamma_gradient(layer, a, delta, tokens) if want[0] else None
+    gamma, beta = layer.weight, getattr(layer, "bias", None)  # RMSNorm: no β
+    want = tuple(p is not None and p.requires_grad for p in (gamma, beta))
+    if op in ("layer_norm", "rms_norm"):
+        tokens = tuple(range(1, a.dim() - len(_normalized_shape(layer))))  # the leading dims
+        g_gamma = _trailing_norm_gamma_gradient(layer, a, delta, op, tokens) if want[0] else None
         g_beta = _sum_dims(delta, tokens) if want[1] else None  # (B, *parameter shape)
     else:
         g_gamma, g_beta = _channel_norm_gradients(layer, a, delta, op, want, saved)
@@ -513,7 +527,8 @@ def _norm_terms_of(
     (None: not trainable)."""
     B = next(g for g in (g_gamma, g_beta) if g is not None).shape[0]
     out: Terms = {}
-    for local, p, g_n in (("weight", layer.weight, g_gamma), ("bias", layer.bias, g_beta)):
+    beta = getattr(layer, "bias", None)  # RMSNorm: no β
+    for local, p, g_n in (("weight", layer.weight, g_gamma), ("bias", beta, g_beta)):
         if g_n is not None:
             per_sample = (g_n.abs() * p.detach().abs()).reshape(B, -1).sum(1)
             out[local] = (per_sample, _weighted(g_n, guard).reshape(p.shape))
@@ -531,7 +546,7 @@ _HANDLERS = {
     "embedding": _embedding_terms,
     **{
         op: (lambda layer, a, delta, guard, work, op=op: _norm_terms(layer, a, delta, guard, op))
-        for op in ("batch_norm", "instance_norm", "group_norm", "layer_norm")
+        for op in ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm")
     },
 }
 
