@@ -84,3 +84,32 @@ def test_register_rejects_non_modules() -> None:
 
     with pytest.raises(TypeError, match="nn.Module subclass"):
         register_norm_type(int)  # type: ignore[arg-type]
+
+
+def test_recurrent_and_attention_layers_have_linear_roles() -> None:
+    """nn.LSTM/GRU/RNN and nn.MultiheadAttention are made of linear maps whose weights and
+    biases torch names by position (weight_ih_l0, in_proj_bias). Their biases were role
+    "other", and so decayed under no_bias_decay like weights."""
+    from biasdecay.decay.groups import param_groups
+    from biasdecay.decay.policies import decay_policy
+
+    model = nn.ModuleDict(
+        {
+            "lstm": nn.LSTM(4, 3, proj_size=2, bidirectional=True),
+            "gru": nn.GRU(2, 2),
+            "attn": nn.MultiheadAttention(4, 2, kdim=3, vdim=5, add_bias_kv=True),
+            "self_attn": nn.MultiheadAttention(4, 2),
+        }
+    )
+    roles = param_roles(model)
+    for name, role in roles.items():
+        local = name.rsplit(".", 1)[1]
+        words = local.split("_")
+        expected = Role.LINEAR_WEIGHT if "weight" in words else Role.LINEAR_BIAS
+        assert role is expected, name
+    assert roles["lstm.weight_hr_l0_reverse"] is Role.LINEAR_WEIGHT
+    assert roles["self_attn.in_proj_bias"] is Role.LINEAR_BIAS
+    groups = param_groups(model, decay_policy("no_bias_decay"), 0.01)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (roles[name] is Role.LINEAR_WEIGHT), name

@@ -114,6 +114,10 @@ _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
     nn.RMSNorm: ModuleType("norm", "rms_norm"),  # γ only
     nn.Embedding: ModuleType("embedding", "embedding"),
     nn.EmbeddingBag: ModuleType("embedding"),
+    # Linear maps under other names (see _role_of): weight_ih_l0, bias_hh_l0_reverse,
+    # in_proj_weight, in_proj_bias, q_proj_weight, bias_k. No op: no per-sample formula.
+    nn.RNNBase: ModuleType("linear"),  # nn.RNN, nn.LSTM, nn.GRU
+    nn.MultiheadAttention: ModuleType("linear"),
 }
 
 # Classes of other libraries, by qualified name, so that roles are right without importing them:
@@ -217,10 +221,20 @@ _ROLES = {
 
 def _role_of(module: nn.Module, local_name: str) -> Role:
     entry = module_type(module)
-    if entry is None or local_name not in ("weight", "bias"):
+    if entry is None:
         return Role.OTHER
     weight, bias = _ROLES[entry.family]
-    return weight if local_name == "weight" else bias
+    if local_name in ("weight", "bias"):
+        return weight if local_name == "weight" else bias
+    if entry.family in ("linear", "conv"):
+        # A layer of several linear maps names each weight and bias: weight_ih_l0 and
+        # bias_hh_l0 (nn.LSTM), in_proj_weight and in_proj_bias (nn.MultiheadAttention).
+        words = local_name.split("_")
+        if "weight" in words:
+            return weight
+        if "bias" in words:
+            return bias
+    return Role.OTHER
 
 
 def param_roles(model: nn.Module) -> dict[str, Role]:
