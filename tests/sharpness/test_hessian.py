@@ -347,3 +347,17 @@ def test_a_custom_backward_without_a_derivative_is_refused_not_skipped():
     d = exact.shape[0]
     trace = hessian_trace(smooth, data, n_matvecs=3 * d + 3, seed=0)
     assert trace.value == pytest.approx(exact.trace().item(), rel=1e-9)
+
+
+def test_an_operation_without_a_double_backward_is_named_with_what_to_do():
+    """torch has no derivative of EmbeddingBag's backward: a raw NotImplementedError before."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(10, 4), nn.Linear(4, 3)).double()
+    data = [(torch.randint(0, 10, (5, 4)), torch.randint(0, 3, (5,)))]
+    for measure in (hessian_trace, hessian_max_eigenvalue):
+        with pytest.raises(ValueError, match=r"_embedding_bag_backward.*nn\.Embedding and a sum"):
+            measure(model, data)
+    model[0].weight.requires_grad_(False)  # what the error suggests: then only the head's
+    exact = exact_hessian(model, data)
+    trace = hessian_trace(model, data, n_matvecs=3 * exact.shape[0] + 3, seed=0)
+    assert trace.value == pytest.approx(exact.trace().item(), rel=1e-9)

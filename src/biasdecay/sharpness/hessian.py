@@ -346,16 +346,28 @@ class DatasetHessian:
                 )
             except RuntimeError:
                 self._batched = False
-        columns = [
-            torch.autograd.grad(
-                grads,
-                self.params,
-                grad_outputs=[v[j] for v in vectors],
-                retain_graph=retain or j < c - 1,
-                allow_unused=True,
-            )
-            for j in range(c)
-        ]
+        try:
+            columns = [
+                torch.autograd.grad(
+                    grads,
+                    self.params,
+                    grad_outputs=[v[j] for v in vectors],
+                    retain_graph=retain or j < c - 1,
+                    allow_unused=True,
+                )
+                for j in range(c)
+            ]
+        except (NotImplementedError, RuntimeError) as error:
+            if "not implemented" not in str(error):
+                raise
+            raise InputError(
+                "the Hessian needs second derivatives through the whole model, and torch has "
+                f"none for an operation in it ({str(error).splitlines()[0].rstrip('.')}); "
+                "neither torch.func nor a double backward can run it. Replace that operation "
+                "with differentiable ones (nn.EmbeddingBag: nn.Embedding and a sum or mean), or "
+                "freeze the parameters before it (requires_grad=False), whose gradients pass "
+                "through it"
+            ) from error
         return [None if col[0] is None else torch.stack(col) for col in zip(*columns, strict=True)]
 
     def _check_mean(self, x: torch.Tensor, y: torch.Tensor) -> None:
