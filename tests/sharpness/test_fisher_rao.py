@@ -182,3 +182,10 @@ def test_a_backward_without_its_own_derivative_is_refused(function, says):
     data = [(torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,)))]
     with pytest.raises(ValueError, match=says):
         fisher_rao_norm(model, data)
+
+
+def test_a_model_that_fails_on_its_input_raises_its_own_error():
+    """Not the message about forward mode and double backward: neither is the problem."""
+    data = [(torch.randn(4, 6, dtype=torch.float64), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        fisher_rao_norm(nn.Linear(5, 3).double(), data)

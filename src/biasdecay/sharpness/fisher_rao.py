@@ -8,9 +8,8 @@ measure; the paper (Sec. 3.1) compares it with connectivity sharpness (eq. 4). W
 and ``θ · ∇_θ log p_θ(c|x)`` is the directional derivative of ``log softmax(f_θ(x))_c`` along θ
 itself. One forward-mode Jacobian-vector product per batch, with tangent θ, therefore gives that
 derivative for every sample and every class at the cost of about two forward passes, with no
-per-sample backward. Where an operation of the model has no forward-mode derivative (the fused
-attention kernel ``nn.MultiheadAttention`` runs without autograd, a custom autograd Function
-without ``jvp``), the same product comes from two reverse-mode passes instead.
+per-sample backward. Where an operation of the model has no forward-mode derivative (a custom
+autograd Function without ``jvp``), the same product comes from two reverse-mode passes instead.
 """
 
 from __future__ import annotations
@@ -170,6 +169,8 @@ def _along_theta_by_reverse_mode(
     try:
         return _reverse_over_reverse(model, x)
     except (NotImplementedError, RuntimeError) as error:
+        if refusal is not None and str(error) == str(refusal):
+            raise  # the model fails on this input whatever the mode: its own error
         raise InputError(
             "the Fisher-Rao norm needs the derivative of the log-probabilities along θ, and "
             f"neither forward mode ({str(refusal).splitlines()[0]}) nor a double backward "
