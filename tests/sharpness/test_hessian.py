@@ -199,12 +199,17 @@ def test_frozen_parameter_is_not_part_of_theta():
 
 
 def test_parameter_unused_by_the_loss_has_zero_curvature():
+    """By every product method: Hutch++'s many probes go forward-over-reverse, Lanczos's one
+    vector by double backward (which crashed on the unused parameter: its products were
+    matched to the used parameters alone)."""
     model, data = mlp(), batches("mlp")
     model.register_parameter("unused", nn.Parameter(torch.ones(2, dtype=torch.float64)))
     used = mlp()
-    exact = exact_hessian(used, data).trace().item()
+    hessian = exact_hessian(used, data)
     trace = hessian_trace(model, data, n_matvecs=3 * 55, method="hutch++")
-    assert trace.value == pytest.approx(exact, rel=1e-10)
+    assert trace.value == pytest.approx(hessian.trace().item(), rel=1e-10)
+    top = hessian_max_eigenvalue(model, data, max_iter=57, tol=1e-10, seed=0)
+    assert top.value == pytest.approx(torch.linalg.eigvalsh(hessian)[-1].item(), rel=1e-8)
 
 
 def test_model_mode_buffers_and_gradients_are_unchanged():
@@ -330,10 +335,11 @@ def test_a_model_torch_func_cannot_transform_falls_back_mid_pass(case, monkeypat
 
 
 def test_a_custom_backward_without_a_derivative_is_refused_not_skipped():
-    """A custom Function whose backward is @once_differentiable: autograd skips it when the
-    gradient is differentiated again, and Tr(H) and λmax came out wrong without a sign.
-    Differentiable, the same Function gives the exact value."""
-    from test_fisher_rao import _Custom, _OnceSoftplus, _Softplus
+    """A custom Function whose backward is @once_differentiable, or detaches unmarked: autograd
+    skips it when the gradient is differentiated again, and Tr(H) and λmax came out wrong
+    without a sign. The first leaves a node in the graph; the second only an asymmetric
+    Hessian. Differentiable, the same Function gives the exact value."""
+    from test_fisher_rao import _Custom, _DetachedSoftplus, _OnceSoftplus, _Softplus
 
     torch.manual_seed(0)
     data = [(torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,)))]
@@ -341,6 +347,10 @@ def test_a_custom_backward_without_a_derivative_is_refused_not_skipped():
     for measure in (hessian_trace, hessian_max_eigenvalue):
         with pytest.raises(ValueError, match=r"torch::autograd::Error.*once_differentiable"):
             measure(once, data)
+    detached = _Custom(_DetachedSoftplus).double()
+    for measure in (hessian_trace, hessian_max_eigenvalue):
+        with pytest.raises(ValueError, match=r"not symmetric.*uᵀ\(Hv\) and vᵀ\(Hu\) differ"):
+            measure(detached, data)
     smooth = _Custom(_Softplus).double()
     smooth.load_state_dict(once.state_dict())
     exact = exact_hessian(smooth, data)

@@ -46,6 +46,7 @@ from biasdecay.sharpness._autodiff import (
     trainable_parameters,
 )
 from biasdecay.sharpness._autodiff import progress as progress_bar
+from biasdecay.sharpness._per_sample import guard_tolerance
 
 __all__ = [
     "TRACE_METHODS",
@@ -190,6 +191,7 @@ class DatasetHessian:
         self._passes = 0
         self._mean_checked = False
         self._graph_checked = False  # for derivatives torch does not have
+        self._symmetry_checked = False  # for derivatives the double backward skips
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H v`` for every row ``v`` of ``vectors`` (shape ``(k, dim)``), in one data pass."""
@@ -233,21 +235,68 @@ class DatasetHessian:
             n_batch = x.shape[0]
             n_samples += n_batch
             self._check_mean(x, y)
-            for start, stop, hvps in self._batch_hvps(x, y, stacked):
-                for i, h in enumerate(hvps):
-                    if h is None:
-                        continue
-                    h = h.reshape(stop - start, -1)
-                    if quadratic_forms:
-                        v = stacked[i][start:stop].reshape(stop - start, -1)
-                        total[start:stop] += n_batch * (h * v).sum(1)
-                    else:
-                        offset = self._offsets[i]
-                        total[start:stop, offset : offset + self.sizes[i]].add_(h, alpha=n_batch)
+            self._check_symmetry(x, y)
+            self._accumulate(total, x, y, stacked, n_batch, quadratic_forms=quadratic_forms)
         if n_samples == 0:
             raise InputError("the data yielded no batches; pass a non-empty iterable of (x, y)")
         self.n_matvecs += k
         return total / n_samples
+
+    def _accumulate(
+        self,
+        total: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        stacked: list[torch.Tensor],
+        weight: float,
+        *,
+        quadratic_forms: bool,
+    ) -> None:
+        """Add ``weight`` × one batch's HVPs (or quadratic forms) of the stacked vectors."""
+        for start, stop, hvps in self._batch_hvps(x, y, stacked):
+            for i, h in enumerate(hvps):
+                if h is None:
+                    continue
+                h = h.reshape(stop - start, -1)
+                if quadratic_forms:
+                    v = stacked[i][start:stop].reshape(stop - start, -1)
+                    total[start:stop] += weight * (h * v).sum(1)
+                else:
+                    offset = self._offsets[i]
+                    total[start:stop, offset : offset + self.sizes[i]].add_(h, alpha=weight)
+
+    def _check_symmetry(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """On the first batch: uᵀ(Hv) = vᵀ(Hu) for random u and v, as for any Hessian.
+
+        A backward that does not carry its own derivative (a custom autograd Function whose
+        backward detaches, unmarked) leaves no node that :func:`missing_second_derivatives`
+        finds: the double backward skips its part without a sign. Where parameters come after
+        it, what is skipped makes the product asymmetric, which this catches. Two products on
+        one batch, not counted as matvecs of the estimate.
+        """
+        if self._symmetry_checked:
+            return
+        self._symmetry_checked = True
+        generator = torch.Generator().manual_seed(0)
+        uv = torch.randn(2, self.dim, generator=generator, dtype=torch.float64)
+        uv = uv.to(self.device, self.dtype)
+        stacked = [
+            piece.view(2, *p.shape)
+            for piece, p in zip(uv.split(self.sizes, dim=1), self.params, strict=True)
+        ]
+        products = torch.zeros(2, self.dim, dtype=self.dtype, device=self.device)
+        self._accumulate(products, x, y, stacked, 1.0, quadratic_forms=False)
+        (u, v), (hu, hv) = uv, products
+        gap = (u @ hv - v @ hu).abs()
+        scale = u.abs() @ hv.abs() + v.abs() @ hu.abs()
+        if bool(gap > guard_tolerance(self.dtype) * scale):
+            raise InputError(
+                "the Hessian's products are not symmetric on this model: uᵀ(Hv) and vᵀ(Hu) "
+                f"differ by {(gap / scale).item():.2g} of their scale, so a backward in the model "
+                "does not carry its own derivative (a custom autograd Function whose backward "
+                "detaches or runs without autograd) and the double backward skips part of the "
+                "Hessian. Write that backward in differentiable torch operations"
+            )
 
     def _batch_hvps(
         self, x: torch.Tensor, y: torch.Tensor, stacked: list[torch.Tensor]
@@ -307,7 +356,8 @@ class DatasetHessian:
         """The chunks of :meth:`_batch_hvps` by differentiating one first-order graph again."""
         grads = self._first_order_graph(x, y)
         # Parameters whose gradient is no function of θ (unused, or the loss is linear in
-        # them) have zero Hessian rows: only the others are differentiated again.
+        # them) have zero Hessian rows, and by symmetry zero columns: only the others are
+        # differentiated again. The products come back for every parameter (None: a zero row).
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         if not live:
             return
@@ -317,15 +367,13 @@ class DatasetHessian:
             hvps = self._hvps(
                 [grads[i] for i in live], [stacked[i][start:stop] for i in live], retain=stop < k
             )
-            full: list[torch.Tensor | None] = [None] * len(stacked)
-            for i, h in zip(live, hvps, strict=True):
-                full[i] = h
-            yield offset + start, offset + stop, full
+            yield offset + start, offset + stop, hvps
 
     def _hvps(
         self, grads: list[torch.Tensor], vectors: list[torch.Tensor], *, retain: bool
     ) -> list[torch.Tensor | None]:
-        """One batch's HVPs with a chunk of vectors, ``(c, *shape)`` per parameter.
+        """One batch's HVPs with a chunk of vectors, ``(c, *shape)`` for every parameter of
+        θ (None: a zero row), from the gradients ``grads`` and their vectors.
 
         One vectorised double backward (``is_grads_batched``) for the whole chunk: on small
         batches, c sequential backward passes cost mostly their per-op overhead. A model whose
