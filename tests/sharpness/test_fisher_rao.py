@@ -109,6 +109,9 @@ def test_bad_input_is_explained():
         fisher_rao_norm(mlp(), [])
     with pytest.raises(ValueError, match=r"\(batch, classes\)"):
         fisher_rao_norm(nn.Conv2d(1, 2, 3).double(), batches("conv_bn"))
+    no_statistics = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False))
+    with pytest.raises(ValueError, match=r"one sample at a time: BatchNorm '1'.*running"):
+        fisher_rao_norm(no_statistics.double(), [(torch.randn(3, 4), torch.zeros(3).long())])
     x, _ = batches("mlp")[0]
     with pytest.raises(ValueError, match="class-index targets"):
         fisher_rao_norm(mlp(), [(x, torch.zeros(7, dtype=torch.float64))], labels="empirical")

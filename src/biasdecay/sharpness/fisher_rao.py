@@ -33,7 +33,7 @@ from biasdecay.sharpness._autodiff import (
     trainable_parameters,
 )
 from biasdecay.sharpness._autodiff import progress as progress_bar
-from biasdecay.sharpness._per_sample import guard_tolerance
+from biasdecay.sharpness._per_sample import guard_tolerance, samples_interact
 
 __all__ = ["FISHER_LABELS", "FisherRaoNorm", "fisher_rao_norm"]
 
@@ -92,9 +92,11 @@ def fisher_rao_norm(
         A :class:`FisherRaoNorm` with ``value = ‖θ‖²_FR`` and ``norm = ‖θ‖_FR``.
 
     Raises:
-        ValueError: for an unknown ``labels``, a model without trainable parameters, outputs that
-            are not ``(batch, classes)`` logits, non-integer targets with ``"empirical"``, or
-            empty data.
+        ValueError: for an unknown ``labels``, a model without trainable parameters, a model
+            whose samples interact in eval mode (a BatchNorm without running statistics),
+            outputs that are not ``(batch, classes)`` logits, non-integer targets with
+            ``"empirical"``, empty data, or an operation with neither a forward-mode derivative
+            nor a double backward.
 
     References:
         Liang, Poggio, Rakhlin & Stokes, "Fisher-Rao Metric, Geometry, and Complexity of Neural
@@ -103,6 +105,13 @@ def fisher_rao_norm(
     model = eager_module(model)
     if labels not in FISHER_LABELS:
         raise InputError(f"unknown labels {labels!r}; valid options are {FISHER_LABELS}")
+    interaction = samples_interact(model)
+    if interaction is not None:
+        raise InputError(
+            f"the Fisher-Rao norm is an expectation over samples of p_θ(y|x), which this model "
+            f"does not define one sample at a time: {interaction}. Give the layer running "
+            "statistics (track_running_stats=True, then a pass over the data in train mode)"
+        )
     theta = {name: p.detach() for name, p in trainable_parameters(model)}
     if not theta:
         raise InputError(
