@@ -87,6 +87,7 @@ class ModuleType:
 OPS = (
     "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose", "batch_norm",
     "instance_norm", "group_norm", "layer_norm", "rms_norm", "embedding", "linear_transposed",
+    "multihead_attention",
 )  # fmt: skip
 FAMILIES = ("conv", "linear", "norm", "embedding")
 _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
@@ -115,9 +116,12 @@ _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
     nn.Embedding: ModuleType("embedding", "embedding"),
     nn.EmbeddingBag: ModuleType("embedding"),
     # Linear maps under other names (see _role_of): weight_ih_l0, bias_hh_l0_reverse,
-    # in_proj_weight, in_proj_bias, q_proj_weight, bias_k. No op: no per-sample formula.
+    # in_proj_weight, in_proj_bias, q_proj_weight, bias_k. Recurrent layers have no
+    # per-sample formula; attention has one for its packed in-projection
+    # (biasdecay.sharpness._attention), and its output projection is a plain Linear.
     nn.RNNBase: ModuleType("linear"),  # nn.RNN, nn.LSTM, nn.GRU
-    nn.MultiheadAttention: ModuleType("linear"),
+    nn.MultiheadAttention: ModuleType("linear", "multihead_attention"),
+    nn.modules.linear.NonDynamicallyQuantizableLinear: ModuleType("linear", "linear"),
 }
 
 # Classes of other libraries, by qualified name, so that roles are right without importing them:

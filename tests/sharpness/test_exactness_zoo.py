@@ -137,6 +137,77 @@ class RMSNormed(nn.Module):
         return self.fc(self.both(self.norm(torch.tanh(self.embed(x)))).mean(1))
 
 
+class AttentionCall(nn.Module):
+    """nn.MultiheadAttention called with the options the per-sample path must reproduce (or
+    refuse): attention weights returned and used, samples second, masks, cross-attention."""
+
+    def __init__(self, *, batch_first=True, need_weights=False, padding=False, causal=False,
+                 cross=False, **options) -> None:  # fmt: skip
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=batch_first, **options)
+        self.fc = nn.Linear(4, 3)
+        self.batch_first, self.need_weights = batch_first, need_weights
+        self.padding, self.causal, self.cross = padding, causal, cross
+
+    def forward(self, x):
+        B, L, _ = x.shape
+        padding = mask = None
+        if self.padding:  # padding where the sample says so (a property of each sample)
+            padding = x[..., 0] > 0.5
+            padding[:, 0] = False  # never a whole sample
+        if self.causal:
+            mask = nn.Transformer.generate_square_subsequent_mask(L, dtype=x.dtype)
+        seq = x if self.batch_first else x.transpose(0, 1)
+        other = 2 * seq if self.cross else seq
+        out, weights = self.attn(
+            seq, other, other, key_padding_mask=padding, attn_mask=mask,
+            need_weights=self.need_weights, is_causal=self.causal,
+        )  # fmt: skip
+        out = out if self.batch_first else out.transpose(0, 1)
+        pooled = out.mean(1)
+        if weights is not None:  # the weights feed the loss too
+            pooled = pooled + 0.1 * weights.sum((1, 2)).unsqueeze(-1)
+        return self.fc(pooled)
+
+
+ATTENTION_CALLS = {
+    "attention weights used": ({"need_weights": True}, "hooks"),
+    "samples second": ({"batch_first": False}, "hooks"),
+    "padding mask": ({"padding": True}, "hooks"),
+    "causal mask": ({"causal": True}, "hooks"),
+    "causal, padding and weights": (
+        {"causal": True, "padding": True, "need_weights": True},
+        "hooks",
+    ),  # fmt: skip
+    "no biases": ({"bias": False}, "hooks"),
+    "cross-attention": ({"cross": True}, "hooks+vmap"),
+    "bias_k and bias_v": ({"add_bias_kv": True}, "vmap"),
+}
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_CALLS))
+def test_attention_takes_the_hook_path_where_its_formula_covers_the_call(case) -> None:
+    """The packed in-projection is a Linear on the sequence and the output projection a Linear:
+    both take the layer formulas, per parameter equal to the loop. A call the formula does not
+    cover goes to torch.func, and the report says why."""
+    options, method = ATTENTION_CALLS[case]
+    torch.manual_seed(0)
+    model = AttentionCall(**options).double()
+    batches = make_batches((5, 4), 3, [4, 3])
+    with torch.no_grad():
+        reference = model(batches[0][0])
+    report = connectivity_sharpness(model, batches)
+    assert report.method == method, report.fallback_reason
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+    if method != "hooks":
+        assert "cross-attention" in report.fallback_reason or "bias_k" in report.fallback_reason
+    # The module's own forward is back, and computes what it did.
+    assert "forward" not in model.attn.__dict__
+    with torch.no_grad():
+        assert torch.allclose(model(batches[0][0]), reference, rtol=1e-13, atol=0)
+
+
 class Convs(nn.Module):
     """Depthwise, grouped and transposed convolutions, and a conv called twice."""
 
@@ -187,8 +258,8 @@ ZOO = {
     "linear subclass": (Squashed, images((6,), [4, 3]), "vmap"),
     "tied decoder": (Tied, images((6,), [4, 3]), "hooks+vmap"),
     "weight_norm and spectral_norm": (weight_normed, images((2, 5, 5), [4]), "vmap"),
-    "transformer block": (Transformer, images((4, 8), [3, 2]), "vmap"),
-    "attention module": (Attention, images((3, 4), [3, 2]), "vmap"),
+    "transformer block": (Transformer, images((4, 8), [3, 2]), "hooks"),
+    "attention module": (Attention, images((3, 4), [3, 2]), "hooks"),
     "LSTM and GRU": (Recurrent, images((5, 4), [3, 2]), "loop"),
     "RMSNorm": (RMSNormed, images((5, 4), [3, 2]), "hooks"),
     "tied embedding": (TiedEmbedding, lambda: tokens([4, 2]), "hooks+vmap"),
@@ -373,7 +444,7 @@ HESSIAN_ZOO = {case: entry for case, entry in ZOO.items() if case != "transforme
 HESSIAN_ZOO["transformer block, 4 wide"] = (
     lambda: Transformer(width=4),
     images((3, 4), [3, 2]),
-    "vmap",
+    "hooks",
 )
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ from torch import nn
 
 from biasdecay.roles import op_of
 from biasdecay.sharpness import _native
+from biasdecay.sharpness._attention import recorded_forward, why_not_covered
 from biasdecay.sharpness._autodiff import LossFn, check_batch_mean
 from biasdecay.sharpness._fused_norm import fused_backward, with_per_sample_sums
 from biasdecay.sharpness._per_sample_products import (
@@ -146,6 +148,11 @@ def supports_fast_path(model: nn.Module) -> str | None:
                 f"module '{name}' ({type(module).__name__}) has parameters of its own and "
                 f"{what} (biasdecay.roles.register_module_type declares a standard one)"
             )
+        if op == "multihead_attention" and why_not_covered(module) is not None:
+            return (
+                f"nn.MultiheadAttention '{name}' has {why_not_covered(module)}, which the "
+                "per-sample formula does not cover"
+            )
         if op == "embedding" and module.scale_grad_by_freq:
             return (
                 f"Embedding '{name}' scales its gradient by the batch's token frequencies "
@@ -191,9 +198,40 @@ class _Recorder:
         self.expanded: set[str] = set()
         self._lowest: set[str] = set()  # layers whose gradients autograd is asked for
         self._tables = {n for n, m in self.layers if op_of(m) == "embedding"}
+        # Layers a measured forward ran in a way no formula covers: {name: why}
+        self.not_covered: dict[str, str] = {}
         self._handles = [
-            m.register_forward_hook(self._make_hook(n), with_kwargs=False) for n, m in self.layers
+            m.register_forward_hook(self._make_hook(n), with_kwargs=False)
+            for n, m in self.layers
+            if op_of(m) != "multihead_attention"
         ]
+        # Attention modules apply their weights inside one function: their measured forward
+        # is computed in steps the recorder sees (biasdecay.sharpness._attention).
+        self._patched: list[tuple[nn.Module, object]] = []
+        for n, m in self.layers:
+            if op_of(m) == "multihead_attention":
+                self._patched.append((m, m.__dict__.get("forward")))
+                m.forward = recorded_forward(
+                    m, n, self._record_output, self._measuring, self._not_covered
+                )
+
+    def _measuring(self) -> bool:
+        return self.active and torch.is_grad_enabled()
+
+    def _record_output(self, name: str, a: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """Keep a layer's input; hand its output's gradient on when the backward forms it."""
+        self.calls[name] = self.calls.get(name, 0) + 1
+        self.inputs[name] = a.detach()
+        if output.requires_grad:
+            self.edges[name] = torch.autograd.graph.get_gradient_edge(output)
+            output.register_hook(self._gradient_hook(name))
+        return output
+
+    def _not_covered(self, name: str, why: str) -> None:
+        """An attention module ran as its formula does not cover: it and its output projection
+        (whose own forward did not run) get no terms."""
+        self.not_covered[name] = why
+        self.not_covered[f"{name}.out_proj" if name else "out_proj"] = why
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -272,10 +310,16 @@ class _Recorder:
         self.edges.clear()
         self.calls.clear()
         self.expanded.clear()
+        self.not_covered.clear()
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+        for module, forward in self._patched:
+            del module.forward
+            if forward is not None:  # a forward of the module's own instance, put back
+                module.forward = forward
+        self._patched.clear()
 
 
 def lowest_layers(edges: dict[str, object]) -> list[str]:
@@ -535,8 +579,23 @@ def _norm_terms_of(
     return out
 
 
+def _attention_terms(
+    layer: nn.MultiheadAttention,
+    a: torch.Tensor,
+    delta: torch.Tensor,
+    guard: torch.Tensor,
+    work: Workspace,
+) -> Terms:
+    """An attention module's packed in-projection: a Linear on the sequence with weight
+    ``in_proj_weight`` (its output projection is a Linear module of its own)."""
+    packed = SimpleNamespace(weight=layer.in_proj_weight, bias=layer.in_proj_bias)
+    terms = _linear_terms(packed, a, delta, guard, work)
+    return {f"in_proj_{local}": value for local, value in terms.items()}
+
+
 # The exact per-sample formula of each standard operation (biasdecay.roles.OPS) that has one.
 _HANDLERS = {
+    "multihead_attention": _attention_terms,
     "linear": _linear_terms,
     "linear_transposed": lambda *args: _linear_terms(*args, transposed=True),
     "conv1d": _conv_terms,
@@ -677,6 +736,12 @@ class HookedPerSample:
         batch, self._batch = self._batch, None
         if not recorded:
             return None
+        for lname, why in rec.not_covered.items():
+            module = self._layer.get(lname)  # absent: no trainable parameter of its own
+            batch.unbatched += [
+                GuardFailure(self.names[(lname, local)], math.nan, f"its module '{lname}': {why}")
+                for local, _ in ([] if module is None else _own_trainable(module))
+            ]
         skip = {f.name for f in batch.unbatched}
         truths = self._autograd_gradient(x, y, guard)
         failures = self._guard(batch.implied, truths, skip)
