@@ -216,6 +216,7 @@ class _Recorder:
                 )
 
     def _measuring(self) -> bool:
+        """Whether this forward is the measured one (not the guard's, nor torch.func's)."""
         return self.active and torch.is_grad_enabled()
 
     def _record_output(self, name: str, a: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -235,14 +236,14 @@ class _Recorder:
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if not self.active or not torch.is_grad_enabled():  # not a measured forward
+            if not self._measuring():
                 return None
-            self.calls[name] = self.calls.get(name, 0) + 1
             a, replaced = args[0].detach(), None
             fused = fused_backward(module, args[0], output, self.batch) if self.fuse else None
             if fused is not None and output.requires_grad:
                 # Its terms come from its own backward, in the pass that forms its input's
                 # gradient; its edge is its input's, so that the backward runs it.
+                self.calls[name] = self.calls.get(name, 0) + 1
                 sink = lambda g_gamma, g_beta: self.on_norm_sums(name, g_gamma, g_beta)  # noqa: E731
                 self.edges[name] = torch.autograd.graph.get_gradient_edge(args[0])
                 return with_per_sample_sums(args[0], output, fused, sink)
@@ -250,10 +251,7 @@ class _Recorder:
                 a, replaced = self._expanded_lookup(a, output)
                 output = replaced
                 self.expanded.add(name)
-            self.inputs[name] = a
-            if output.requires_grad:
-                self.edges[name] = torch.autograd.graph.get_gradient_edge(output)
-                output.register_hook(self._gradient_hook(name))
+            self._record_output(name, a, output)
             return replaced
 
         return hook
