@@ -163,7 +163,8 @@ class AttentionCall(nn.Module):
             seq, other, other, key_padding_mask=padding, attn_mask=mask,
             need_weights=self.need_weights, is_causal=self.causal,
         )  # fmt: skip
-        out = out if self.batch_first else out.transpose(0, 1)
+        if not self.batch_first:  # a view, as user code may take of torch's contiguous output
+            out = out.view(-1, out.shape[-1]).view(out.shape).transpose(0, 1)
         pooled = out.mean(1)
         if weights is not None:  # the weights feed the loss too
             pooled = pooled + 0.1 * weights.sum((1, 2)).unsqueeze(-1)

@@ -164,7 +164,7 @@ def _self_attention(
         weights = None
     out = module.out_proj(attn.transpose(1, 2).reshape(B, L, E))
     if not module.batch_first:
-        out = out.transpose(0, 1)
+        out = out.transpose(0, 1).contiguous()  # laid out as torch returns it: a view may follow
     if weights is not None:
         weights = weights.view(B, H, L, L)
         if average_attn_weights:
