@@ -40,9 +40,10 @@ def test_connectivity_benchmark_runs_and_prints_ratios() -> None:
     assert out.count("hook path by stage") == 3 and "backward to layer outputs" in out
     assert "terms: Linear" in out and "guard: comparison" in out
     assert out.count("reference, not in the total: the batch weight-gradient kernels") == 3
-    # torch's own encoder layer: its attention on the hook path; opacus fails on it, said so
+    # torch's own encoder layer: its attention on the hook path; opacus (where installed: an
+    # extra) fails on it, and the benchmark says so
     assert "## torch-vit" in out and "terms: MultiheadAttention" in out
-    assert "opacus hooks fails on this model" in out
+    assert "opacus hooks fails on this model" in out or "opacus is not installed" in out
 
 
 def test_connectivity_benchmark_summarises_several_runs() -> None:

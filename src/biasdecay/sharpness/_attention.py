@@ -7,10 +7,12 @@ same function in the same steps, with the packed in-projection through ``F.linea
 and output handed to the recorder: a Linear on a sequence with weight ``in_proj_weight``) and
 the output projection through the ``out_proj`` module itself (recorded by its own hook).
 
-It covers the self-attention that ``nn.TransformerEncoderLayer`` and torchvision's ViT run:
-one tensor as query, key and value, one packed in-projection, no ``bias_k``/``bias_v``, no
-zero attention row. Any other call runs the module's own forward, and its parameters are
-reported as not covered (:func:`why_not_covered`), so they are recomputed on the generic path.
+Self-attention (one tensor as query, key and value, as in ``nn.TransformerEncoderLayer`` and
+torchvision's ViT) is one recorded Linear with weight ``in_proj_weight``; cross-attention (a
+decoder's) is three, one per third of ``in_proj_weight`` (:data:`PARTS`), whose terms add up.
+Covered: one packed in-projection, no ``bias_k``/``bias_v``, no zero attention row, batched
+inputs. Any other call runs the module's own forward, and its parameters are reported as not
+covered (:func:`why_not_covered`), so they are recomputed on the generic path.
 The exactness guard compares the gradient the formulas imply with autograd's through the
 module's own forward, so a difference between the two computations would show there.
 """
@@ -27,6 +29,10 @@ from torch import nn
 
 # record(name, input, output) -> output: what the recorder does with a layer's input and output
 Record = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Cross-attention's three projections: the suffix of each one's recorded name, and which third
+# of in_proj_weight's rows (and in_proj_bias's entries) it applies.
+PARTS = {"#q": 0, "#k": 1, "#v": 2}
 
 
 def why_not_covered(module: nn.MultiheadAttention) -> str | None:
@@ -75,7 +81,7 @@ def recorded_forward(
         if why is not None:
             not_covered(name, why)
             return own(*arguments, average_attn_weights, is_causal)
-        return _self_attention(module, name, record, *arguments, average_attn_weights, is_causal)
+        return _attention(module, name, record, *arguments, average_attn_weights, is_causal)
 
     return forward
 
@@ -86,33 +92,34 @@ def _why_not_this_call(
     why = why_not_covered(module)
     if why is not None:
         return why
-    if not (query is key and key is value):
-        return "it ran as cross-attention (query, key and value not one tensor)"
-    if query.dim() != 3:
+    if any(t.dim() != 3 for t in (query, key, value)):
         return "it ran on an unbatched input"
     if module.training and module.dropout > 0:
         return "it ran in training mode with dropout"
     return None
 
 
-def _self_attention(
+def _attention(
     module: nn.MultiheadAttention,
     name: str,
     record: Record,
-    x: torch.Tensor,
-    _key: torch.Tensor,
-    _value: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
     key_padding_mask: torch.Tensor | None,
     need_weights: bool,
     attn_mask: torch.Tensor | None,
     average_attn_weights: bool,
     is_causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``F.multi_head_attention_forward``'s steps for packed self-attention in eval mode, with
+    """``F.multi_head_attention_forward``'s steps for a packed in-projection in eval mode, with
     the samples first (so that the recorder sees one row per sample)."""
+    self_attention = query is key and key is value
     if not module.batch_first:
-        x = x.transpose(0, 1)
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    x = query
     B, L, E = x.shape
+    S = key.shape[1]
     H = module.num_heads
     d = E // H
     key_padding_mask = F._canonical_mask(
@@ -137,36 +144,46 @@ def _self_attention(
         )
         if key_padding_mask is not None:
             is_causal = False
-    proj = record(name, x, F.linear(x, module.in_proj_weight, module.in_proj_bias))
-    # (B, L, 3E) -> three (B, H, L, d): sample b, head h is row b·H + h of torch's layout
-    q, k, v = (t.view(B, L, H, d).transpose(1, 2) for t in proj.chunk(3, dim=-1))
+    if self_attention:
+        proj = record(name, x, F.linear(x, module.in_proj_weight, module.in_proj_bias))
+        q, k, v = proj.chunk(3, dim=-1)
+    else:
+        weights = module.in_proj_weight.chunk(3)
+        biases = (None,) * 3 if module.in_proj_bias is None else module.in_proj_bias.chunk(3)
+        q, k, v = (
+            record(name + part, t, F.linear(t, weights[i], biases[i]))
+            for (part, i), t in zip(PARTS.items(), (query, key, value), strict=True)
+        )
+    # (B, n, E) -> (B, H, n, d): sample b, head h is row b·H + h of torch's layout
+    q = q.view(B, L, H, d).transpose(1, 2)
+    k, v = (t.view(B, S, H, d).transpose(1, 2) for t in (k, v))
     if attn_mask is not None and attn_mask.dim() == 2:
         attn_mask = attn_mask.unsqueeze(0)  # (1, L, S)
     if key_padding_mask is not None:
-        padding = key_padding_mask.view(B, 1, 1, L).expand(-1, H, -1, -1).reshape(B * H, 1, L)
+        padding = key_padding_mask.view(B, 1, 1, S).expand(-1, H, -1, -1).reshape(B * H, 1, S)
         attn_mask = padding if attn_mask is None else attn_mask + padding
     if need_weights:
         q_scaled = (q * math.sqrt(1.0 / float(d))).reshape(B * H, L, d)
-        keys = k.reshape(B * H, L, d).transpose(-2, -1)
+        keys = k.reshape(B * H, S, d).transpose(-2, -1)
         if attn_mask is not None:
             scores = torch.baddbmm(attn_mask, q_scaled, keys)
         else:
             scores = torch.bmm(q_scaled, keys)
-        weights = torch.softmax(scores, dim=-1)
-        attn = torch.bmm(weights, v.reshape(B * H, L, d)).view(B, H, L, d)
+        attention = torch.softmax(scores, dim=-1)
+        attn = torch.bmm(attention, v.reshape(B * H, S, d)).view(B, H, L, d)
     else:
         if attn_mask is not None:
             if attn_mask.size(0) == 1 and attn_mask.dim() == 3:
                 attn_mask = attn_mask.unsqueeze(0)
             else:
-                attn_mask = attn_mask.view(B, H, -1, L)
+                attn_mask = attn_mask.view(B, H, -1, S)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal)
-        weights = None
+        attention = None
     out = module.out_proj(attn.transpose(1, 2).reshape(B, L, E))
     if not module.batch_first:
         out = out.transpose(0, 1).contiguous()  # laid out as torch returns it: a view may follow
-    if weights is not None:
-        weights = weights.view(B, H, L, L)
+    if attention is not None:
+        attention = attention.view(B, H, L, S)
         if average_attn_weights:
-            weights = weights.mean(dim=1)
-    return out, weights
+            attention = attention.mean(dim=1)
+    return out, attention

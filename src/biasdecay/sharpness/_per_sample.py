@@ -49,7 +49,7 @@ from torch import nn
 
 from biasdecay.roles import op_of
 from biasdecay.sharpness import _native
-from biasdecay.sharpness._attention import recorded_forward, why_not_covered
+from biasdecay.sharpness._attention import PARTS, recorded_forward, why_not_covered
 from biasdecay.sharpness._autodiff import LossFn, check_batch_mean
 from biasdecay.sharpness._fused_norm import fused_backward, with_per_sample_sums
 from biasdecay.sharpness._per_sample_products import (
@@ -779,20 +779,30 @@ class HookedPerSample:
         return True
 
     def _layer_gradient(self, lname: str, delta: torch.Tensor) -> None:
-        """One layer's output gradient, as the backward pass forms it: its terms, now."""
-        batch, layer, size = self._batch, self._layer[lname], self.recorder.batch
+        """One layer's output gradient, as the backward pass forms it: its terms, now.
+
+        ``lname`` may name a third of an attention module's in-projection (cross-attention,
+        ``"<module>#q"``, see :data:`._attention.PARTS`): its terms add to the module's.
+        """
+        base, part = lname[:-2], lname[-2:]
+        if part not in PARTS or base not in self._layer:
+            base, part = lname, None
+        batch, layer, size = self._batch, self._layer[base], self.recorder.batch
         a = self.recorder.inputs.pop(lname)  # not needed after this layer's terms
         if a.dim() == 0 or a.shape[0] != size or delta.shape[0] != size:
             # Run once for the whole batch and broadcast (a position table looked up as
             # pos(arange(T))): its output gradient is already summed over the samples.
             why = (
-                f"its module '{lname}' ran on an input of shape {tuple(a.shape)}, not one "
+                f"its module '{base}' ran on an input of shape {tuple(a.shape)}, not one "
                 f"row per sample of the batch of {size}"
             )
             batch.unbatched += [
-                GuardFailure(self.names[(lname, local)], math.nan, why)
+                GuardFailure(self.names[(base, local)], math.nan, why)
                 for local, _ in _own_trainable(layer)
             ]
+            return
+        if part is not None:
+            self._attention_part(layer, base, PARTS[part], a, delta)
             return
         edge = self.recorder.edges.get(lname)
         node = None if edge is None else edge.node
@@ -801,6 +811,29 @@ class HookedPerSample:
         ).items():
             batch.terms[self.names[(lname, local)]] = value
             batch.implied[self.names[(lname, local)]] = grad
+
+    def _attention_part(
+        self,
+        layer: nn.MultiheadAttention,
+        lname: str,
+        third: int,
+        a: torch.Tensor,
+        delta: torch.Tensor,
+    ) -> None:
+        """One projection of cross-attention: a Linear with a third of the in-projection's
+        weight and bias, whose per-sample sums and implied gradient add to the parameter's."""
+        batch, E = self._batch, layer.embed_dim
+        rows = slice(third * E, (third + 1) * E)
+        bias = None if layer.in_proj_bias is None else layer.in_proj_bias[rows]
+        part = SimpleNamespace(weight=layer.in_proj_weight[rows], bias=bias)
+        for local, (value, grad) in _linear_terms(
+            part, a, delta, batch.guard, self.workspace
+        ).items():
+            name = self.names[(lname, f"in_proj_{local}")]
+            batch.terms[name] = batch.terms[name] + value if name in batch.terms else value
+            if name not in batch.implied:
+                batch.implied[name] = grad.new_zeros(self.params[name].shape)
+            batch.implied[name][rows] += grad
 
     def _norm_sums(self, lname: str, g_gamma: torch.Tensor, g_beta: torch.Tensor) -> None:
         """A norm layer's per-sample γ and β gradients, formed by its own backward
