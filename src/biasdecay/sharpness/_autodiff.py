@@ -139,16 +139,24 @@ def missing_second_derivatives(gradients: Iterable[torch.Tensor | None]) -> str 
     return None
 
 
-def no_second_derivatives_error(node: str, measure: str) -> InputError:
-    """The error for a model whose gradient's graph holds ``node`` (see
-    :func:`missing_second_derivatives`), for ``measure``."""
+def no_second_derivatives_error(cause: str, measure: str) -> InputError:
+    """The error for a model that ``measure`` cannot differentiate twice, and why (``cause``:
+    a node :func:`missing_second_derivatives` found, or torch's own refusal)."""
     return InputError(
-        f"{measure} needs second derivatives through the whole model, and its gradient's graph "
-        f"holds a node without one ({node}): a custom autograd Function whose backward is marked "
-        "@once_differentiable, or an operation torch cannot differentiate twice. Autograd would "
-        "skip it without a sign, and the result would be wrong. Write that backward in "
-        "differentiable torch operations, or freeze the parameters that come before the "
-        "operation (requires_grad=False): their gradients are the ones that pass through it"
+        f"{measure} needs second derivatives through the whole model, and {cause}. Write that "
+        "backward or operation in differentiable torch operations (nn.EmbeddingBag: an "
+        "nn.Embedding and a sum or mean), or freeze the parameters that come before it "
+        "(requires_grad=False): their gradients are the ones that pass through it"
+    )
+
+
+def undifferentiable_node(node: str) -> str:
+    """The cause, for :func:`no_second_derivatives_error`, of a node that
+    :func:`missing_second_derivatives` found."""
+    return (
+        f"its gradient's graph holds a node without one ({node}): a custom autograd Function "
+        "whose backward is marked @once_differentiable, or an operation torch cannot "
+        "differentiate twice, which autograd would skip without a sign, making the result wrong"
     )
 
 

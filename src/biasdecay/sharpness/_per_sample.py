@@ -583,10 +583,13 @@ def _attention_terms(
     delta: torch.Tensor,
     guard: torch.Tensor,
     work: Workspace,
+    rows: slice = slice(None),
 ) -> Terms:
     """An attention module's packed in-projection: a Linear on the sequence with weight
-    ``in_proj_weight`` (its output projection is a Linear module of its own)."""
-    packed = SimpleNamespace(weight=layer.in_proj_weight, bias=layer.in_proj_bias)
+    ``in_proj_weight`` (its output projection is a Linear module of its own); with ``rows``,
+    the Linear of those rows of it and of ``in_proj_bias`` (a third, in cross-attention)."""
+    bias = None if layer.in_proj_bias is None else layer.in_proj_bias[rows]
+    packed = SimpleNamespace(weight=layer.in_proj_weight[rows], bias=bias)
     terms = _linear_terms(packed, a, delta, guard, work)
     return {f"in_proj_{local}": value for local, value in terms.items()}
 
@@ -824,12 +827,10 @@ class HookedPerSample:
         weight and bias, whose per-sample sums and implied gradient add to the parameter's."""
         batch, E = self._batch, layer.embed_dim
         rows = slice(third * E, (third + 1) * E)
-        bias = None if layer.in_proj_bias is None else layer.in_proj_bias[rows]
-        part = SimpleNamespace(weight=layer.in_proj_weight[rows], bias=bias)
-        for local, (value, grad) in _linear_terms(
-            part, a, delta, batch.guard, self.workspace
+        for local, (value, grad) in _attention_terms(
+            layer, a, delta, batch.guard, self.workspace, rows
         ).items():
-            name = self.names[(lname, f"in_proj_{local}")]
+            name = self.names[(lname, local)]
             batch.terms[name] = batch.terms[name] + value if name in batch.terms else value
             if name not in batch.implied:
                 batch.implied[name] = grad.new_zeros(self.params[name].shape)

@@ -31,6 +31,7 @@ from biasdecay.sharpness._autodiff import (
     no_second_derivatives_error,
     preserved_state,
     trainable_parameters,
+    undifferentiable_node,
 )
 from biasdecay.sharpness._autodiff import progress as progress_bar
 from biasdecay.sharpness._per_sample import guard_tolerance, samples_interact
@@ -197,7 +198,8 @@ def _reverse_over_reverse(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
         )
         node = missing_second_derivatives(grads)
         if node is not None:
-            raise no_second_derivatives_error(node, "the Fisher-Rao norm (by double backward)")
+            measure = "the Fisher-Rao norm (by double backward)"
+            raise no_second_derivatives_error(undifferentiable_node(node), measure)
         inner = sum(
             ((g * p.detach()).sum() for g, p in zip(grads, params, strict=True) if g is not None),
             start=v.new_zeros(()),

@@ -44,6 +44,7 @@ from biasdecay.sharpness._autodiff import (
     preserved_state,
     resolve_loss,
     trainable_parameters,
+    undifferentiable_node,
 )
 from biasdecay.sharpness._autodiff import progress as progress_bar
 from biasdecay.sharpness._per_sample import guard_tolerance
@@ -408,14 +409,9 @@ class DatasetHessian:
         except (NotImplementedError, RuntimeError) as error:
             if "not implemented" not in str(error):
                 raise
-            raise InputError(
-                "the Hessian needs second derivatives through the whole model, and torch has "
-                f"none for an operation in it ({str(error).splitlines()[0].rstrip('.')}); "
-                "neither torch.func nor a double backward can run it. Replace that operation "
-                "with differentiable ones (nn.EmbeddingBag: nn.Embedding and a sum or mean), or "
-                "freeze the parameters before it (requires_grad=False), whose gradients pass "
-                "through it"
-            ) from error
+            refusal = str(error).splitlines()[0].rstrip(".")
+            cause = f"torch has none for an operation in it ({refusal})"
+            raise no_second_derivatives_error(cause, "the Hessian") from error
         return [None if col[0] is None else torch.stack(col) for col in zip(*columns, strict=True)]
 
     def _check_mean(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -432,7 +428,7 @@ class DatasetHessian:
         if not self._graph_checked:  # the model's graph: the same on every batch
             node = missing_second_derivatives(grads)
             if node is not None:
-                raise no_second_derivatives_error(node, "the Hessian")
+                raise no_second_derivatives_error(undifferentiable_node(node), "the Hessian")
             self._graph_checked = True
         return grads
 
