@@ -128,10 +128,24 @@ _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
 # Hugging Face's Conv1D (GPT-2) is a linear layer with its weight stored transposed, (in, out),
 # computing x W + b: op linear_transposed (nn.Linear's formulas with the weight's layout swapped).
 # Llama's RMSNorm computes nn.RMSNorm's function over the last dim (in float32 for 16-bit
-# inputs), with its ε named variance_epsilon.
+# inputs), with its ε named variance_epsilon. The other families listed have the same __init__
+# and forward, line for line (transformers 5.25); Gemma's (1 + γ), Olmo2's and the weightless
+# variants differ and are not listed. A listed class that changes is caught by the exactness
+# guard, which sends its γ to the generic path.
+_LLAMA_RMS_NORMS = (
+    "llama.LlamaRMSNorm", "mistral.MistralRMSNorm", "mixtral.MixtralRMSNorm",
+    "ministral.MinistralRMSNorm", "qwen2.Qwen2RMSNorm", "qwen2_moe.Qwen2MoeRMSNorm",
+    "qwen3.Qwen3RMSNorm", "qwen3_moe.Qwen3MoeRMSNorm", "phi3.Phi3RMSNorm",
+    "granite.GraniteRMSNorm", "granitemoe.GraniteMoeRMSNorm", "smollm3.SmolLM3RMSNorm",
+    "olmoe.OlmoeRMSNorm", "deepseek_v2.DeepseekV2RMSNorm", "deepseek_v3.DeepseekV3RMSNorm",
+    "glm.GlmRMSNorm", "glm4.Glm4RMSNorm", "ernie4_5.Ernie4_5RMSNorm", "jamba.JambaRMSNorm",
+)  # fmt: skip
 _MODULE_TYPES_BY_NAME: dict[str, ModuleType] = {
     "transformers.pytorch_utils.Conv1D": ModuleType("linear", "linear_transposed"),
-    "transformers.models.llama.modeling_llama.LlamaRMSNorm": ModuleType("norm", "rms_norm"),
+    **{
+        f"transformers.models.{family}.modeling_{family}.{cls}": ModuleType("norm", "rms_norm")
+        for family, cls in (name.split(".") for name in _LLAMA_RMS_NORMS)
+    },
 }
 
 

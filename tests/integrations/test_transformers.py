@@ -226,6 +226,51 @@ def test_llama_rms_norm_is_a_norm_with_the_hook_path_formula() -> None:
     assert report.total == pytest.approx(total / ids.shape[0], rel=1e-6)
 
 
+def _registered_rms_norms() -> list[str]:
+    from biasdecay import roles
+
+    return [n for n, t in roles._MODULE_TYPES_BY_NAME.items() if t.op == "rms_norm"]
+
+
+@pytest.mark.parametrize("qualified", _registered_rms_norms())
+def test_every_registered_rms_norm_takes_its_formula_exactly(qualified: str) -> None:
+    """Each family's RMSNorm registered by name, between two Linear layers, takes the hook path
+    under strict=True (the guard would reject a class whose forward is not Llama's) and equals
+    the one-sample loop (float32: these norms compute in float32)."""
+    import importlib
+
+    module_name, cls_name = qualified.rsplit(".", 1)
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError):
+        pytest.skip(f"{qualified} is not in this transformers")
+    torch.manual_seed(0)
+    norm = cls(8, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(8))
+    model = nn.Sequential(nn.Linear(5, 8), norm, nn.Tanh(), nn.Linear(8, 3)).eval()
+    x, y = torch.randn(6, 4, 5), torch.randint(0, 3, (6,))
+    measured = nn.Sequential(model, Pool())
+    report = connectivity_sharpness(measured, [(x, y)], strict=True)
+    assert report.method == "hooks", report.fallback_reason
+    params = dict(measured.named_parameters())
+    expected = dict.fromkeys(params, 0.0)
+    for i in range(x.shape[0]):
+        loss = F.cross_entropy(measured(x[i : i + 1]), y[i : i + 1])
+        grads = torch.autograd.grad(loss, list(params.values()))
+        for (n, p), grad in zip(params.items(), grads, strict=True):
+            expected[n] += (grad * p).abs().sum().item() / x.shape[0]
+    for name, value in expected.items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-5), name
+
+
+class Pool(nn.Module):
+    """The mean over a sequence's tokens."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(1)
+
+
 # --------------------------------------------------------------------------------------------
 # The Trainer with both callbacks, against a hand loop
 

@@ -185,7 +185,7 @@ def test_per_sample_matches_naive_loop(case: str, method: str) -> None:
     assert report.total == pytest.approx(sum(expected.values()), rel=1e-10)
 
 
-def test_auto_uses_hooks_and_falls_back_for_unknown_modules() -> None:
+def test_auto_uses_hooks_and_sends_only_unknown_modules_to_vmap() -> None:
     model = mlp().double()
     batches = make_batches((3, 4), 3, [4])
     assert connectivity_sharpness(model, batches).method == "hooks"
@@ -200,9 +200,19 @@ def test_auto_uses_hooks_and_falls_back_for_unknown_modules() -> None:
 
     odd = nn.Sequential(mlp(), Scale()).double()
     report = connectivity_sharpness(odd, batches)
-    assert report.method == "vmap" and "Scale" in report.fallback_reason
+    # The Scale's parameter alone goes to torch.func; the layers keep their formulas.
+    assert report.method == "hooks+vmap" and "'1' (Scale) has no known operation" in (
+        report.fallback_reason
+    )
+    assert {n for n, p in report.paths.items() if p != "hooks"} == {"1.s"}
     expected = naive_per_sample(odd, batches)
-    assert report.total == pytest.approx(sum(expected.values()), rel=1e-10)
+    for name, value in expected.items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+    with pytest.raises(ValueError, match=r"method='hooks' cannot handle.*1\.s \(its module"):
+        connectivity_sharpness(odd, batches, method="hooks")
+    only_odd = Scale().double()
+    report = connectivity_sharpness(only_odd, [(torch.randn(4, 3).double(), torch.arange(4) % 3)])
+    assert report.method == "vmap" and "no per-sample formula covers s" in report.fallback_reason
 
 
 def test_layer_called_twice_falls_back_exactly() -> None:

@@ -189,7 +189,7 @@ ATTENTION_CALLS = {
     "cross-attention": ({"cross": True, "need_weights": True}, "hooks"),
     "cross-attention, samples second": ({"cross": True, "batch_first": False}, "hooks"),
     "query, key and value apart": ({"cross": "three"}, "hooks"),
-    "bias_k and bias_v": ({"add_bias_kv": True}, "vmap"),
+    "bias_k and bias_v": ({"add_bias_kv": True}, "hooks+vmap"),
 }
 
 
@@ -211,6 +211,11 @@ def test_attention_takes_the_hook_path_where_its_formula_covers_the_call(case) -
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
     if method != "hooks":
         assert "bias_k" in report.fallback_reason
+        # The attention module's parameters (its output projection's too) go to torch.func;
+        # the layer after it keeps its formula.
+        generic = {n for n, path in report.paths.items() if path == "vmap"}
+        assert generic == {n for n in report.paths if n.startswith("attn.")}
+        assert report.paths["fc.weight"] == "hooks"
     # The module's own forward is back, and computes what it did.
     assert "forward" not in model.attn.__dict__
     with torch.no_grad():
@@ -262,14 +267,18 @@ def images(shape, sizes):
 
 
 ZOO = {
-    # name: (build, batches, the path every parameter must take)
-    "weight-standardised conv": (lambda: ConvNet(StdConv2d), images((2, 5, 5), [4, 3]), "vmap"),
-    "linear subclass": (Squashed, images((6,), [4, 3]), "vmap"),
+    # name: (build, batches, the report's method: the paths taken)
+    "weight-standardised conv": (
+        lambda: ConvNet(StdConv2d),
+        images((2, 5, 5), [4, 3]),
+        "hooks+vmap",
+    ),  # fmt: skip
+    "linear subclass": (Squashed, images((6,), [4, 3]), "hooks+vmap"),
     "tied decoder": (Tied, images((6,), [4, 3]), "hooks+vmap"),
-    "weight_norm and spectral_norm": (weight_normed, images((2, 5, 5), [4]), "vmap"),
+    "weight_norm and spectral_norm": (weight_normed, images((2, 5, 5), [4]), "hooks+vmap"),
     "transformer block": (Transformer, images((4, 8), [3, 2]), "hooks"),
     "attention module": (Attention, images((3, 4), [3, 2]), "hooks"),
-    "LSTM and GRU": (Recurrent, images((5, 4), [3, 2]), "loop"),
+    "LSTM and GRU": (Recurrent, images((5, 4), [3, 2]), "hooks+loop"),
     "RMSNorm": (RMSNormed, images((5, 4), [3, 2]), "hooks"),
     "tied embedding": (TiedEmbedding, lambda: tokens([4, 2]), "hooks+vmap"),
     "depthwise, grouped, transposed, twice": (Convs, images((4, 4, 4), [3]), "vmap"),
@@ -290,6 +299,42 @@ def test_per_sample_c_is_exact_on_models_we_did_not_write(case: str) -> None:
     for name, value in expected.items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10, abs=1e-300), name
     assert set(report.paths) == set(expected)
+    assert {n for n, path in report.paths.items() if path != "hooks"} == OFF_THE_HOOK_PATH[case]
+
+
+# The parameters each model sends to the generic path: those of modules without a formula
+# (a subclass with its own forward, a parametrised module, a recurrent layer) and those the
+# guard rejects (a tied weight); every model's other parameters keep their layer formulas. A
+# layer called twice sends every parameter there.
+OFF_THE_HOOK_PATH = {
+    "weight-standardised conv": {"conv.weight", "conv.bias"},
+    "linear subclass": {"fc.weight", "fc.bias"},
+    "tied decoder": {"enc.weight"},
+    "weight_norm and spectral_norm": {
+        "conv.parametrizations.weight.original",
+        "conv.bias",
+        "fc.bias",
+        "fc.parametrizations.weight.original0",
+        "fc.parametrizations.weight.original1",
+    },  # fmt: skip
+    "transformer block": set(),
+    "attention module": set(),
+    "LSTM and GRU": {
+        f"{rnn}.{kind}_{part}_l0{rev}"
+        for rnn, revs in (("lstm", [""]), ("gru", ["", "_reverse"]))
+        for kind in ("weight", "bias")
+        for part in ("ih", "hh")
+        for rev in revs
+    },  # fmt: skip
+    "RMSNorm": set(),
+    "tied embedding": {"emb.weight"},
+    "depthwise, grouped, transposed, twice": {
+        f"{m}.{p}"
+        for m in ("depthwise", "grouped", "up", "again", "fc")
+        for p in ("weight", "bias")
+    },
+    "partly frozen": set(),
+}
 
 
 def test_the_guard_names_the_tied_weight_and_only_it() -> None:
@@ -691,19 +736,21 @@ def test_an_embedding_takes_the_fast_path_and_equals_the_loop(options, shape) ->
 
 
 def test_an_embedding_scaled_by_token_frequency_takes_vmap_and_says_why() -> None:
-    """The batch's token frequencies scale its gradient: per sample they are the sample's own."""
+    """The batch's token frequencies scale its gradient: per sample they are the sample's own.
+    The table alone goes to torch.func."""
     torch.manual_seed(0)
     model = Bag(scale_grad_by_freq=True).double()
     batches = tokens([4, 3])
     report = connectivity_sharpness(model, batches)
-    assert report.method == "vmap"
-    assert "Embedding 'emb' scales its gradient" in report.fallback_reason
+    assert report.method == "hooks+vmap"
+    assert {n for n, path in report.paths.items() if path == "vmap"} == {"emb.weight"}
+    assert "Embedding 'emb', scales its gradient" in report.fallback_reason
     for name, value in naive_per_sample(model, batches).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
 
 
 class Scaled(nn.Module):
-    """A module of its own with a parameter: no formula, so the whole model goes to torch.func."""
+    """A module of its own with a parameter: no formula, so its parameter goes to torch.func."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -715,8 +762,8 @@ class Scaled(nn.Module):
 
 def test_a_model_torch_func_cannot_transform_goes_one_sample_at_a_time_and_says_so() -> None:
     """A max_norm embedding renormalises its table in place, which vmap refuses: "auto" warns
-    and computes the per-sample gradients one sample at a time; "vmap" raises, naming what
-    works instead."""
+    and computes the per-sample gradients of the parameter without a formula one sample at a
+    time (the layers keep their formulas); "vmap" raises, naming what works instead."""
     torch.manual_seed(0)
     model = nn.Sequential(Bag(max_norm=1.0), Scaled()).double()
     batches = tokens([4, 3])
@@ -724,7 +771,9 @@ def test_a_model_torch_func_cannot_transform_goes_one_sample_at_a_time_and_says_
         connectivity_sharpness(model, batches, method="vmap")
     with pytest.warns(UserWarning, match=r"one sample at a time.*per_sample=False"):
         report = connectivity_sharpness(model, batches)
-    assert report.method == "loop" and set(report.paths.values()) == {"loop"}
+    assert report.method == "hooks+loop"
+    assert {n for n, path in report.paths.items() if path != "hooks"} == {"1.scale"}
+    assert report.paths["1.scale"] == "loop"
     assert "torch.func cannot transform" in report.fallback_reason
     for name, value in naive_per_sample(model, batches).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
@@ -755,15 +804,15 @@ def finite_difference_per_sample(model: nn.Module, batches, step: float = 1e-6) 
 
 @pytest.mark.parametrize("method", ["auto", "loop"])
 def test_recurrent_layers_match_central_differences(method) -> None:
-    """The LSTM and GRU take the one-sample-at-a-time path; checked against an oracle that
-    does not use autograd at all."""
+    """The LSTM and GRU take the one-sample-at-a-time path (the Linear after them keeps its
+    formula under "auto"); checked against an oracle that does not use autograd at all."""
     torch.manual_seed(0)
     model = Recurrent().double().eval()
     batches = make_batches((5, 4), 3, [2, 1])
     with warnings.catch_warnings():
         warnings.simplefilter("error" if method == "loop" else "ignore")
         report = connectivity_sharpness(model, batches, method=method)
-    assert report.method == "loop"
+    assert report.method == {"auto": "hooks+loop", "loop": "loop"}[method]
     assert report.total == pytest.approx(finite_difference_per_sample(model, batches), rel=1e-7)
 
 
@@ -897,5 +946,91 @@ def test_the_guard_weighs_its_samples_so_rows_mixed_within_them_are_caught() -> 
     batches = make_batches((4, 3), 2, [10])
     report = connectivity_sharpness(model, batches)
     assert {n for n, path in report.paths.items() if path == "vmap"} == {"proj.weight", "proj.bias"}
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+class Tokens(nn.Module):
+    """A vision transformer's stem as timm and Hugging Face write it: a class token and a
+    position table held by the model itself (no layer of their own), then a transformer block
+    and a head whose weight is the same Parameter as the patch projection's (tied by sharing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Linear(4, 4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 4))
+        self.pos_embed = nn.Parameter(torch.randn(1, 6, 4))
+        self.block = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
+        self.mix = nn.Linear(4, 4)
+        self.mix.weight = self.patch.weight  # one Parameter, two modules
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.patch(x)
+        h = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), h], 1) + self.pos_embed
+        h = self.mix(torch.tanh(self.block(h)))
+        return self.head(h[:, 0])
+
+
+def test_parameters_without_a_formula_alone_leave_the_hook_path() -> None:
+    """The class token and position table (their module, the model, has no formula) and the
+    parameter shared by two Linear layers go to torch.func, each with its reason; every other
+    parameter keeps its layer formula, and every one equals the loop."""
+    torch.manual_seed(0)
+    model = Tokens().double()
+    assert _per_sample.parameters_without_formula(model).keys() == {
+        "cls_token", "pos_embed", "patch.weight",
+    }  # fmt: skip
+    batches = make_batches((5, 4), 3, [4, 3])
+    report = connectivity_sharpness(model, batches)
+    assert report.method == "hooks+vmap"
+    assert {n for n, path in report.paths.items() if path != "hooks"} == {
+        "cls_token", "pos_embed", "patch.weight",
+    }  # fmt: skip
+    assert "shared by modules 'patch' and 'mix'" in report.fallback_reason
+    assert "its module '' (Tokens) has no known operation" in report.fallback_reason
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+    with pytest.raises(ValueError, match="cannot handle this model.*cls_token, pos_embed"):
+        connectivity_sharpness(model, batches, method="hooks")
+
+
+class Flattened(nn.Module):
+    """Layers run on k rows per sample: a feed-forward on (B·T, d) as OPT runs it, and a
+    Linear on windows (B·windows, tokens, d) as Swin runs it; ``token_major`` flattens the
+    feed-forward's rows token by token instead, (T·B, d)."""
+
+    def __init__(self, token_major: bool = False) -> None:
+        super().__init__()
+        self.token_major = token_major
+        self.up, self.norm, self.down = nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 4)
+        self.window = nn.Linear(4, 4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):  # x: (B, 4 tokens, 4)
+        B, T, D = x.shape
+        rows = x.transpose(0, 1) if self.token_major else x
+        h = self.down(torch.tanh(self.norm(self.up(rows.reshape(-1, D)))))
+        h = h.view(T, B, D).transpose(0, 1) if self.token_major else h.view(B, T, D)
+        windows = self.window(h.reshape(B * 2, T // 2, D))  # two windows per sample
+        return self.fc(torch.tanh(windows).view(B, T, D).mean(1))
+
+
+@pytest.mark.parametrize("token_major", [False, True], ids=["sample by sample", "token by token"])
+def test_layers_run_on_several_rows_per_sample(token_major: bool) -> None:
+    """Rows flattened sample by sample take the layer formulas, grouped k rows per sample; rows
+    flattened token by token do not group that way, the guard's weighted check says so, and
+    those layers go to torch.func. Both equal the loop."""
+    torch.manual_seed(0)
+    model = Flattened(token_major).double()
+    randomise_norms(model)  # β = 0 would make its terms zero on either grouping
+    batches = make_batches((4, 4), 3, [5, 3])
+    report = connectivity_sharpness(model, batches)
+    generic = {n for n, path in report.paths.items() if path != "hooks"}
+    if token_major:
+        assert generic == {f"{m}.{p}" for m in ("up", "norm", "down") for p in ("weight", "bias")}
+        assert "exactness guard" in report.fallback_reason
+    else:
+        assert report.method == "hooks" and not generic, report.fallback_reason
     for name, value in naive_per_sample(model, batches).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name

@@ -20,9 +20,10 @@ layer forms only its own per-sample quantities, there and then:
   kernel, except for LayerNorm).
 
 The formulas apply to the exact classes of the module-type table in :mod:`biasdecay.roles`
-only; anything else (an unregistered parametrised module, a module called twice, a parameter
-shared between modules) makes :func:`supports_fast_path` return a reason, and the caller uses
-the generic ``torch.func.vmap`` path instead.
+only. The parameters of anything else (an unregistered parametrised module, a parameter shared
+between modules) are named by :func:`parameters_without_formula`, and the caller computes
+theirs alone through the generic ``torch.func`` path, beside the formulas for the rest; a module
+called twice sends every parameter there.
 
 **The exactness guard.** A formula is only right if the parameter is used as the formula assumes:
 once, inside its own module's standard forward. A subclass with its own forward, a weight tied
@@ -130,38 +131,66 @@ def samples_interact(model: nn.Module) -> str | None:
     return None
 
 
-def supports_fast_path(model: nn.Module) -> str | None:
-    """``None`` if the hook path handles every trainable parameter of ``model``, else why not.
+def parameters_without_formula(model: nn.Module) -> dict[str, str]:
+    """The trainable parameters of ``model`` that no layer formula covers, each with why.
 
-    The model's samples must not interact (:func:`samples_interact`), which the caller checks
-    first: without that no path has a per-sample gradient to compute.
+    A parameter is left to the generic path (``torch.func``) when its own module has no
+    per-sample formula (no known operation: a class outside the module-type table, a subclass
+    with its own forward, a module holding a class token or a position table itself), when its
+    module is an ``nn.MultiheadAttention`` or an Embedding that the formula does not cover, or
+    when it is shared between modules. Every other parameter keeps its formula. The model's
+    samples must not interact (:func:`samples_interact`), which the caller checks first:
+    without that no path has a per-sample gradient to compute.
+
+    Returns:
+        ``{parameter name: why no formula covers it}``, in the model's order; empty when the
+        hook path covers every trainable parameter.
     """
-    seen: set[int] = set()
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    owner_of: dict[int, str] = {}
+    left: dict[str, str] = {}
+    uncovered: dict[str, str] = {}  # output projections of attention the formula does not cover
     for name, module in model.named_modules():
+        why = uncovered.get(name) or _module_without_formula(name, module)
+        if why is not None and op_of(module) == "multihead_attention":
+            # F.multi_head_attention_forward applies out_proj's weights itself
+            uncovered[f"{name}.out_proj" if name else "out_proj"] = why
         own = _own_trainable(module)
         if not own:
             continue
-        op = op_of(module)
-        if op not in _HANDLERS:
-            what = "no known operation" if op is None else f"no per-sample formula for {op}"
-            return (
-                f"module '{name}' ({type(module).__name__}) has parameters of its own and "
-                f"{what} (biasdecay.roles.register_module_type declares a standard one)"
-            )
-        if op == "multihead_attention" and why_not_covered(module) is not None:
-            return (
-                f"nn.MultiheadAttention '{name}' has {why_not_covered(module)}, which the "
-                "per-sample formula does not cover"
-            )
-        if op == "embedding" and module.scale_grad_by_freq:
-            return (
-                f"Embedding '{name}' scales its gradient by the batch's token frequencies "
-                "(scale_grad_by_freq), which the per-sample formula does not"
-            )
         for _, p in own:
-            if id(p) in seen:
-                return f"a parameter of '{name}' is shared with another module"
-            seen.add(id(p))
+            if id(p) in owner_of:
+                why_shared = (
+                    f"it is shared by modules '{owner_of[id(p)]}' and '{name}', and a formula "
+                    "assumes a parameter used by one module"
+                )
+                left.setdefault(name_of[id(p)], why_shared)
+                continue
+            owner_of[id(p)] = name
+            if why is not None:
+                left[name_of[id(p)]] = why
+    return left
+
+
+def _module_without_formula(name: str, module: nn.Module) -> str | None:
+    """Why the per-sample formulas do not cover ``module``'s own parameters, or None."""
+    op = op_of(module)
+    if op not in _HANDLERS:
+        what = "no known operation" if op is None else f"no per-sample formula for {op}"
+        return (
+            f"its module '{name}' ({type(module).__name__}) has {what} "
+            "(biasdecay.roles.register_module_type declares a standard one)"
+        )
+    if op == "multihead_attention" and why_not_covered(module) is not None:
+        return (
+            f"its module, nn.MultiheadAttention '{name}', has {why_not_covered(module)}, which "
+            "the per-sample formula does not cover"
+        )
+    if op == "embedding" and module.scale_grad_by_freq:
+        return (
+            f"its module, Embedding '{name}', scales its gradient by the batch's token "
+            "frequencies (scale_grad_by_freq), which the per-sample formula does not"
+        )
     return None
 
 
@@ -180,9 +209,9 @@ class _Recorder:
     the CPU page faults on every batch). ``on_gradient(name, grad)`` receives them.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, skip: Collection[str] = ()) -> None:
         self.layers: list[tuple[str, nn.Module]] = [
-            (n, m) for n, m in model.named_modules() if _own_trainable(m)
+            (n, m) for n, m in model.named_modules() if _own_trainable(m) and n not in skip
         ]
         self.inputs: dict[str, torch.Tensor] = {}
         self.edges: dict[str, object] = {}
@@ -611,6 +640,35 @@ _HANDLERS = {
 }
 
 
+# Ops whose formulas treat every dim between the sample dim and the trailing feature dims as
+# tokens: a layer of these run on k rows per sample gets its input grouped (B, k, …).
+_TOKEN_OPS = frozenset({"linear", "linear_transposed", "layer_norm", "rms_norm", "embedding"})
+
+
+def _samples_first(
+    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's input and output gradient with one leading row per sample, where the model ran
+    it on k rows per sample (k > 1), flattened sample by sample: OPT's feed-forward on
+    (B·T, d), Swin's window attention on (B·windows, tokens, d). Rows are grouped as
+    consecutive runs of k, sample 0's first: a model that flattened them token by token, or
+    any other way, makes the guard's weighted check fail (the runs mix samples), and the layer's
+    parameters go to the generic path. Other inputs are returned as they are.
+    """
+    rows = a.shape[0] if a.dim() else 0
+    if (
+        op_of(layer) not in _TOKEN_OPS
+        or batch is None
+        or rows <= batch
+        or rows % batch
+        or delta.dim() == 0
+        or delta.shape[0] != rows
+    ):
+        return a, delta
+    k = rows // batch
+    return a.reshape(batch, k, *a.shape[1:]), delta.reshape(batch, k, *delta.shape[1:])
+
+
 def _layer_terms(
     layer: nn.Module,
     a: torch.Tensor,
@@ -679,14 +737,24 @@ class HookedPerSample:
     """Per-sample connectivity terms of one batch through layer hooks (see module docstring).
 
     Args:
-        model: the network; every module with trainable parameters has a formula.
+        model: the network.
         loss_fn: the batch-mean loss.
+        elsewhere: parameters whose terms the caller computes otherwise (those of
+            :func:`parameters_without_formula`): they get no terms here and the guard leaves
+            them alone; a module whose trainable parameters are all among them is not recorded.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, elsewhere: Collection[str] = ()) -> None:
         self.model = model
         self.loss_fn = loss_fn
-        self.recorder = _Recorder(model)
+        self.elsewhere = frozenset(elsewhere)
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        unrecorded = {
+            n
+            for n, m in model.named_modules()
+            if all(name_of[id(p)] in self.elsewhere for _, p in _own_trainable(m))
+        }
+        self.recorder = _Recorder(model, skip=unrecorded)
         self.recorder.on_gradient = self._layer_gradient
         self.recorder.on_norm_sums = self._norm_sums
         self._layer = dict(self.recorder.layers)
@@ -696,7 +764,10 @@ class HookedPerSample:
             for lname, layer in self.recorder.layers
             for local, p in _own_trainable(layer)
         }
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        # the parameters with formulas, which the guard checks
+        self.params = {
+            n: p for n, p in model.named_parameters() if p.requires_grad and n not in elsewhere
+        }
         self.workspace = thread_workspace()
         self._batch: _BatchTerms | None = None  # the batch being measured
 
@@ -743,12 +814,15 @@ class HookedPerSample:
                 GuardFailure(self.names[(lname, local)], math.nan, f"its module '{lname}': {why}")
                 for local, _ in ([] if module is None else _own_trainable(module))
             ]
+        for name in self.elsewhere:  # a shared parameter's formula ran in each module
+            batch.terms.pop(name, None)
+            batch.implied.pop(name, None)
         skip = {f.name for f in batch.unbatched}
         truths = self._autograd_gradient(x, y, guard)
         failures = self._guard(batch.implied, truths, skip)
         if failures:
             failures = _not_vanishing(failures, self.params, truths, batch)
-        failures = batch.unbatched + failures
+        failures = [f for f in batch.unbatched if f.name not in self.elsewhere] + failures
         for failure in failures:
             batch.terms.pop(failure.name, None)
         return batch.terms, failures
@@ -792,6 +866,8 @@ class HookedPerSample:
             base, part = lname, None
         batch, layer, size = self._batch, self._layer[base], self.recorder.batch
         a = self.recorder.inputs.pop(lname)  # not needed after this layer's terms
+        if part is None:
+            a, delta = _samples_first(layer, a, delta, size)
         if a.dim() == 0 or a.shape[0] != size or delta.shape[0] != size:
             # Run once for the whole batch and broadcast (a position table looked up as
             # pos(arange(T))): its output gradient is already summed over the samples.
@@ -833,7 +909,7 @@ class HookedPerSample:
             name = self.names[(lname, local)]
             batch.terms[name] = batch.terms[name] + value if name in batch.terms else value
             if name not in batch.implied:
-                batch.implied[name] = grad.new_zeros(self.params[name].shape)
+                batch.implied[name] = grad.new_zeros(getattr(layer, local).shape)
             batch.implied[name][rows] += grad
 
     def _norm_sums(self, lname: str, g_gamma: torch.Tensor, g_beta: torch.Tensor) -> None:

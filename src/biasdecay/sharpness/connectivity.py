@@ -33,8 +33,8 @@ from biasdecay.sharpness._per_sample import (
     GuardFailure,
     HookedPerSample,
     loop_per_sample,
+    parameters_without_formula,
     samples_interact,
-    supports_fast_path,
     vmap_per_sample,
 )
 
@@ -286,19 +286,27 @@ def _per_sample_sums(
     strict: bool,
 ) -> _PerSampleResult:
     """Σ over samples of each parameter's |θ⊙∂ℓ_n/∂θ| sum, accumulated in float64."""
+    reason: str | None = None
+    without = {} if method in ("vmap", "loop") else parameters_without_formula(model)
+    if method == "hooks" and without:
+        raise InputError(
+            f"method='hooks' cannot handle this model: no per-sample formula covers "
+            f"{_grouped(without)}. method='auto' computes these parameters' terms through "
+            "torch.func and the rest through the layer formulas"
+        )
     if method in ("vmap", "loop"):
-        reason: str | None = f"method={method!r} requested"
-    else:
-        reason = supports_fast_path(model)
-    if method == "hooks" and reason is not None:
-        raise InputError(f"method='hooks' cannot handle this model: {reason}")
-    hooked = HookedPerSample(model, loss) if reason is None else None
+        reason = f"method={method!r} requested"
+    elif len(without) == len(names):
+        reason = f"no per-sample formula covers {_grouped(without)}"
+    hooked = HookedPerSample(model, loss, elsewhere=without) if reason is None else None
     generic = _GenericPath(
         model, loss, chunk_size, loop=method == "loop", may_loop=method != "vmap"
     )
     sums: dict[str, torch.Tensor] = {}
     batch_sizes: list[int] = []
-    guarded: dict[str, str] = {}  # parameters the guard sent to the generic path -> why
+    # parameters on the generic path beside the hook path -> why: those without a formula,
+    # then those the guard sends there
+    guarded: dict[str, str] = dict(without) if hooked is not None else {}
     try:
         for x, y in iter_batches(batches, model):
             terms = None
@@ -315,10 +323,10 @@ def _per_sample_sums(
                     hooked = None
             if terms is None:
                 terms = generic.terms(x, y, None, reason)
-            elif guarded:  # the guard's failures, exactly, through the generic path
+            elif guarded:  # no formula, or the guard's failures: exactly, the generic path
                 for name in guarded:
                     terms.pop(name, None)
-                why = f"the exactness guard rejected the formula of {', '.join(guarded)}"
+                why = f"no formula, or the exactness guard rejected it, for {', '.join(guarded)}"
                 terms.update(generic.terms(x, y, guarded, why))
             for n, t in terms.items():
                 s = t.sum(dtype=torch.float64)
@@ -331,16 +339,27 @@ def _per_sample_sums(
     zero = torch.zeros((), dtype=torch.float64, device=device)
     paths = {n: generic.path_of(n) or "hooks" for n in names}
     if reason is None and guarded:
-        shown = "; ".join(f"{n} ({why})" for n, why in guarded.items())
-        reason = (
-            f"the exactness guard found the layer formula wrong or inapplicable for {shown}: "
-            f"recomputed through {generic.path_name()}"
-        )
+        rejected = {n: why for n, why in guarded.items() if n not in without}
+        parts = [f"no per-sample formula covers {_grouped(without)}"] if without else []
+        if rejected:
+            shown = "; ".join(f"{n} ({why})" for n, why in rejected.items())
+            parts.append(
+                f"the exactness guard found the layer formula wrong or inapplicable for {shown}"
+            )
+        reason = f"{'; '.join(parts)}: computed through {generic.path_name()}"
     if generic.loop_reason is not None and reason is not None:
         reason = f"{reason}; {generic.loop_reason}"
     order = ("hooks", "vmap", "loop")
     used = "+".join(p for p in order if any(p in path.split("+") for path in paths.values()))
     return _PerSampleResult({n: sums.get(n, zero) for n in names}, batch_sizes, used, reason, paths)
+
+
+def _grouped(why_of: dict[str, str]) -> str:
+    """Parameters and why, one clause per distinct why: "a, b (why); c (why)"."""
+    names_of: dict[str, list[str]] = {}
+    for name, why in why_of.items():
+        names_of.setdefault(why, []).append(name)
+    return "; ".join(f"{', '.join(names)} ({why})" for why, names in names_of.items())
 
 
 class _GenericPath:
