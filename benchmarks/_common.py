@@ -125,3 +125,33 @@ def interleaved_best(
     :func:`interleaved_times`)."""
     times = interleaved_times(rows, repeats, device, settle)
     return {name: min(t) for name, t in times.items()}
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak memory (bytes) of one call of ``fn`` above what was in use before it: allocated
+    memory on CUDA, the resident set on a Linux CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        # Linux: reset the resident-set high-water mark, then read it after the row. (The
+        # getrusage maximum cannot be used: a child process inherits its parent's.)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = status_kib("VmRSS")
+        fn()
+        peak = (status_kib("VmHWM") - base) * 1024
+    return peak
+
+
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status, in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")

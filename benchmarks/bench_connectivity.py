@@ -59,7 +59,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import allocator, cpu_name, fused_kernel, interleaved_times, minor_faults, sync
+from _common import (
+    allocator,
+    cpu_name,
+    fused_kernel,
+    interleaved_times,
+    minor_faults,
+    peak_bytes,
+    sync,
+)
 from biasdecay.nn.models import build_model
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
@@ -258,7 +266,7 @@ def peak_memory_child(args: argparse.Namespace) -> None:
     y = torch.randint(0, 10, (x.shape[0],), device=device)
     rows, _ = rows_for(model, x, y, naive=True)
     fn = dict(rows)[args.memory_row[1]]
-    first = _peak_bytes(fn, device)
+    first = peak_bytes(fn, device)
     if device.type == "cpu":
         # What the first call freed stays resident unless it is handed back (glibc).
         import ctypes
@@ -266,38 +274,11 @@ def peak_memory_child(args: argparse.Namespace) -> None:
 
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    peak = _peak_bytes(fn, device)
+    peak = peak_bytes(fn, device)
     # Minor page faults of one more call, this process's memory now in its steady state.
     before = minor_faults()
     fn()
     print(json.dumps({"first_bytes": first, "peak_bytes": peak, "faults": minor_faults() - before}))
-
-
-def _peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        # Linux: reset the resident-set high-water mark, then read it after the row. (The
-        # getrusage maximum cannot be used: a child process inherits its parent's.)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_kib("VmRSS")
-        fn()
-        peak = (_status_kib("VmHWM") - base) * 1024
-    return peak
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def peak_memory(args: argparse.Namespace, model_name: str, row: str) -> tuple[float, float, int]:

@@ -1,0 +1,171 @@
+"""Per-sample C on models where some parameters have no layer formula: two ways, side by side.
+
+Hugging Face vision models hold parameters that no layer formula covers: ViT's class token and
+position table (held by its embeddings module itself), ConvNeXt's channels-first LayerNorm and
+layer-scale vectors, Swin's relative-position tables. ``method="auto"`` computes those
+parameters' per-sample terms through ``torch.func`` and every other parameter's through the
+layer formulas (report method "hooks+vmap"); ``method="vmap"`` takes every parameter through
+``torch.func``. Both are exact; they differ in time and memory. Rows, timed in interleaved
+rounds in one process:
+
+* forward+backward of the batch (the unit);
+* per-sample C, ``method="auto"`` (formulas, and torch.func for the parameters without one);
+* per-sample C, ``method="vmap"`` (torch.func for every parameter, chunks of 32 samples).
+
+Each row gets the median over rounds of its time over the unit's in the same round, and the
+peak resident memory of one call above the model and batch, in a fresh process per row (Linux).
+Before the timings, each model's C from both paths is printed.
+
+    python benchmarks/bench_partial_formulas.py                 # every model
+    python benchmarks/bench_partial_formulas.py --models vit-s --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from _common import cpu_name, interleaved_times, peak_bytes
+from biasdecay.sharpness.connectivity import connectivity_sharpness
+
+BATCH = 64
+
+
+class Logits(nn.Module):
+    """A Hugging Face image classifier as a module that returns its logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).logits
+
+
+def build(name: str) -> tuple[nn.Module, str]:
+    """The model (eval mode, float32) and a one-line description."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if name == "vit-s":
+        config = tf.ViTConfig(
+            hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536,
+            image_size=32, patch_size=4, num_channels=3, num_labels=10,
+        )  # fmt: skip
+        model, what = tf.ViTForImageClassification(config), "ViT, dim 384, 6 blocks, 65 tokens"
+    elif name == "vit-tiny":
+        config = tf.ViTConfig(
+            hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
+            image_size=32, patch_size=4, num_channels=3, num_labels=10,
+        )  # fmt: skip
+        model, what = tf.ViTForImageClassification(config), "ViT, dim 128, 2 blocks, 65 tokens"
+    elif name == "convnext-t":
+        config = tf.ConvNextConfig(
+            num_channels=3, hidden_sizes=[96, 192, 384], depths=[2, 2, 4], num_stages=3,
+            num_labels=10,
+        )  # fmt: skip
+        model = tf.ConvNextForImageClassification(config)
+        what = "ConvNeXt, widths 96-192-384, depths 2-2-4"
+    elif name == "swin":
+        config = tf.SwinConfig(
+            image_size=32, patch_size=2, num_channels=3, embed_dim=32, depths=[2, 2],
+            num_heads=[2, 4], window_size=4, num_labels=10,
+        )  # fmt: skip
+        model, what = tf.SwinForImageClassification(config), "Swin, dim 32-64, windows of 4x4"
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    model = Logits(model).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    return model, f"{what} ({n_params:,} params), 32x32 images"
+
+
+MODELS = ("vit-s", "convnext-t", "swin", "vit-tiny")
+
+
+def rows_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, object]:
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    return {
+        "forward+backward (unit)": forward_backward,
+        "C per-sample, auto (formulas + torch.func)": lambda: connectivity_sharpness(
+            model, [(x, y)]
+        ),
+        "C per-sample, vmap (torch.func throughout)": lambda: connectivity_sharpness(
+            model, [(x, y)], method="vmap", chunk_size=32
+        ),
+    }
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(BATCH, 3, 32, 32, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
+
+
+def memory_child(model_name: str, row: str) -> None:
+    """In a fresh process: one untimed call, then the peak memory of a second (bytes)."""
+    model, _ = build(model_name)
+    x, y = batch()
+    fn = rows_for(model, x, y)[row]
+    fn()
+    print(json.dumps({"peak_bytes": peak_bytes(fn, torch.device("cpu"))}))
+
+
+def peak_mib(model_name: str, row: str) -> float:
+    cmd = [sys.executable, __file__, "--memory-row", model_name, row]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
+
+
+def bench(name: str, rounds: int, memory: bool) -> None:
+    model, what = build(name)
+    x, y = batch()
+    auto = connectivity_sharpness(model, [(x, y)])
+    vmap = connectivity_sharpness(model, [(x, y)], method="vmap", chunk_size=32)
+    elsewhere = sorted(n for n, path in auto.paths.items() if path != "hooks")
+    print(f"\n## {name}: {what} | batch {BATCH} | eval")
+    print(f"auto: method {auto.method}, C = {auto.total:.6f}; vmap: C = {vmap.total:.6f}")
+    print(f"  {len(elsewhere)} of {len(auto.paths)} parameters through torch.func under auto")
+    rows = rows_for(model, x, y)
+    times = interleaved_times(list(rows.items()), rounds, torch.device("cpu"), settle=1)
+    unit = times["forward+backward (unit)"]
+    print(f"{'method':<46}{'best s':>9}{'median x':>10}" + (f"{'peak MiB':>10}" if memory else ""))
+    for row, t in times.items():
+        ratio = statistics.median(a / b for a, b in zip(t, unit, strict=True))
+        line = f"{row:<46}{min(t):>9.4f}{ratio:>10.2f}"
+        if memory:
+            line += f"{peak_mib(name, row):>10.1f}"
+        print(line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    parser.add_argument("--memory-row", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")  # torch.func's notes on attention's batching rules
+    if args.memory_row:
+        memory_child(*args.memory_row)
+        return
+    print(f"$ python benchmarks/bench_partial_formulas.py {' '.join(sys.argv[1:])}".rstrip())
+    print(
+        f"torch {torch.__version__} | {cpu_name()} | threads {torch.get_num_threads()} | cpu | "
+        f"float32 | {args.rounds} interleaved rounds, 1 untimed call before each"
+    )
+    for name in args.models.split(","):
+        bench(name, args.rounds, not args.no_memory)
+
+
+if __name__ == "__main__":
+    main()
