@@ -973,9 +973,11 @@ class Tokens(nn.Module):
 
 
 def test_parameters_without_a_formula_alone_leave_the_hook_path() -> None:
-    """The class token and position table (their module, the model, has no formula) and the
-    parameter shared by two Linear layers go to torch.func, each with its reason; every other
-    parameter keeps its layer formula, and every one equals the loop."""
+    """No formula covers the class token and position table (their module, the model, has
+    none) or the parameter shared by two Linear layers. The two held with a leading dim of 1
+    are measured on the hook path all the same, handed to the model expanded over the batch;
+    the shared one goes to torch.func, with its reason. Every other parameter keeps its layer
+    formula, and every one equals the loop."""
     torch.manual_seed(0)
     model = Tokens().double()
     assert _per_sample.parameters_without_formula(model).keys() == {
@@ -984,15 +986,60 @@ def test_parameters_without_a_formula_alone_leave_the_hook_path() -> None:
     batches = make_batches((5, 4), 3, [4, 3])
     report = connectivity_sharpness(model, batches)
     assert report.method == "hooks+vmap"
-    assert {n for n, path in report.paths.items() if path != "hooks"} == {
-        "cls_token", "pos_embed", "patch.weight",
-    }  # fmt: skip
+    assert {n for n, path in report.paths.items() if path != "hooks"} == {"patch.weight"}
     assert "shared by modules 'patch' and 'mix'" in report.fallback_reason
-    assert "its module '' (Tokens) has no known operation" in report.fallback_reason
     for name, value in naive_per_sample(model, batches).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
     with pytest.raises(ValueError, match="cannot handle this model.*cls_token, pos_embed"):
         connectivity_sharpness(model, batches, method="hooks")
+
+
+class HeldTokens(nn.Module):
+    """Parameters held with a leading dim of 1 that the model does not simply broadcast over
+    the batch: ``use`` says what it does with them."""
+
+    def __init__(self, use: str) -> None:
+        super().__init__()
+        self.use = use
+        self.fc = nn.Linear(4, 4)
+        self.shift = nn.Parameter(torch.randn(1, 4))
+        self.gate = nn.Parameter(torch.randn(1, 4))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x))
+        if self.use == "first row":  # the same values, but every sample's gradient in row 0
+            h = h + self.shift[0]
+        elif self.use == "flattened":  # (B, 4) expanded flattens to 4B values: an error
+            h = h + self.shift.reshape(-1)
+        elif self.use == "summed over dim 0":  # B times the values: another function
+            h = h + self.shift.sum(0)
+        else:
+            h = h + self.shift
+        return self.head(h * torch.sigmoid(self.gate))
+
+
+@pytest.mark.parametrize("use", ["broadcast", "first row", "flattened", "summed over dim 0"])
+def test_held_parameters_expanded_over_the_batch_or_sent_to_torch_func(use: str) -> None:
+    """Broadcast, the held parameters take the hook path. Where the model indexes them (every
+    sample's gradient lands in row 0) the guard rejects them; where it reshapes them (an error)
+    or sums them (other outputs, which the guard's pass of the model as it is shows) the batch
+    is measured again without expansion. In every case the numbers equal the loop."""
+    torch.manual_seed(0)
+    model = HeldTokens(use).double()
+    batches = make_batches((4,), 3, [5, 3])
+    report = connectivity_sharpness(model, batches)
+    generic = {n for n, path in report.paths.items() if path != "hooks"}
+    if use == "broadcast":
+        assert report.method == "hooks" and not generic, report.fallback_reason
+    elif use == "first row":
+        assert generic == {"shift"}, report.fallback_reason
+        assert "exactness guard" in report.fallback_reason
+    else:
+        assert generic == {"shift", "gate"}, report.fallback_reason
+        assert "does not take it expanded over the batch" in report.fallback_reason
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
 
 
 class Flattened(nn.Module):

@@ -253,9 +253,13 @@ class _Recorder:
         self.calls[name] = self.calls.get(name, 0) + 1
         self.inputs[name] = a.detach()
         if output.requires_grad:
-            self.edges[name] = torch.autograd.graph.get_gradient_edge(output)
-            output.register_hook(self._gradient_hook(name))
+            self.take_gradient(name, output)
         return output
+
+    def take_gradient(self, name: str, leaf: torch.Tensor) -> None:
+        """Hand on ``leaf``'s gradient under ``name`` when the backward forms it."""
+        self.edges[name] = torch.autograd.graph.get_gradient_edge(leaf)
+        leaf.register_hook(self._gradient_hook(name))
 
     def _not_covered(self, name: str, why: str) -> None:
         """An attention module ran as its formula does not cover: it and its output projection
@@ -640,6 +644,9 @@ _HANDLERS = {
 }
 
 
+# The recorder's name for a parameter taken expanded over the batch (not a module's name)
+_BROADCAST = "<broadcast>"
+
 # Ops whose formulas treat every dim between the sample dim and the trailing feature dims as
 # tokens: a layer of these run on k rows per sample gets its input grouped (B, k, …).
 _TOKEN_OPS = frozenset({"linear", "linear_transposed", "layer_norm", "rms_norm", "embedding"})
@@ -739,21 +746,36 @@ class HookedPerSample:
     Args:
         model: the network.
         loss_fn: the batch-mean loss.
-        elsewhere: parameters whose terms the caller computes otherwise (those of
-            :func:`parameters_without_formula`): they get no terms here and the guard leaves
-            them alone; a module whose trainable parameters are all among them is not recorded.
+        without: the parameters no layer formula covers (:func:`parameters_without_formula`).
+            A module whose trainable parameters are all among them is not recorded. Those of
+            them held with a leading dim of 1 by a module not recorded (a class token, a
+            position table) are measured here all the same, taken expanded over the batch
+            (:meth:`_broadcast_gradient`); the rest, :attr:`elsewhere`, get no terms here, and
+            the caller computes theirs otherwise.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, elsewhere: Collection[str] = ()) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, without: Collection[str] = ()) -> None:
         self.model = model
         self.loss_fn = loss_fn
-        self.elsewhere = frozenset(elsewhere)
-        name_of = {id(p): n for n, p in model.named_parameters()}
+        without = frozenset(without)
+        named = dict(model.named_parameters())
+        name_of = {id(p): n for n, p in named.items()}
         unrecorded = {
             n
             for n, m in model.named_modules()
-            if all(name_of[id(p)] in self.elsewhere for _, p in _own_trainable(m))
+            if all(name_of[id(p)] in without for _, p in _own_trainable(m))
         }
+        held_by_unrecorded = {
+            name_of[id(p)] for n in unrecorded for _, p in _own_trainable(model.get_submodule(n))
+        }
+        # Parameters the model broadcasts over the batch, if it does (the guard checks it)
+        self.broadcast = [
+            n
+            for n in named
+            if n in held_by_unrecorded and named[n].dim() and named[n].shape[0] == 1
+        ]
+        self.expand_broadcast = True  # False once the model refused them expanded
+        self.elsewhere = without - set(self.broadcast)
         self.recorder = _Recorder(model, skip=unrecorded)
         self.recorder.on_gradient = self._layer_gradient
         self.recorder.on_norm_sums = self._norm_sums
@@ -764,12 +786,15 @@ class HookedPerSample:
             for lname, layer in self.recorder.layers
             for local, p in _own_trainable(layer)
         }
-        # the parameters with formulas, which the guard checks
+        # the parameters measured here, which the guard checks
         self.params = {
-            n: p for n, p in model.named_parameters() if p.requires_grad and n not in elsewhere
+            n: p for n, p in named.items() if p.requires_grad and n not in self.elsewhere
         }
         self.workspace = thread_workspace()
         self._batch: _BatchTerms | None = None  # the batch being measured
+        # the measured and the guard's outputs of the checked samples (see __call__)
+        self._head: torch.Tensor | None = None
+        self._guard_out: torch.Tensor | None = None
 
     def close(self) -> None:
         self.recorder.remove()
@@ -799,15 +824,18 @@ class HookedPerSample:
         try:
             recorded = self._record(x, y, guard, check_mean)
         except Exception:
-            if not rec.expanded:
+            if not (rec.expanded or (self.broadcast and self.expand_broadcast)):
                 raise
-            # The model does not just broadcast the table handed to it expanded (its shape
-            # mattered): record this model as it is, from now on.
-            rec.expand_tables = False
+            # The model does not just broadcast a table or a parameter handed to it expanded
+            # (its shape mattered): record this model as it is, from now on.
+            rec.expand_tables = self.expand_broadcast = False
             recorded = self._record(x, y, guard, check_mean)
         batch, self._batch = self._batch, None
         if not recorded:
             return None
+        if self.broadcast and not self.expand_broadcast:
+            why = "the model does not take it expanded over the batch (its shape matters)"
+            batch.unbatched += [GuardFailure(n, math.nan, why) for n in self.broadcast]
         for lname, why in rec.not_covered.items():
             module = self._layer.get(lname)  # absent: no trainable parameter of its own
             batch.unbatched += [
@@ -819,6 +847,11 @@ class HookedPerSample:
             batch.implied.pop(name, None)
         skip = {f.name for f in batch.unbatched}
         truths = self._autograd_gradient(x, y, guard)
+        if self._head is not None and not _same_outputs(self._head, self._guard_out):
+            # A table or parameter handed over expanded changed what the model computes (it
+            # used its shape): measure this batch again, and the later ones, as the model is.
+            rec.expand_tables = self.expand_broadcast = False
+            return self(x, y, check_mean=check_mean)
         failures = self._guard(batch.implied, truths, skip)
         if failures:
             failures = _not_vanishing(failures, self.params, truths, batch)
@@ -839,9 +872,13 @@ class HookedPerSample:
             with torch.enable_grad():
                 rec.active = True
                 try:
-                    logits = self.model(x)
+                    logits = self._measured_forward(x)
                 finally:
                     rec.active = False
+                substituted = rec.expanded or (self.broadcast and self.expand_broadcast)
+                # the checked samples' outputs, which the guard's pass of the model as it is
+                # must reproduce where anything was handed over expanded
+                self._head = logits.detach()[: guard.numel()] if substituted else None
                 # The loss is a batch mean, so B × loss = Σ_n ℓ_n; its gradient w.r.t. row n of
                 # any activation is ∂ℓ_n/∂(activation)_n.
                 if check_mean:
@@ -855,12 +892,43 @@ class HookedPerSample:
             rec.edges.clear()
         return True
 
+    def _measured_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's forward, with each parameter of :attr:`broadcast` replaced by a leaf
+        expanded over the batch (a view: no copy), whose gradient, taken by the recorder, holds
+        one row per sample."""
+        if not (self.broadcast and self.expand_broadcast):
+            return self.model(x)
+        expanded = {}
+        for name in self.broadcast:
+            p = self.params[name].detach()
+            leaf = p.expand(x.shape[0], *p.shape[1:]).requires_grad_()
+            expanded[name] = leaf
+            self.recorder.take_gradient(_BROADCAST + name, leaf)
+        return torch.func.functional_call(self.model, expanded, (x,))
+
+    def _broadcast_gradient(self, name: str, grad: torch.Tensor) -> None:
+        """A broadcast parameter's per-sample gradients, row n sample n's: its terms, now."""
+        batch, size = self._batch, self.recorder.batch
+        theta = self.params[name].detach()
+        if grad.shape[0] != size:  # not reached while the model broadcasts the leaf
+            why = "its gradient expanded over the batch has no row per sample"
+            batch.unbatched.append(GuardFailure(name, math.nan, why))
+            return
+        s = batch.guard.numel()
+        batch.terms[name] = (grad * theta).abs().reshape(size, -1).sum(1)
+        weights = batch.guard.to(grad.dtype).view(-1, *(1,) * (grad.dim() - 1))
+        batch.implied[name] = (grad[:s] * weights).sum(0, keepdim=True)
+
     def _layer_gradient(self, lname: str, delta: torch.Tensor) -> None:
         """One layer's output gradient, as the backward pass forms it: its terms, now.
 
         ``lname`` may name a third of an attention module's in-projection (cross-attention,
-        ``"<module>#q"``, see :data:`._attention.PARTS`): its terms add to the module's.
+        ``"<module>#q"``, see :data:`._attention.PARTS`): its terms add to the module's, or a
+        broadcast parameter (``_BROADCAST + name``).
         """
+        if lname.startswith(_BROADCAST):
+            self._broadcast_gradient(lname[len(_BROADCAST) :], delta)
+            return
         base, part = lname[:-2], lname[-2:]
         if part not in PARTS or base not in self._layer:
             base, part = lname, None
@@ -942,6 +1010,7 @@ class HookedPerSample:
                 out.register_hook(lambda d_out: d_out * rows)
             total = self.loss_fn(out, y[:s]) * s
             grads = torch.autograd.grad(total, list(self.params.values()), allow_unused=True)
+        self._guard_out = out.detach()
         return dict(zip(self.params, grads, strict=True))
 
     def _guard(
@@ -980,6 +1049,18 @@ class HookedPerSample:
             if error > guard_tolerance(theta.dtype) * scale:
                 failures.append(GuardFailure(name, error / scale))
         return failures
+
+
+def _same_outputs(measured: torch.Tensor, truth: torch.Tensor) -> bool:
+    """Whether the measured forward's outputs of the checked samples are the guard's, within
+    the guard's tolerance of their largest entry."""
+    if not (isinstance(measured, torch.Tensor) and isinstance(truth, torch.Tensor)):
+        return False
+    if measured.shape != truth.shape:
+        return False
+    scale = truth.abs().max().item() if truth.numel() else 0.0
+    error = (measured - truth).abs().max().item() if truth.numel() else 0.0
+    return error <= guard_tolerance(truth.dtype) * max(scale, torch.finfo(truth.dtype).tiny)
 
 
 def _not_vanishing(

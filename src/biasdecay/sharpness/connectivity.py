@@ -298,7 +298,7 @@ def _per_sample_sums(
         reason = f"method={method!r} requested"
     elif len(without) == len(names):
         reason = f"no per-sample formula covers {_grouped(without)}"
-    hooked = HookedPerSample(model, loss, elsewhere=without) if reason is None else None
+    hooked = HookedPerSample(model, loss, without=without) if reason is None else None
     generic = _GenericPath(
         model, loss, chunk_size, loop=method == "loop", may_loop=method != "vmap"
     )
@@ -306,7 +306,8 @@ def _per_sample_sums(
     batch_sizes: list[int] = []
     # parameters on the generic path beside the hook path -> why: those without a formula,
     # then those the guard sends there
-    guarded: dict[str, str] = dict(without) if hooked is not None else {}
+    guarded = {n: without[n] for n in hooked.elsewhere} if hooked is not None else {}
+    hooked_without = dict(guarded)  # without a formula and not measured on the hook path
     try:
         for x, y in iter_batches(batches, model):
             terms = None
@@ -339,8 +340,10 @@ def _per_sample_sums(
     zero = torch.zeros((), dtype=torch.float64, device=device)
     paths = {n: generic.path_of(n) or "hooks" for n in names}
     if reason is None and guarded:
-        rejected = {n: why for n, why in guarded.items() if n not in without}
-        parts = [f"no per-sample formula covers {_grouped(without)}"] if without else []
+        rejected = {n: why for n, why in guarded.items() if n not in hooked_without}
+        parts = (
+            [f"no per-sample formula covers {_grouped(hooked_without)}"] if hooked_without else []
+        )
         if rejected:
             shown = "; ".join(f"{n} ({why})" for n, why in rejected.items())
             parts.append(
