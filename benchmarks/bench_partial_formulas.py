@@ -2,11 +2,11 @@
 
 Hugging Face vision models hold parameters that no layer formula covers: ViT's class token and
 position table (held by its embeddings module itself), ConvNeXt's channels-first LayerNorm and
-layer-scale vectors, Swin's relative-position tables. ``method="auto"`` computes those
-parameters' per-sample terms through ``torch.func`` and every other parameter's through the
-layer formulas (report method "hooks+vmap"); ``method="vmap"`` takes every parameter through
-``torch.func``. Both are exact; they differ in time and memory. Rows, timed in interleaved
-rounds in one process:
+layer-scale vectors, Swin's relative-position tables. ``method="auto"`` measures every other
+parameter through the layer formulas, the class token and position table there too (handed to
+the model expanded over the batch), and the rest through ``torch.func`` (report method
+"hooks+vmap"); ``method="vmap"`` takes every parameter through ``torch.func``. Both are exact;
+they differ in time and memory. Rows, timed in interleaved rounds in one process:
 
 * forward+backward of the batch (the unit);
 * per-sample C, ``method="auto"`` (formulas, and torch.func for the parameters without one);
@@ -23,6 +23,8 @@ Before the timings, each model's C from both paths is printed.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import statistics
 import subprocess
@@ -74,6 +76,12 @@ def build(name: str) -> tuple[nn.Module, str]:
         )  # fmt: skip
         model = tf.ConvNextForImageClassification(config)
         what = "ConvNeXt, widths 96-192-384, depths 2-2-4"
+    elif name == "swin-t":
+        config = tf.SwinConfig(
+            image_size=32, patch_size=2, num_channels=3, embed_dim=96, depths=[2, 2, 6],
+            num_heads=[3, 6, 12], window_size=4, num_labels=10,
+        )  # fmt: skip
+        model, what = tf.SwinForImageClassification(config), "Swin, dim 96-384, windows of 4x4"
     elif name == "swin":
         config = tf.SwinConfig(
             image_size=32, patch_size=2, num_channels=3, embed_dim=32, depths=[2, 2],
@@ -87,7 +95,7 @@ def build(name: str) -> tuple[nn.Module, str]:
     return model, f"{what} ({n_params:,} params), 32x32 images"
 
 
-MODELS = ("vit-s", "convnext-t", "swin", "vit-tiny")
+MODELS = ("vit-s", "convnext-t", "swin-t", "vit-tiny", "swin")
 
 
 def rows_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, object]:
@@ -112,11 +120,15 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def memory_child(model_name: str, row: str) -> None:
-    """In a fresh process: one untimed call, then the peak memory of a second (bytes)."""
+    """In a fresh process: one untimed call, then the peak memory of a second (bytes), with
+    what the first freed handed back to the system first."""
     model, _ = build(model_name)
     x, y = batch()
     fn = rows_for(model, x, y)[row]
     fn()
+    # What the first call freed stays resident unless it is handed back (glibc).
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     print(json.dumps({"peak_bytes": peak_bytes(fn, torch.device("cpu"))}))
 
 
