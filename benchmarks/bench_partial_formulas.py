@@ -52,50 +52,53 @@ class Logits(nn.Module):
         return self.model(pixel_values=pixels).logits
 
 
+# name: (Hugging Face family, its config's settings, a description); 32x32 images, 10 classes
+VIT = dict(image_size=32, patch_size=4, num_channels=3, num_labels=10)
+SWIN = dict(image_size=32, patch_size=2, num_channels=3, window_size=4, num_labels=10)
+MODELS = {
+    "vit-s": (
+        "ViT",
+        dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
+             intermediate_size=1536, **VIT),
+        "ViT, dim 384, 6 blocks, 65 tokens",
+    ),
+    "convnext-t": (
+        "ConvNext",
+        dict(num_channels=3, hidden_sizes=[96, 192, 384], depths=[2, 2, 4], num_stages=3,
+             num_labels=10),
+        "ConvNeXt, widths 96-192-384, depths 2-2-4",
+    ),
+    "swin-t": (
+        "Swin",
+        dict(embed_dim=96, depths=[2, 2, 6], num_heads=[3, 6, 12], **SWIN),
+        "Swin, dim 96-384, windows of 4x4",
+    ),
+    "vit-tiny": (
+        "ViT",
+        dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=512, **VIT),
+        "ViT, dim 128, 2 blocks, 65 tokens",
+    ),
+    "swin": (
+        "Swin",
+        dict(embed_dim=32, depths=[2, 2], num_heads=[2, 4], **SWIN),
+        "Swin, dim 32-64, windows of 4x4",
+    ),
+}  # fmt: skip
+
+
 def build(name: str) -> tuple[nn.Module, str]:
     """The model (eval mode, float32) and a one-line description."""
     import transformers as tf
 
-    torch.manual_seed(0)
-    if name == "vit-s":
-        config = tf.ViTConfig(
-            hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536,
-            image_size=32, patch_size=4, num_channels=3, num_labels=10,
-        )  # fmt: skip
-        model, what = tf.ViTForImageClassification(config), "ViT, dim 384, 6 blocks, 65 tokens"
-    elif name == "vit-tiny":
-        config = tf.ViTConfig(
-            hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
-            image_size=32, patch_size=4, num_channels=3, num_labels=10,
-        )  # fmt: skip
-        model, what = tf.ViTForImageClassification(config), "ViT, dim 128, 2 blocks, 65 tokens"
-    elif name == "convnext-t":
-        config = tf.ConvNextConfig(
-            num_channels=3, hidden_sizes=[96, 192, 384], depths=[2, 2, 4], num_stages=3,
-            num_labels=10,
-        )  # fmt: skip
-        model = tf.ConvNextForImageClassification(config)
-        what = "ConvNeXt, widths 96-192-384, depths 2-2-4"
-    elif name == "swin-t":
-        config = tf.SwinConfig(
-            image_size=32, patch_size=2, num_channels=3, embed_dim=96, depths=[2, 2, 6],
-            num_heads=[3, 6, 12], window_size=4, num_labels=10,
-        )  # fmt: skip
-        model, what = tf.SwinForImageClassification(config), "Swin, dim 96-384, windows of 4x4"
-    elif name == "swin":
-        config = tf.SwinConfig(
-            image_size=32, patch_size=2, num_channels=3, embed_dim=32, depths=[2, 2],
-            num_heads=[2, 4], window_size=4, num_labels=10,
-        )  # fmt: skip
-        model, what = tf.SwinForImageClassification(config), "Swin, dim 32-64, windows of 4x4"
-    else:
+    if name not in MODELS:
         raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    model = Logits(model).eval()
+    family, settings, what = MODELS[name]
+    torch.manual_seed(0)
+    config = getattr(tf, f"{family}Config")(**settings)
+    model = Logits(getattr(tf, f"{family}ForImageClassification")(config)).eval()
     n_params = sum(p.numel() for p in model.parameters())
     return model, f"{what} ({n_params:,} params), 32x32 images"
-
-
-MODELS = ("vit-s", "convnext-t", "swin-t", "vit-tiny", "swin")
 
 
 def rows_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, object]:
