@@ -793,8 +793,8 @@ class HookedPerSample:
         self.workspace = thread_workspace()
         self._batch: _BatchTerms | None = None  # the batch being measured
         # the measured and the guard's outputs of the checked samples (see __call__)
-        self._head: torch.Tensor | None = None
-        self._guard_out: torch.Tensor | None = None
+        self._head: list[torch.Tensor] | None = None
+        self._guard_out: list[torch.Tensor] = []
 
     def close(self) -> None:
         self.recorder.remove()
@@ -878,7 +878,7 @@ class HookedPerSample:
                 substituted = rec.expanded or (self.broadcast and self.expand_broadcast)
                 # the checked samples' outputs, which the guard's pass of the model as it is
                 # must reproduce where anything was handed over expanded
-                self._head = logits.detach()[: guard.numel()] if substituted else None
+                self._head = _first_rows(logits, guard.numel()) if substituted else None
                 # The loss is a batch mean, so B × loss = Σ_n ℓ_n; its gradient w.r.t. row n of
                 # any activation is ∂ℓ_n/∂(activation)_n.
                 if check_mean:
@@ -1010,7 +1010,7 @@ class HookedPerSample:
                 out.register_hook(lambda d_out: d_out * rows)
             total = self.loss_fn(out, y[:s]) * s
             grads = torch.autograd.grad(total, list(self.params.values()), allow_unused=True)
-        self._guard_out = out.detach()
+        self._guard_out = _first_rows(out, s)
         return dict(zip(self.params, grads, strict=True))
 
     def _guard(
@@ -1051,16 +1051,31 @@ class HookedPerSample:
         return failures
 
 
-def _same_outputs(measured: torch.Tensor, truth: torch.Tensor) -> bool:
-    """Whether the measured forward's outputs of the checked samples are the guard's, within
-    the guard's tolerance of their largest entry."""
-    if not (isinstance(measured, torch.Tensor) and isinstance(truth, torch.Tensor)):
+def _first_rows(output: object, rows: int) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or any nesting of tuples, lists and dicts,
+    such as Hugging Face's outputs), detached, each cut to its first ``rows`` rows."""
+    from torch.utils._pytree import tree_leaves
+
+    leaves = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
+    return [t.detach()[:rows] if t.dim() else t.detach() for t in leaves]
+
+
+def _same_outputs(measured: list[torch.Tensor], truth: list[torch.Tensor]) -> bool:
+    """Whether the measured forward's outputs of the checked samples are the guard's, each
+    within the guard's tolerance of its largest entry (:func:`_first_rows` of both)."""
+    if len(measured) != len(truth):
         return False
-    if measured.shape != truth.shape:
-        return False
-    scale = truth.abs().max().item() if truth.numel() else 0.0
-    error = (measured - truth).abs().max().item() if truth.numel() else 0.0
-    return error <= guard_tolerance(truth.dtype) * max(scale, torch.finfo(truth.dtype).tiny)
+    for m, t in zip(measured, truth, strict=True):
+        if m.shape != t.shape or m.dtype != t.dtype:
+            return False
+        if not t.numel() or not t.is_floating_point():
+            if not torch.equal(m, t):
+                return False
+            continue
+        scale = max(t.abs().max().item(), torch.finfo(t.dtype).tiny)
+        if not (m - t).abs().max().item() <= guard_tolerance(t.dtype) * scale:
+            return False
+    return True
 
 
 def _not_vanishing(
