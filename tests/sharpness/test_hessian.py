@@ -371,3 +371,31 @@ def test_an_operation_without_a_double_backward_is_named_with_what_to_do():
     exact = exact_hessian(model, data)
     trace = hessian_trace(model, data, n_matvecs=3 * exact.shape[0] + 3, seed=0)
     assert trace.value == pytest.approx(exact.trace().item(), rel=1e-9)
+
+
+class Float32Inside(nn.Module):
+    """A float64 network that computes one part in float32, as Hugging Face's RMSNorm does in
+    a float64 Llama: its Hessian is symmetric to float32 rounding only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(torch.tanh(h.float()).to(h.dtype))
+
+
+def test_a_part_computed_in_float32_passes_the_symmetry_check() -> None:
+    """The symmetry check allows float32 rounding whatever the model's dtype (it once refused
+    a float64 Llama for an asymmetry of 6e-9); a skipped backward is off by O(0.1) and is
+    still refused (test_a_custom_backward_without_a_derivative_is_refused_not_skipped)."""
+    torch.manual_seed(0)
+    model = Float32Inside().double()
+    data = [(torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,)))]
+    exact = exact_hessian(model, data)
+    d = exact.shape[0]
+    trace = hessian_trace(model, data, n_matvecs=3 * d + 3, seed=0)
+    assert trace.value == pytest.approx(exact.trace().item(), rel=1e-5)
+    top = hessian_max_eigenvalue(model, data)
+    assert top.value == pytest.approx(torch.linalg.eigvalsh(exact)[-1].item(), rel=1e-4)
