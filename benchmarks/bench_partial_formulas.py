@@ -38,8 +38,6 @@ from torch import nn
 from _common import cpu_name, interleaved_times, peak_bytes
 from biasdecay.sharpness.connectivity import connectivity_sharpness
 
-BATCH = 64
-
 
 class Logits(nn.Module):
     """A Hugging Face image classifier as a module that returns its logits."""
@@ -117,16 +115,16 @@ def rows_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, ob
     }
 
 
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
+def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return torch.randn(BATCH, 3, 32, 32, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
+    return torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 10, (size,), generator=g)
 
 
-def memory_child(model_name: str, row: str) -> None:
+def memory_child(model_name: str, row: str, size: int) -> None:
     """In a fresh process: one untimed call, then the peak memory of a second (bytes), with
     what the first freed handed back to the system first."""
     model, _ = build(model_name)
-    x, y = batch()
+    x, y = batch(size)
     fn = rows_for(model, x, y)[row]
     fn()
     # What the first call freed stays resident unless it is handed back (glibc).
@@ -135,19 +133,19 @@ def memory_child(model_name: str, row: str) -> None:
     print(json.dumps({"peak_bytes": peak_bytes(fn, torch.device("cpu"))}))
 
 
-def peak_mib(model_name: str, row: str) -> float:
-    cmd = [sys.executable, __file__, "--memory-row", model_name, row]
+def peak_mib(model_name: str, row: str, size: int) -> float:
+    cmd = [sys.executable, __file__, "--batch", str(size), "--memory-row", model_name, row]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
 
 
-def bench(name: str, rounds: int, memory: bool) -> None:
+def bench(name: str, rounds: int, memory: bool, size: int) -> None:
     model, what = build(name)
-    x, y = batch()
+    x, y = batch(size)
     auto = connectivity_sharpness(model, [(x, y)])
     vmap = connectivity_sharpness(model, [(x, y)], method="vmap", chunk_size=32)
     elsewhere = sorted(n for n, path in auto.paths.items() if path != "hooks")
-    print(f"\n## {name}: {what} | batch {BATCH} | eval")
+    print(f"\n## {name}: {what} | batch {size} | eval")
     print(f"auto: method {auto.method}, C = {auto.total:.6f}; vmap: C = {vmap.total:.6f}")
     print(f"  {len(elsewhere)} of {len(auto.paths)} parameters through torch.func under auto")
     rows = rows_for(model, x, y)
@@ -158,7 +156,7 @@ def bench(name: str, rounds: int, memory: bool) -> None:
         ratio = statistics.median(a / b for a, b in zip(t, unit, strict=True))
         line = f"{row:<46}{min(t):>9.4f}{ratio:>10.2f}"
         if memory:
-            line += f"{peak_mib(name, row):>10.1f}"
+            line += f"{peak_mib(name, row, size):>10.1f}"
         print(line)
 
 
@@ -166,12 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--batch", type=int, default=64, help="samples per batch")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
     parser.add_argument("--memory-row", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")  # torch.func's notes on attention's batching rules
     if args.memory_row:
-        memory_child(*args.memory_row)
+        memory_child(*args.memory_row, args.batch)
         return
     print(f"$ python benchmarks/bench_partial_formulas.py {' '.join(sys.argv[1:])}".rstrip())
     print(
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         f"float32 | {args.rounds} interleaved rounds, 1 untimed call before each"
     )
     for name in args.models.split(","):
-        bench(name, args.rounds, not args.no_memory)
+        bench(name, args.rounds, not args.no_memory, args.batch)
 
 
 if __name__ == "__main__":

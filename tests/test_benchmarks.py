@@ -98,6 +98,20 @@ def test_hessian_benchmark_times_our_hvp_methods() -> None:
     assert "in use: forward-over-reverse in chunks of 32 for more than 8 vectors" in out
 
 
+def test_partial_formulas_benchmark_times_both_paths() -> None:
+    """Hugging Face's ViT takes the hook path for every parameter (its class token and position
+    table expanded over the batch); Swin's position tables alone go to torch.func."""
+    pytest.importorskip("transformers")
+    out = run_script(
+        "bench_partial_formulas.py", "--models", "vit-tiny,swin", "--batch", "4",
+        "--rounds", "1", "--no-memory", timeout=300,
+    )  # fmt: skip
+    assert "## vit-tiny" in out and "auto: method hooks," in out
+    assert "## swin" in out and "auto: method hooks+vmap," in out
+    assert "4 of 79 parameters through torch.func under auto" in out
+    assert out.count("C per-sample, vmap (torch.func throughout)") == 2
+
+
 def test_integrations_benchmark_runs_and_prints_the_ratio() -> None:
     pytest.importorskip("lightning")
     pytest.importorskip("transformers")
