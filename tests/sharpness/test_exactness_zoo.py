@@ -974,7 +974,7 @@ class Tokens(nn.Module):
 
 def test_parameters_without_a_formula_alone_leave_the_hook_path() -> None:
     """No formula covers the class token and position table (their module, the model, has
-    none) or the parameter shared by two Linear layers. The two held with a leading dim of 1
+    none) or the parameter shared by two Linear layers. The two shaped (1, tokens, features)
     are measured on the hook path all the same, handed to the model expanded over the batch;
     the shared one goes to torch.func, with its reason. Every other parameter keeps its layer
     formula, and every one equals the loop."""
@@ -995,28 +995,32 @@ def test_parameters_without_a_formula_alone_leave_the_hook_path() -> None:
 
 
 class HeldTokens(nn.Module):
-    """Parameters held with a leading dim of 1 that the model does not simply broadcast over
-    the batch: ``use`` says what it does with them."""
+    """Token-shaped parameters (1, tokens, features) that the model may not simply broadcast
+    over the batch: ``use`` says what it does with them."""
 
     def __init__(self, use: str) -> None:
         super().__init__()
         self.use = use
         self.fc = nn.Linear(4, 4)
-        self.shift = nn.Parameter(torch.randn(1, 4))
-        self.gate = nn.Parameter(torch.randn(1, 4))
+        self.shift = nn.Parameter(torch.randn(1, 2, 4))
+        self.gate = nn.Parameter(torch.randn(1, 1, 4))
         self.head = nn.Linear(4, 3)
+        self.kept: torch.Tensor | None = None
 
-    def forward(self, x):
+    def forward(self, x):  # x: (B, 2 tokens, 4)
         h = torch.tanh(self.fc(x))
         if self.use == "first row":  # the same values, but every sample's gradient in row 0
             h = h + self.shift[0]
-        elif self.use == "flattened":  # (B, 4) expanded flattens to 4B values: an error
-            h = h + self.shift.reshape(-1)
+        elif self.use == "flattened":  # (B, 2, 4) expanded flattens to 8B values: an error
+            h = h + self.shift.reshape(-1, 4).view(2, 4)
         elif self.use == "summed over dim 0":  # B times the values: another function
             h = h + self.shift.sum(0)
+        elif self.use == "kept":  # kept for inspection, as models keep attention maps
+            h = h + self.shift
+            self.kept = h
         else:
             h = h + self.shift
-        return self.head(h * torch.sigmoid(self.gate))
+        return self.head((h * torch.sigmoid(self.gate)).mean(1))
 
 
 @pytest.mark.parametrize("use", ["broadcast", "first row", "flattened", "summed over dim 0"])
@@ -1027,7 +1031,7 @@ def test_held_parameters_expanded_over_the_batch_or_sent_to_torch_func(use: str)
     is measured again without expansion. In every case the numbers equal the loop."""
     torch.manual_seed(0)
     model = HeldTokens(use).double()
-    batches = make_batches((4,), 3, [5, 3])
+    batches = make_batches((2, 4), 3, [5, 3])
     report = connectivity_sharpness(model, batches)
     generic = {n for n, path in report.paths.items() if path != "hooks"}
     if use == "broadcast":
@@ -1081,3 +1085,30 @@ def test_layers_run_on_several_rows_per_sample(token_major: bool) -> None:
         assert report.method == "hooks" and not generic, report.fallback_reason
     for name, value in naive_per_sample(model, batches).items():
         assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+def test_a_model_that_keeps_what_its_forward_computed_is_warned_about() -> None:
+    """A model that keeps a tensor computed from a token parameter (an attention map, or a
+    cache its next forward would reuse) keeps the expanded leaf alive past the measured pass:
+    the parameters go to torch.func from then on, with a warning."""
+    torch.manual_seed(0)
+    model = HeldTokens("kept").double()
+    batches = make_batches((2, 4), 3, [5, 3])
+    with pytest.warns(UserWarning, match=r"kept a tensor computed from shift, gate"):
+        report = connectivity_sharpness(model, batches)
+    assert {n for n, path in report.paths.items() if path != "hooks"} == {"shift", "gate"}
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+def test_only_token_shaped_parameters_are_expanded() -> None:
+    """A (1, n) table or a (1,) scale held by the model is not taken for a token sequence."""
+    torch.manual_seed(0)
+    model = HeldTokens("broadcast").double()
+    model.scale = nn.Parameter(torch.ones(1, 3))
+    without = _per_sample.parameters_without_formula(model)
+    hooked = _per_sample.HookedPerSample(model, F.cross_entropy, without=without)
+    try:
+        assert hooked.broadcast == ["shift", "gate"] and hooked.elsewhere == {"scale"}
+    finally:
+        hooked.close()

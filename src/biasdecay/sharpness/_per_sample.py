@@ -40,6 +40,8 @@ batch and every later one (or, under ``strict``, raises).
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -748,7 +750,7 @@ class HookedPerSample:
         loss_fn: the batch-mean loss.
         without: the parameters no layer formula covers (:func:`parameters_without_formula`).
             A module whose trainable parameters are all among them is not recorded. Those of
-            them held with a leading dim of 1 by a module not recorded (a class token, a
+            them shaped (1, tokens, features) and held by a module not recorded (a class token, a
             position table) are measured here all the same, taken expanded over the batch
             (:meth:`_broadcast_gradient`); the rest, :attr:`elsewhere`, get no terms here, and
             the caller computes theirs otherwise.
@@ -769,11 +771,15 @@ class HookedPerSample:
             name_of[id(p)] for n in unrecorded for _, p in _own_trainable(model.get_submodule(n))
         }
         # Parameters the model broadcasts over the batch, if it does (the guard checks it)
+        # (token sequences, (1, tokens, features), as ViTs hold their class token and position
+        # table: a parameter of another shape with a leading 1 is as likely a table the model
+        # indexes or caches)
         self.broadcast = [
             n
             for n in named
-            if n in held_by_unrecorded and named[n].dim() and named[n].shape[0] == 1
+            if n in held_by_unrecorded and named[n].dim() == 3 and named[n].shape[0] == 1
         ]
+        self._leaves: list[weakref.ref] = []  # the expanded leaves of the last measured forward
         self.expand_broadcast = True  # False once the model refused them expanded
         self.elsewhere = without - set(self.broadcast)
         self.recorder = _Recorder(model, skip=unrecorded)
@@ -830,6 +836,17 @@ class HookedPerSample:
             # (its shape mattered): record this model as it is, from now on.
             rec.expand_tables = self.expand_broadcast = False
             recorded = self._record(x, y, guard, check_mean)
+        if self._leaves_kept():
+            warnings.warn(
+                f"per-sample C: the model kept a tensor computed from {', '.join(self.broadcast)} "
+                "after its forward (stored activations, or a cache), which they were handed to "
+                "it expanded over the batch for; they are measured through torch.func from now "
+                "on. A cache that the model's forward reuses now holds values of that batch: "
+                "clear it after the measurement",
+                stacklevel=4,  # the caller of connectivity_sharpness
+            )
+            self.expand_broadcast = False
+            recorded = self._record(x, y, guard, check_mean)
         batch, self._batch = self._batch, None
         if not recorded:
             return None
@@ -846,8 +863,14 @@ class HookedPerSample:
             batch.terms.pop(name, None)
             batch.implied.pop(name, None)
         skip = {f.name for f in batch.unbatched}
-        truths = self._autograd_gradient(x, y, guard)
-        if self._head is not None and not _same_outputs(self._head, self._guard_out):
+        try:
+            truths = self._autograd_gradient(x, y, guard)
+            same = self._head is None or _same_outputs(self._head, self._guard_out)
+        except Exception:
+            if self._head is None:
+                raise
+            same = False  # the model kept something of the expanded forward (a cache of it)
+        if not same:
             # A table or parameter handed over expanded changed what the model computes (it
             # used its shape): measure this batch again, and the later ones, as the model is.
             rec.expand_tables = self.expand_broadcast = False
@@ -904,7 +927,16 @@ class HookedPerSample:
             leaf = p.expand(x.shape[0], *p.shape[1:]).requires_grad_()
             expanded[name] = leaf
             self.recorder.take_gradient(_BROADCAST + name, leaf)
+        self._leaves = [weakref.ref(leaf) for leaf in expanded.values()]
         return torch.func.functional_call(self.model, expanded, (x,))
+
+    def _leaves_kept(self) -> bool:
+        """Whether anything still holds an expanded leaf (or a tensor computed from it, whose
+        graph does) once the measured pass is over: a model that caches what its forward
+        computed from its parameters, which later forwards would reuse."""
+        kept = any(ref() is not None for ref in self._leaves)
+        self._leaves = []
+        return kept
 
     def _broadcast_gradient(self, name: str, grad: torch.Tensor) -> None:
         """A broadcast parameter's per-sample gradients, row n sample n's: its terms, now."""
