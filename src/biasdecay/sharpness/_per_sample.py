@@ -786,9 +786,8 @@ class HookedPerSample:
         self.recorder.on_gradient = self._layer_gradient
         self.recorder.on_norm_sums = self._norm_sums
         self._layer = dict(self.recorder.layers)
-        owner_of = {id(p): n for n, p in model.named_parameters()}
         self.names = {
-            (lname, local): owner_of[id(p)]
+            (lname, local): name_of[id(p)]
             for lname, layer in self.recorder.layers
             for local, p in _own_trainable(layer)
         }
@@ -940,12 +939,9 @@ class HookedPerSample:
 
     def _broadcast_gradient(self, name: str, grad: torch.Tensor) -> None:
         """A broadcast parameter's per-sample gradients, row n sample n's: its terms, now."""
+        # autograd hands a leaf a gradient of its own shape: (batch, tokens, features)
         batch, size = self._batch, self.recorder.batch
         theta = self.params[name].detach()
-        if grad.shape[0] != size:  # not reached while the model broadcasts the leaf
-            why = "its gradient expanded over the batch has no row per sample"
-            batch.unbatched.append(GuardFailure(name, math.nan, why))
-            return
         s = batch.guard.numel()
         batch.terms[name] = (grad * theta).abs().reshape(size, -1).sum(1)
         weights = batch.guard.to(grad.dtype).view(-1, *(1,) * (grad.dim() - 1))

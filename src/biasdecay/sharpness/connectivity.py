@@ -304,10 +304,11 @@ def _per_sample_sums(
     )
     sums: dict[str, torch.Tensor] = {}
     batch_sizes: list[int] = []
-    # parameters on the generic path beside the hook path -> why: those without a formula,
-    # then those the guard sends there
-    guarded = {n: without[n] for n in hooked.elsewhere} if hooked is not None else {}
-    hooked_without = dict(guarded)  # without a formula and not measured on the hook path
+    # parameters without a formula that the hook path does not measure -> why
+    hooked_without = {n: without[n] for n in hooked.elsewhere} if hooked is not None else {}
+    # parameters on the generic path beside the hook path -> why: those, then those the guard
+    # sends there
+    guarded = dict(hooked_without)
     try:
         for x, y in iter_batches(batches, model):
             terms = None
