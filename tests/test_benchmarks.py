@@ -114,9 +114,11 @@ def test_partial_formulas_benchmark_times_both_paths() -> None:
 
 def test_hugging_face_zoo_agrees_with_the_loop() -> None:
     pytest.importorskip("transformers")
-    out = run_script("hf_zoo.py", "--models", "vit,opt", "--dtype", "float32", timeout=300)
+    out = run_script("hf_zoo.py", "--models", "vit,opt,convnext", "--dtype", "float32", timeout=300)
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert float(rows["vit"][1]) < 1e-5 and rows["vit"][2] == "hooks"
+    # its channels-first LayerNorm has the formula, its layer scale is taken expanded
+    assert float(rows["convnext"][1]) < 1e-5 and rows["convnext"][2] == "hooks"
     assert float(rows["opt"][1]) < 1e-5 and rows["opt"][2] == "hooks+vmap"
     assert "embed_positions" in out  # OPT's position table alone leaves the hook path
 

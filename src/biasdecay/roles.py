@@ -86,8 +86,8 @@ class ModuleType:
 # the formulas by accident; it joins with register_module_type.
 OPS = (
     "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose", "batch_norm",
-    "instance_norm", "group_norm", "layer_norm", "rms_norm", "embedding", "linear_transposed",
-    "multihead_attention",
+    "instance_norm", "group_norm", "layer_norm", "layer_norm_channels_first", "rms_norm",
+    "embedding", "linear_transposed", "multihead_attention",
 )  # fmt: skip
 FAMILIES = ("conv", "linear", "norm", "embedding")
 _MODULE_TYPES: dict[type[nn.Module], ModuleType] = {
@@ -140,11 +140,30 @@ _LLAMA_RMS_NORMS = (
     "olmoe.OlmoeRMSNorm", "deepseek_v2.DeepseekV2RMSNorm", "deepseek_v3.DeepseekV3RMSNorm",
     "glm.GlmRMSNorm", "glm4.Glm4RMSNorm", "ernie4_5.Ernie4_5RMSNorm", "jamba.JambaRMSNorm",
 )  # fmt: skip
+# ConvNeXt's LayerNorm is nn.LayerNorm with a data_format: "channels_last" normalises the last
+# dim, as nn.LayerNorm does; "channels_first" normalises dim 1 of (B, C, H, W), by permuting to
+# channels-last and back (op_of reads the attribute). The other families listed have the same
+# __init__ and forward, line for line (transformers 5.25); DINOv3's ConvNeXt's differs.
+_CONVNEXT_LAYER_NORMS = (
+    "convnext.ConvNextLayerNorm", "convnextv2.ConvNextV2LayerNorm",
+    "deepseek_ocr2.DeepseekOcr2SamLayerNorm", "deepseek_vl_hybrid.DeepseekVLHybridLayerNorm",
+    "edgetam.EdgeTamLayerNorm", "edgetam_video.EdgeTamVideoLayerNorm",
+    "got_ocr2.GotOcr2LayerNorm", "lw_detr.LwDetrLayerNorm",
+    "pp_formulanet.PPFormulaNetLayerNorm", "rf_detr.RfDetrLayerNorm", "sam.SamLayerNorm",
+    "sam2.Sam2LayerNorm", "sam2_video.Sam2VideoLayerNorm", "sam3_tracker.Sam3TrackerLayerNorm",
+    "sam3_tracker_video.Sam3TrackerVideoLayerNorm", "sam_hq.SamHQLayerNorm",
+    "seggpt.SegGptLayerNorm", "slanext.SLANeXtLayerNorm",
+    "unlimited_ocr.UnlimitedOcrSamLayerNorm",
+)  # fmt: skip
 _MODULE_TYPES_BY_NAME: dict[str, ModuleType] = {
     "transformers.pytorch_utils.Conv1D": ModuleType("linear", "linear_transposed"),
     **{
-        f"transformers.models.{family}.modeling_{family}.{cls}": ModuleType("norm", "rms_norm")
-        for family, cls in (name.split(".") for name in _LLAMA_RMS_NORMS)
+        f"transformers.models.{family}.modeling_{family}.{cls}": ModuleType(family_type, op)
+        for names, family_type, op in (
+            (_LLAMA_RMS_NORMS, "norm", "rms_norm"),
+            (_CONVNEXT_LAYER_NORMS, "norm", "layer_norm"),
+        )
+        for family, cls in (name.split(".") for name in names)
     },
 }
 
@@ -213,9 +232,17 @@ def module_type(module: nn.Module, *, exact: bool = False) -> ModuleType | None:
 
 
 def op_of(module: nn.Module) -> str | None:
-    """The standard operation ``module``'s exact class computes (:data:`OPS`), or None."""
+    """The standard operation ``module``'s exact class computes (:data:`OPS`), or None.
+
+    A LayerNorm class that is told ``data_format="channels_first"`` (ConvNeXt's) normalises
+    dim 1: "layer_norm_channels_first".
+    """
     entry = module_type(module, exact=True)
-    return entry.op if entry is not None else None
+    if entry is None:
+        return None
+    if entry.op == "layer_norm" and getattr(module, "data_format", None) == "channels_first":
+        return "layer_norm_channels_first"
+    return entry.op
 
 
 def norm_types() -> tuple[type[nn.Module], ...]:

@@ -196,7 +196,9 @@ def test_auto_uses_hooks_and_sends_only_unknown_modules_to_vmap() -> None:
             self.s = nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
 
         def forward(self, x):
-            return x * self.s
+            # through exp: not the plain broadcast a layer scale is (which the hook path
+            # takes, test_exactness_zoo.py), so no path but torch.func's
+            return x * self.s.exp()
 
     odd = nn.Sequential(mlp(), Scale()).double()
     report = connectivity_sharpness(odd, batches)

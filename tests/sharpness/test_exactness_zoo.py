@@ -750,14 +750,15 @@ def test_an_embedding_scaled_by_token_frequency_takes_vmap_and_says_why() -> Non
 
 
 class Scaled(nn.Module):
-    """A module of its own with a parameter: no formula, so its parameter goes to torch.func."""
+    """A module of its own with a parameter that it uses through exp, not as the plain broadcast
+    a layer scale is: no formula, so its parameter goes to torch.func."""
 
     def __init__(self) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(3))
 
     def forward(self, x):
-        return x * self.scale
+        return x * self.scale.exp()
 
 
 def test_a_model_torch_func_cannot_transform_goes_one_sample_at_a_time_and_says_so() -> None:
@@ -1109,6 +1110,133 @@ def test_only_token_shaped_parameters_are_expanded() -> None:
     without = _per_sample.parameters_without_formula(model)
     hooked = _per_sample.HookedPerSample(model, F.cross_entropy, without=without)
     try:
-        assert hooked.broadcast == ["shift", "gate"] and hooked.elsewhere == {"scale"}
+        assert list(hooked.broadcast) == ["shift", "gate"] and hooked.elsewhere == {"scale"}
     finally:
         hooked.close()
+
+
+class LayerScaled(nn.Module):
+    """Layer-scale parameters held by the model itself, as ConvNeXt, CaiT and DINOv2 hold them;
+    ``use`` says how the model applies ``gamma`` (d,)."""
+
+    def __init__(self, use: str) -> None:
+        super().__init__()
+        self.use = use
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 4)
+        self.gamma = nn.Parameter(torch.rand(4) + 0.5)
+        self.channel_scale = nn.Parameter(torch.rand(4, 1, 1) + 0.5)  # on (B, C, H, W)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):  # x: (B, 3, 4, 4)
+        if self.use == "refuses the probe" and torch._C._is_torch_function_mode_enabled():
+            raise RuntimeError("this model does not run under a TorchFunctionMode")
+        h = torch.tanh(self.conv(x)) * self.channel_scale
+        tokens = self.fc(h.flatten(2).transpose(1, 2))  # (B, 16, 4)
+        if self.use == "channels last":  # (B, H, W, C), as ConvNeXt's blocks
+            tokens = tokens.view(-1, 4, 4, 4) * self.gamma
+        elif self.use in ("tokens", "refuses the probe"):  # (B, T, d), as DINOv2's LayerScale
+            tokens = self.gamma * tokens
+        elif self.use == "in place":  # timm's LayerScale(inplace=True)
+            tokens = tokens.mul_(self.gamma)
+        elif self.use == "reshaped":  # timm's ConvNeXt: gamma.reshape(1, -1, 1, 1)
+            tokens = tokens.transpose(1, 2).reshape(-1, 4, 4, 4) * self.gamma.reshape(1, -1, 1, 1)
+        elif self.use == "also a matmul":
+            tokens = tokens * self.gamma + tokens @ torch.diag(self.gamma)
+        elif self.use == "token major":  # (T, B, d) with T = 4 tokens, as many as the probe's
+            tokens = (tokens[:, :4].transpose(0, 1) * self.gamma).transpose(0, 1)
+        return self.head(torch.tanh(tokens).flatten(1, -2).mean(1))
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        "channels last", "tokens", "in place", "reshaped", "also a matmul", "token major",
+        "refuses the probe",
+    ],
+)  # fmt: skip
+def test_layer_scale_parameters_take_the_hook_path_where_the_model_only_broadcasts_them(
+    use: str,
+) -> None:
+    """A parameter that one forward uses only in elementwise arithmetic with activations of one
+    row per sample is handed to the model expanded over the batch, and takes the hook path.
+    One it reshapes, or also uses another way, goes to torch.func. Handed over where its
+    broadcast does not follow the samples (a token-major layout whose tokens number the
+    probe's samples), the measured pass fails and runs again without expansion. A model that
+    cannot run under the probe keeps them on torch.func. All equal the loop."""
+    torch.manual_seed(0)
+    model = LayerScaled(use).double()
+    batches = make_batches((3, 4, 4), 3, [5, 6])
+    report = connectivity_sharpness(model, batches)
+    generic = {n for n, path in report.paths.items() if path != "hooks"}
+    if use in ("channels last", "tokens", "in place"):
+        assert report.method == "hooks" and not generic, report.fallback_reason
+    elif use == "token major":
+        assert generic == {"gamma", "channel_scale"}, report.fallback_reason
+        assert "does not take it expanded over the batch" in report.fallback_reason
+    elif use == "refuses the probe":
+        assert generic == {"gamma", "channel_scale"}, report.fallback_reason
+        assert "no per-sample formula covers gamma, channel_scale" in report.fallback_reason
+    else:
+        assert generic == {"gamma"}, report.fallback_reason
+        assert "no per-sample formula covers gamma" in report.fallback_reason
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name
+
+
+class DataFormatLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm over the last dim, or over dim 1 of (B, C, H, W) with
+    ``data_format="channels_first"``, as ConvNeXt's LayerNorm is written."""
+
+    def __init__(self, channels: int, data_format: str) -> None:
+        super().__init__(channels)
+        self.data_format = data_format
+
+    def forward(self, x):
+        if self.data_format == "channels_first":
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+class ChannelsFirstNormed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.first = DataFormatLayerNorm(4, "channels_first")
+        self.last = DataFormatLayerNorm(4, "channels_last")
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.first(self.conv(x)))
+        return self.head(self.last(h.permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+@pytest.fixture()
+def data_format_layer_norm():
+    """DataFormatLayerNorm registered as Hugging Face's ConvNeXt LayerNorm is."""
+    roles.register_module_type(DataFormatLayerNorm, "norm", "layer_norm")
+    yield
+    del roles._MODULE_TYPES[DataFormatLayerNorm]
+
+
+@pytest.mark.parametrize("registered", [True, False])
+def test_a_channels_first_layer_norm_has_a_formula_once_registered(
+    registered: bool, request
+) -> None:
+    """Registered, both data formats take the hook path (dim 1 for channels_first, as op_of
+    says); unregistered, the subclass goes to torch.func. Both equal the loop."""
+    if registered:
+        request.getfixturevalue("data_format_layer_norm")
+    torch.manual_seed(0)
+    model = ChannelsFirstNormed().double()
+    randomise_norms(model)
+    assert roles.op_of(model.first) == ("layer_norm_channels_first" if registered else None)
+    batches = make_batches((3, 4, 4), 3, [5, 3])
+    report = connectivity_sharpness(model, batches)
+    generic = {n for n, path in report.paths.items() if path != "hooks"}
+    if registered:
+        assert report.method == "hooks" and not generic, report.fallback_reason
+    else:
+        assert generic == {f"{m}.{p}" for m in ("first", "last") for p in ("weight", "bias")}
+    for name, value in naive_per_sample(model, batches).items():
+        assert report.by_parameter[name] == pytest.approx(value, rel=1e-10), name

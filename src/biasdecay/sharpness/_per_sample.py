@@ -63,6 +63,7 @@ from biasdecay.sharpness._per_sample_products import (
     release_workspace,
     thread_workspace,
 )
+from biasdecay.sharpness._scale_uses import scale_layouts
 
 # How far the formula's batch gradient may stray from autograd's, relative to the parameter's
 # largest |θ ⊙ g|: summation-order noise of the dtype, far below what a wrong formula gives
@@ -594,6 +595,14 @@ def _norm_terms(
     return _norm_terms_of(layer, g_gamma, g_beta, guard)
 
 
+def _channels_first_norm_terms(
+    layer: nn.Module, a: torch.Tensor, delta: torch.Tensor, guard: torch.Tensor, work: Workspace
+) -> Terms:
+    """A LayerNorm over dim 1 of (B, C, *spatial) (ConvNeXt's channels-first one): nn.LayerNorm's
+    formula on its input and output gradient with the channels moved last, as it computes."""
+    return _norm_terms(layer, a.movedim(1, -1), delta.movedim(1, -1), guard, "layer_norm")
+
+
 def _norm_terms_of(
     layer: nn.Module,
     g_gamma: torch.Tensor | None,
@@ -639,6 +648,7 @@ _HANDLERS = {
     "conv3d": _conv_terms,
     "conv_transpose": _conv_terms,
     "embedding": _embedding_terms,
+    "layer_norm_channels_first": _channels_first_norm_terms,
     **{
         op: (lambda layer, a, delta, guard, work, op=op: _norm_terms(layer, a, delta, guard, op))
         for op in ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm")
@@ -750,13 +760,22 @@ class HookedPerSample:
         loss_fn: the batch-mean loss.
         without: the parameters no layer formula covers (:func:`parameters_without_formula`).
             A module whose trainable parameters are all among them is not recorded. Those of
-            them shaped (1, tokens, features) and held by a module not recorded (a class token, a
-            position table) are measured here all the same, taken expanded over the batch
-            (:meth:`_broadcast_gradient`); the rest, :attr:`elsewhere`, get no terms here, and
-            the caller computes theirs otherwise.
+            them held by a module not recorded are measured here all the same, taken expanded
+            over the batch (:meth:`_broadcast_gradient`), when they are shaped (1, tokens,
+            features) (a class token, a position table) or when ``example``'s forward uses them
+            only in elementwise arithmetic with activations (a layer scale,
+            :func:`~biasdecay.sharpness._scale_uses.scale_layouts`); the rest,
+            :attr:`elsewhere`, get no terms here, and the caller computes theirs otherwise.
+        example: the first samples of the first batch, for that probe (None: no probe).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, without: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        without: Collection[str] = (),
+        example: torch.Tensor | None = None,
+    ) -> None:
         self.model = model
         self.loss_fn = loss_fn
         without = frozenset(without)
@@ -770,15 +789,24 @@ class HookedPerSample:
         held_by_unrecorded = {
             name_of[id(p)] for n in unrecorded for _, p in _own_trainable(model.get_submodule(n))
         }
-        # Parameters the model broadcasts over the batch, if it does (the guard checks it)
-        # (token sequences, (1, tokens, features), as ViTs hold their class token and position
-        # table: a parameter of another shape with a leading 1 is as likely a table the model
-        # indexes or caches)
-        self.broadcast = [
-            n
+        # Parameters the model broadcasts over the batch, if it does (the guard checks it),
+        # each with its shape after the sample dim when handed over expanded: token sequences,
+        # (1, tokens, features), as ViTs hold their class token and position table (a parameter
+        # of another shape with a leading 1 is as likely a table the model indexes or caches),
+        # and parameters that the example's forward only multiplies or adds to activations.
+        self.broadcast: dict[str, tuple[int, ...]] = {
+            n: tuple(named[n].shape[1:])
             for n in named
             if n in held_by_unrecorded and named[n].dim() == 3 and named[n].shape[0] == 1
-        ]
+        }
+        if example is not None:
+            others = {
+                n: p
+                for n, p in named.items()
+                if n in held_by_unrecorded and n not in self.broadcast and p.requires_grad
+            }
+            for n, gap in scale_layouts(model, example, others).items():
+                self.broadcast[n] = (1,) * gap + tuple(named[n].shape)
         self._leaves: list[weakref.ref] = []  # the expanded leaves of the last measured forward
         self.expand_broadcast = True  # False once the model refused them expanded
         self.elsewhere = without - set(self.broadcast)
@@ -921,9 +949,9 @@ class HookedPerSample:
         if not (self.broadcast and self.expand_broadcast):
             return self.model(x)
         expanded = {}
-        for name in self.broadcast:
-            p = self.params[name].detach()
-            leaf = p.expand(x.shape[0], *p.shape[1:]).requires_grad_()
+        for name, tail in self.broadcast.items():
+            p = self.params[name].detach().reshape(1, *tail)
+            leaf = p.expand(x.shape[0], *tail).requires_grad_()
             expanded[name] = leaf
             self.recorder.take_gradient(_BROADCAST + name, leaf)
         self._leaves = [weakref.ref(leaf) for leaf in expanded.values()]
@@ -939,13 +967,14 @@ class HookedPerSample:
 
     def _broadcast_gradient(self, name: str, grad: torch.Tensor) -> None:
         """A broadcast parameter's per-sample gradients, row n sample n's: its terms, now."""
-        # autograd hands a leaf a gradient of its own shape: (batch, tokens, features)
+        # autograd hands a leaf a gradient of its own shape: (batch, *broadcast[name]), whose
+        # trailing dims are θ's own (tokens and features for a token sequence)
         batch, size = self._batch, self.recorder.batch
         theta = self.params[name].detach()
         s = batch.guard.numel()
         batch.terms[name] = (grad * theta).abs().reshape(size, -1).sum(1)
         weights = batch.guard.to(grad.dtype).view(-1, *(1,) * (grad.dim() - 1))
-        batch.implied[name] = (grad[:s] * weights).sum(0, keepdim=True)
+        batch.implied[name] = (grad[:s] * weights).sum(0).reshape(theta.shape)
 
     def _layer_gradient(self, lname: str, delta: torch.Tensor) -> None:
         """One layer's output gradient, as the backward pass forms it: its terms, now.

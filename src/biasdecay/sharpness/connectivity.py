@@ -8,6 +8,7 @@ exactly by parameter, module and role (substructure separability, eq. 11), which
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Collection, Iterable
@@ -32,6 +33,7 @@ from biasdecay.sharpness._autodiff import (
 from biasdecay.sharpness._per_sample import (
     GuardFailure,
     HookedPerSample,
+    guard_samples,
     loop_per_sample,
     parameters_without_formula,
     samples_interact,
@@ -298,7 +300,14 @@ def _per_sample_sums(
         reason = f"method={method!r} requested"
     elif len(without) == len(names):
         reason = f"no per-sample formula covers {_grouped(without)}"
-    hooked = HookedPerSample(model, loss, without=without) if reason is None else None
+    data = iter_batches(batches, model)
+    first = next(data, None)
+    hooked = None
+    if reason is None:
+        # the first samples of the first batch show how the model uses the parameters that no
+        # layer holds (a layer scale: HookedPerSample's probe)
+        example = None if first is None else first[0][: guard_samples(first[0].shape[0])]
+        hooked = HookedPerSample(model, loss, without=without, example=example)
     generic = _GenericPath(
         model, loss, chunk_size, loop=method == "loop", may_loop=method != "vmap"
     )
@@ -310,7 +319,7 @@ def _per_sample_sums(
     # sends there
     guarded = dict(hooked_without)
     try:
-        for x, y in iter_batches(batches, model):
+        for x, y in itertools.chain([] if first is None else [first], data):
             terms = None
             if hooked is not None:
                 # The hook path scales by the batch size: the loss must be a batch mean.
