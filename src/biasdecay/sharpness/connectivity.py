@@ -314,7 +314,12 @@ def _per_sample_sums(
     sums: dict[str, torch.Tensor] = {}
     batch_sizes: list[int] = []
     # parameters without a formula that the hook path does not measure -> why
-    hooked_without = {n: without[n] for n in hooked.elsewhere} if hooked is not None else {}
+    # (in the model's order, as ``without`` is: the report's reason reads the same every run)
+    hooked_without = (
+        {n: why for n, why in without.items() if n in hooked.elsewhere}
+        if hooked is not None
+        else {}
+    )
     # parameters on the generic path beside the hook path -> why: those, then those the guard
     # sends there
     guarded = dict(hooked_without)
