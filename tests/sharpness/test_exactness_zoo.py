@@ -1126,6 +1126,7 @@ class LayerScaled(nn.Module):
         self.fc = nn.Linear(4, 4)
         self.gamma = nn.Parameter(torch.rand(4) + 0.5)
         self.channel_scale = nn.Parameter(torch.rand(4, 1, 1) + 0.5)  # on (B, C, H, W)
+        self.mask_token = nn.Parameter(torch.randn(4))  # used on masked samples alone
         self.head = nn.Linear(4, 3)
 
     def forward(self, x):  # x: (B, 3, 4, 4)
@@ -1145,6 +1146,10 @@ class LayerScaled(nn.Module):
             tokens = tokens * self.gamma + tokens @ torch.diag(self.gamma)
         elif self.use == "token major":  # (T, B, d) with T = 4 tokens, as many as the probe's
             tokens = (tokens[:, :4].transpose(0, 1) * self.gamma).transpose(0, 1)
+        if self.use == "masked later":  # samples with a large entry are masked out
+            masked = x.flatten(1).abs().amax(1) > 50
+            if masked.any():
+                tokens = torch.where(masked[:, None, None], self.mask_token, tokens)
         return self.head(torch.tanh(tokens).flatten(1, -2).mean(1))
 
 
@@ -1152,7 +1157,7 @@ class LayerScaled(nn.Module):
     "use",
     [
         "channels last", "tokens", "in place", "reshaped", "also a matmul", "token major",
-        "refuses the probe",
+        "refuses the probe", "masked later",
     ],
 )  # fmt: skip
 def test_layer_scale_parameters_take_the_hook_path_where_the_model_only_broadcasts_them(
@@ -1163,19 +1168,32 @@ def test_layer_scale_parameters_take_the_hook_path_where_the_model_only_broadcas
     One it reshapes, or also uses another way, goes to torch.func. Handed over where its
     broadcast does not follow the samples (a token-major layout whose tokens number the
     probe's samples), the measured pass fails and runs again without expansion. A model that
-    cannot run under the probe keeps them on torch.func. All equal the loop."""
+    cannot run under the probe keeps them on torch.func. A parameter the probe saw unused (a
+    mask token) has zero terms on the hook path, until a batch uses it: the gradient that the
+    backward then forms says so, and that batch's go to torch.func. All equal the loop."""
     torch.manual_seed(0)
     model = LayerScaled(use).double()
     batches = make_batches((3, 4, 4), 3, [5, 6])
-    report = connectivity_sharpness(model, batches)
+    batches[1][0][-1] *= 100  # the last sample of the second batch is masked
+    if use == "masked later":  # `if masked.any()` is control flow that torch.func refuses
+        with pytest.warns(UserWarning, match="one sample at a time"):
+            report = connectivity_sharpness(model, batches)
+    else:
+        report = connectivity_sharpness(model, batches)
     generic = {n for n, path in report.paths.items() if path != "hooks"}
     if use in ("channels last", "tokens", "in place"):
         assert report.method == "hooks" and not generic, report.fallback_reason
-    elif use == "token major":
-        assert generic == {"gamma", "channel_scale"}, report.fallback_reason
+        assert report.by_parameter["mask_token"] == 0.0
+    elif use == "masked later":
+        assert generic == {"mask_token"} and report.by_parameter["mask_token"] > 0
+        assert "mask_token (the model used it, and the first batch's probe" in (
+            report.fallback_reason
+        )
+    elif use == "token major":  # all handed over, all measured again as the model is
+        assert generic == {"gamma", "channel_scale", "mask_token"}, report.fallback_reason
         assert "does not take it expanded over the batch" in report.fallback_reason
     elif use == "refuses the probe":
-        assert generic == {"gamma", "channel_scale"}, report.fallback_reason
+        assert generic == {"gamma", "channel_scale", "mask_token"}, report.fallback_reason
         assert "no per-sample formula covers gamma, channel_scale" in report.fallback_reason
     else:
         assert generic == {"gamma"}, report.fallback_reason

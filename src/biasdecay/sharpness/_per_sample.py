@@ -794,7 +794,9 @@ class HookedPerSample:
         # (1, tokens, features), as ViTs hold their class token and position table (a parameter
         # of another shape with a leading 1 is as likely a table the model indexes or caches),
         # and parameters that the example's forward only multiplies or adds to activations.
-        self.broadcast: dict[str, tuple[int, ...]] = {
+        # None: one that forward did not use, handed over as a leaf of its own shape, whose
+        # gradient, if the backward forms one, says the model did use it (_broadcast_gradient).
+        self.broadcast: dict[str, tuple[int, ...] | None] = {
             n: tuple(named[n].shape[1:])
             for n in named
             if n in held_by_unrecorded and named[n].dim() == 3 and named[n].shape[0] == 1
@@ -806,7 +808,7 @@ class HookedPerSample:
                 if n in held_by_unrecorded and n not in self.broadcast and p.requires_grad
             }
             for n, gap in scale_layouts(model, example, others).items():
-                self.broadcast[n] = (1,) * gap + tuple(named[n].shape)
+                self.broadcast[n] = None if gap is None else (1,) * gap + tuple(named[n].shape)
         self._leaves: list[weakref.ref] = []  # the expanded leaves of the last measured forward
         self.expand_broadcast = True  # False once the model refused them expanded
         self.elsewhere = without - set(self.broadcast)
@@ -880,6 +882,11 @@ class HookedPerSample:
         if self.broadcast and not self.expand_broadcast:
             why = "the model does not take it expanded over the batch (its shape matters)"
             batch.unbatched += [GuardFailure(n, math.nan, why) for n in self.broadcast]
+        else:  # the backward formed no gradient of an unused one: zero for every sample
+            for name in (n for n, tail in self.broadcast.items() if tail is None):
+                if name not in batch.terms:
+                    batch.terms[name] = x.new_zeros(x.shape[0], dtype=self.params[name].dtype)
+                    batch.implied[name] = torch.zeros_like(self.params[name])
         for lname, why in rec.not_covered.items():
             module = self._layer.get(lname)  # absent: no trainable parameter of its own
             batch.unbatched += [
@@ -950,8 +957,9 @@ class HookedPerSample:
             return self.model(x)
         expanded = {}
         for name, tail in self.broadcast.items():
-            p = self.params[name].detach().reshape(1, *tail)
-            leaf = p.expand(x.shape[0], *tail).requires_grad_()
+            p = self.params[name].detach()
+            leaf = p if tail is None else p.reshape(1, *tail).expand(x.shape[0], *tail)
+            leaf = leaf.requires_grad_()
             expanded[name] = leaf
             self.recorder.take_gradient(_BROADCAST + name, leaf)
         self._leaves = [weakref.ref(leaf) for leaf in expanded.values()]
@@ -970,6 +978,10 @@ class HookedPerSample:
         # autograd hands a leaf a gradient of its own shape: (batch, *broadcast[name]), whose
         # trailing dims are θ's own (tokens and features for a token sequence)
         batch, size = self._batch, self.recorder.batch
+        if self.broadcast[name] is None:
+            why = "the model used it, and the first batch's probe forward did not"
+            batch.unbatched.append(GuardFailure(name, math.nan, why))
+            return
         theta = self.params[name].detach()
         s = batch.guard.numel()
         batch.terms[name] = (grad * theta).abs().reshape(size, -1).sum(1)

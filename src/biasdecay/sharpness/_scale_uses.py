@@ -74,10 +74,10 @@ class _Uses(TorchFunctionMode):
 
 def scale_layouts(
     model: nn.Module, example: torch.Tensor, candidates: dict[str, nn.Parameter]
-) -> dict[str, int]:
+) -> dict[str, int | None]:
     """The parameters of ``candidates`` that the model uses only in elementwise arithmetic with
     an activation of one row per sample, each with the number of singleton dims between the
-    sample dim and its own in every such use.
+    sample dim and its own in every such use, and those it does not use at all.
 
     Args:
         model: the network, in the mode it is measured in.
@@ -85,9 +85,9 @@ def scale_layouts(
         candidates: ``{name: parameter}`` to watch.
 
     Returns:
-        ``{name: k}``: handed to the model shaped (B, 1×k, *θ.shape), θ broadcasts as it did.
-        A parameter used otherwise anywhere (indexed, reshaped, a matmul), or not at all, is
-        left out.
+        ``{name: k}``: handed to the model shaped (B, 1×k, *θ.shape), θ broadcasts as it did;
+        k is None for a parameter the forward did not use (a mask token, without a mask). A
+        parameter used otherwise anywhere (indexed, reshaped, a matmul) is left out.
     """
     if not candidates or example.dim() == 0:
         return {}
@@ -101,8 +101,12 @@ def scale_layouts(
         # Only a speed-up is lost (these parameters stay on torch.func); a model that cannot
         # run raises from the measured forward, which follows.
         return {}
-    return {
+    layouts: dict[str, int | None] = {
         n: next(iter(gaps))
         for n, gaps in watch.gaps.items()
         if len(gaps) == 1 and n not in watch.refused
     }
+    for n in candidates:
+        if n not in watch.gaps and n not in watch.refused:
+            layouts[n] = None
+    return layouts
