@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         format_differences,
         load_config,
     )
-    from biasdecay.train.distributed import init_distributed, shutdown
+    from biasdecay.train.distributed import barrier, init_distributed, shutdown
     from biasdecay.train.engine import Trainer
     from biasdecay.train.process import end_with_parent, stop_on_sigterm
 
@@ -173,6 +174,13 @@ def run(args: argparse.Namespace) -> int:
         with user_input():
             trainer = Trainer(cfg, ctx, progress=show_progress(args.progress))
         summary = trainer.fit(resume=bool(args.resume))
+        # Every rank past its last collective, and the trainer's DistributedDataParallel (whose
+        # reducer holds the process group and gloo's work objects) gone, before the group is
+        # torn down: a rank once aborted in teardown ("terminate called without an active
+        # exception") at the end of a finished run.
+        barrier(ctx)
+        del trainer
+        gc.collect()
     finally:
         shutdown(ctx)
     if ctx.is_main:
