@@ -30,7 +30,8 @@ _ELEMENTWISE = frozenset(
 
 
 def _in_place(name: str) -> bool:
-    return name.endswith("_") and not name.endswith("__") or name.startswith("__i")
+    """Whether the function writes into its first operand (``mul_``, ``__imul__``)."""
+    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
 
 
 class _Uses(TorchFunctionMode):
