@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from _common import cpu_name, interleaved_times
+from biasdecay.sharpness._per_sample import GUARD_SAMPLES
 from biasdecay.sharpness.connectivity import connectivity_sharpness
-
-GUARD_SAMPLES = 4  # as the library's guard (biasdecay.sharpness._per_sample.GUARD_SAMPLES)
 
 
 def mlp(widths: list[int]) -> nn.Sequential:
@@ -79,11 +78,15 @@ def floor_terms(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor):
     return c, inputs, deltas
 
 
+def guard_weights(x: torch.Tensor) -> torch.Tensor:
+    """The guard's distinct weights 1, …, GUARD_SAMPLES of the batch's first samples."""
+    return torch.arange(1, GUARD_SAMPLES + 1, dtype=x.dtype)
+
+
 def guard_autograd(model: nn.Sequential, x, y) -> tuple[torch.Tensor, ...]:
     """The part of the guard no check can skip: autograd's gradient of the first samples'
     weighted loss, through the model as it is (a forward and backward of 4 samples)."""
-    s = GUARD_SAMPLES
-    w = torch.arange(1, s + 1, dtype=x.dtype)
+    s, w = GUARD_SAMPLES, guard_weights(x)
     with torch.enable_grad():
         out = model(x[:s])
         total = (F.cross_entropy(out, y[:s], reduction="none") * w).sum()
@@ -93,8 +96,7 @@ def guard_autograd(model: nn.Sequential, x, y) -> tuple[torch.Tensor, ...]:
 def floor_guard(model: nn.Sequential, x, y, inputs, deltas) -> bool:
     """The guard's check on the first samples: autograd's weighted gradient against the
     formula's rows; True where every parameter agrees to float32 rounding."""
-    s = GUARD_SAMPLES
-    w = torch.arange(1, s + 1, dtype=x.dtype)
+    s, w = GUARD_SAMPLES, guard_weights(x)
     params = list(model.parameters())  # weight, bias of each Linear in turn
     truths = guard_autograd(model, x, y)
     implied = []
